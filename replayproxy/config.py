@@ -1,0 +1,173 @@
+"""One typed settings object, built from a YAML file and then overridden by flags.
+
+Every section is a frozen dataclass; `load_config` walks the file against the dataclass fields,
+so an unknown or mistyped key is reported with its dotted name and the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+try:  # libyaml when present: same safety, much faster
+    SafeLoader: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    SafeLoader = yaml.SafeLoader
+
+DEFAULT_CONFIG_FILE = "replayproxy.yaml"
+
+
+@dataclass(frozen=True)
+class SignatureConfig:
+    """How webhooks are signed: one of the named schemes, or `custom` with templates."""
+
+    scheme: str = "hmac-sha256"
+    header: str | None = None
+    format: str | None = None
+    signed_payload: str | None = None
+    encoding: str = "hex"
+    timestamp_header: str | None = None
+    id_header: str | None = None
+    tolerance: int = 300
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    headers: tuple[str, ...] = ()
+    ignore_query: tuple[str, ...] = ()
+    ignore_body_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RedactConfig:
+    headers: tuple[str, ...] = ()
+    query: tuple[str, ...] = ()
+    body_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VariablesConfig:
+    """Values that change from run to run, beyond those found by their shape."""
+
+    body_fields: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    query: tuple[str, ...] = ()
+    path_regex: tuple[str, ...] = ()
+    pin: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    callback_fields: tuple[str, ...] = ("callback_url", "webhook_url", "callbackUrl", "webhookUrl")
+    forward_to: str | None = None
+    upstream_secret_env: str = "CAMBER_WEBHOOK_SECRET"
+    local_secret_env: str = "WEBHOOK_SECRET"
+    signature: SignatureConfig = field(default_factory=SignatureConfig)
+    attempts: int = 5
+    backoff: float = 0.05
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:8080"
+    upstream: str | None = None
+    export_env: str | None = None
+    unmatched_status: int = 502
+    upstream_timeout: float = 30.0
+    max_body_size: int = 64 * 1024 * 1024
+    secret_env: tuple[str, ...] = ("CAMBER_API_KEY",)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    redact: RedactConfig = field(default_factory=RedactConfig)
+    variables: VariablesConfig = field(default_factory=VariablesConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with the given top-level fields changed; `None` means 'not given' and is skipped."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read `path`, else ./replayproxy.yaml when present, else the defaults."""
+    if path is None:
+        if not Path(DEFAULT_CONFIG_FILE).exists():
+            return Config()
+        path = DEFAULT_CONFIG_FILE
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return Config()
+    return build(Config, data, str(path))
+
+
+def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from plain data, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{source}: unknown key '{dotted}' (known here: {known})")
+        values[key] = _coerce(hints[key], value, source, dotted)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, source, dotted + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, source, dotted)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: '{dotted}' must be a list of strings, got {_kind(value)}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: '{dotted}' must be {hint.__name__}, got {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' or ':PORT' or 'PORT' -> (host, port); the host defaults to loopback."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"listen: '{listen}' is not HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"listen: port {number} is out of range")
+    return host, number

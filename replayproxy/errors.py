@@ -1,0 +1,13 @@
+"""One error type for every mistake a user can make, so the CLI can print it without a traceback."""
+
+
+class ReplayProxyError(Exception):
+    """A user-facing error: the message says what is wrong and where."""
+
+
+class ConfigError(ReplayProxyError):
+    pass
+
+
+class CassetteError(ReplayProxyError):
+    pass
