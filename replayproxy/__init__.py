@@ -1,3 +1,3 @@
-"""replayproxy: record and replay an app's Camber API traffic and the signed webhooks that follow."""
+"""replayproxy: record and replay Camber API traffic and the signed webhooks that follow."""
 
 __version__ = "0.1.0"

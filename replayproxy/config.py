@@ -91,7 +91,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with the given top-level fields changed; `None` means 'not given' and is skipped."""
+        """A copy with top-level fields changed; `None` means 'not given' and is skipped."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -111,7 +111,9 @@ def load_config(path: str | Path | None = None) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if data is None:
         return Config()
     return build(Config, data, str(path))

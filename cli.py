@@ -1,0 +1,208 @@
+"""The `replayproxy` command: a thin click face over replayproxy's API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from replayproxy import __version__
+from replayproxy.api import ReplayProxy
+from replayproxy.cassette import load
+from replayproxy.config import Config, load_config
+from replayproxy.errors import ReplayProxyError
+from replayproxy.inspect import render_inspect
+from replayproxy.replayer import ReplayOptions, near_miss_text
+from replayproxy.webhooks import TIMINGS
+
+
+def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """User mistakes become one line on stderr and exit status 2, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ReplayProxyError as exc:
+            click.echo(f"replayproxy: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def settings(config_path: str | None, **overrides: Any) -> Config:
+    return load_config(config_path).replace(**overrides)
+
+
+async def until_signalled(
+    start: Callable[[], Awaitable[str]], stop: Callable[[], Awaitable[Any]], banner: str
+) -> Any:
+    """Start, print the banner with the URL as the first stdout line, wait for SIGINT/SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    url = await start()
+    click.echo(banner.format(url=url))
+    sys.stdout.flush()
+    try:
+        await stopping.wait()
+    finally:
+        result = await stop()
+    return result
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="replayproxy")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request and webhook attempt.")
+def main(verbose: bool) -> None:
+    """Record an app's Camber API traffic and webhooks; replay them offline."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: ./replayproxy.yaml when present).",
+)
+listen_option = click.option("--listen", help="HOST:PORT to listen on (port 0 picks a free one).")
+
+
+def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that replays takes (replay, run)."""
+    options = [
+        click.option(
+            "--strict",
+            is_flag=True,
+            help="Exit 1 when a request went unmatched or a webhook failed or stayed pending.",
+        ),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(dir_okay=False),
+            help="Write a JSON report here on exit.",
+        ),
+        click.option(
+            "--timing",
+            type=click.Choice(TIMINGS),
+            default="sequence",
+            show_default=True,
+            help="When recorded webhooks are sent.",
+        ),
+        click.option(
+            "--speed",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Divide recorded delays by this (with --timing recorded).",
+        ),
+        click.option(
+            "--webhook-url",
+            help="Where webhooks go when the app sent no callback URL "
+            "and webhooks.forward_to is not set.",
+        ),
+        click.option(
+            "--duplicate-webhooks",
+            type=click.IntRange(1, 100),
+            default=1,
+            help="Deliver each webhook N times with the same event id.",
+        ),
+        click.option(
+            "--shuffle-webhooks",
+            type=int,
+            metavar="SEED",
+            help="Deliver webhooks due together in a deterministic shuffled order.",
+        ),
+        click.option(
+            "--bad-signature",
+            is_flag=True,
+            help="Sign with a wrong key: a correct app rejects them.",
+        ),
+        click.option(
+            "--stale-timestamp",
+            is_flag=True,
+            help="Sign with a timestamp an hour old: a correct app rejects them.",
+        ),
+        click.option(
+            "--drain-timeout",
+            type=float,
+            default=5.0,
+            show_default=True,
+            help="Seconds to wait at shutdown for webhooks still due.",
+        ),
+        click.option(
+            "--allow-remote",
+            is_flag=True,
+            help="Allow listening on a non-loopback address (prints a warning).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_options(kw: dict[str, Any]) -> ReplayOptions:
+    return ReplayOptions(
+        timing=kw["timing"],
+        speed=kw["speed"],
+        webhook_url=kw["webhook_url"],
+        duplicate_webhooks=kw["duplicate_webhooks"],
+        shuffle_webhooks=kw["shuffle_webhooks"],
+        bad_signature=kw["bad_signature"],
+        stale_timestamp=kw["stale_timestamp"],
+        drain_timeout=kw["drain_timeout"],
+    )
+
+
+@main.command()
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@listen_option
+@config_option
+@replay_options
+@friendly
+def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any) -> None:
+    """Serve CASSETTE offline and deliver its webhooks, until SIGINT/SIGTERM."""
+    config = settings(config_path, listen=listen)
+    proxy = ReplayProxy(
+        cassette,
+        config=config,
+        listen=config.listen,
+        options=build_options(kw),
+        report_path=kw["report_path"],
+        allow_remote=kw["allow_remote"],
+    )
+    report = asyncio.run(
+        until_signalled(proxy.start, proxy.stop, f"replayproxy replaying {cassette} on {{url}}")
+    )
+    if report.unmatched:
+        click.echo(near_miss_text(report), err=True)
+    summary = report.webhooks_summary()
+    click.echo(
+        f"served {report.served}, unmatched {len(report.unmatched)}, "
+        f"unused {len(report.unused)} of {report.interactions_total}; webhooks delivered "
+        f"{summary['delivered']}, failed {summary['failed']}, "
+        f"pending {summary['pending'] + len(summary['never_due'])}",
+        err=True,
+    )
+    sys.exit(1 if kw["strict"] and report.diverged else 0)
+
+
+@main.command()
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@friendly
+def inspect(cassette: str) -> None:
+    """Show CASSETTE's interactions, webhooks and variables as tables."""
+    click.echo(render_inspect(load(cassette)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

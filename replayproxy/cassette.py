@@ -1,0 +1,444 @@
+"""The cassette: a vcrpy-compatible YAML file of interactions, plus the webhooks that followed them.
+
+Top level: `version: 1`, `interactions` (vcrpy's exact request/response shape, with our per-exchange
+metadata in a sibling `replayproxy` key so vcrpy's `Request(**request)` never sees it), `webhooks`
+and `replayproxy` (session metadata and variables). Numbers shown to users start at 1.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .errors import CassetteError
+
+try:
+    SafeLoader: type = yaml.CSafeLoader
+    SafeDumper: type = yaml.CSafeDumper
+except AttributeError:  # pragma: no cover - pyyaml built without libyaml
+    SafeLoader = yaml.SafeLoader
+    SafeDumper = yaml.SafeDumper
+
+FORMAT_VERSION = 1
+Headers = list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    reason: str = ""
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Interaction:
+    request: Request
+    response: Response
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Webhook:
+    """A webhook as it arrived from upstream: `body` is byte-exact, it is what gets signed."""
+
+    body: bytes
+    headers: Headers = field(default_factory=list)
+    method: str = "POST"
+    path: str = "/"
+    target: str | None = None
+    cause: int | None = None
+    after: int | None = None
+    delay: float = 0.0
+    at: float | None = None
+    event_id: str | None = None
+
+
+@dataclass(slots=True)
+class Variable:
+    """A value the app minted at record time; at replay it binds to whatever the app sends there."""
+
+    name: str
+    value: str
+    shape: str
+    positions: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Cassette:
+    interactions: list[Interaction] = field(default_factory=list)
+    webhooks: list[Webhook] = field(default_factory=list)
+    variables: list[Variable] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# headers and bodies as they are written
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """The first value of a header, by case-insensitive name."""
+    lowered = name.lower()
+    for key, value in headers:
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+def headers_to_yaml(headers: Headers) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in headers:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def body_to_yaml(body: bytes) -> str | bytes:
+    """Readable text when the bytes are UTF-8 and survive YAML unchanged, else bytes (!!binary)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body
+    if any(ch in text for ch in _YAML_UNSAFE):
+        return body
+    return text
+
+
+# YAML 1.1 folds these (NEL, LS, PS, BOM) or refuses control bytes: keep such bodies as !!binary.
+_YAML_UNSAFE = (
+    frozenset("\x85\u2028\u2029\ufeff")
+    | frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r")
+    | frozenset("\x7f")
+)
+
+
+def _dump_request(req: Request) -> dict[str, Any]:
+    return {
+        "body": body_to_yaml(req.body) if req.body else None,
+        "headers": headers_to_yaml(req.headers),
+        "method": req.method,
+        "uri": req.uri,
+    }
+
+
+def _dump_interaction(item: Interaction) -> dict[str, Any]:
+    res = item.response
+    out: dict[str, Any] = {
+        "request": _dump_request(item.request),
+        "response": {
+            "body": {"string": body_to_yaml(res.body)},
+            "headers": headers_to_yaml(res.headers),
+            "status": {"code": res.status, "message": res.reason},
+        },
+    }
+    if item.meta:
+        out["replayproxy"] = item.meta
+    return out
+
+
+def _dump_webhook(hook: Webhook) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "method": hook.method,
+        "path": hook.path,
+        "headers": headers_to_yaml(hook.headers),
+        "body": body_to_yaml(hook.body),
+        "cause": hook.cause,
+        "after": hook.after,
+        "delay": round(hook.delay, 6),
+    }
+    for key in ("target", "at", "event_id"):
+        if getattr(hook, key) is not None:
+            out[key] = getattr(hook, key)
+    return out
+
+
+def to_data(cassette: Cassette) -> dict[str, Any]:
+    meta = {"format": FORMAT_VERSION, "tool_version": __version__, **cassette.meta}
+    if cassette.variables:
+        meta["variables"] = [
+            {"name": v.name, "value": v.value, "shape": v.shape, "positions": v.positions}
+            for v in cassette.variables
+        ]
+    return {
+        "version": FORMAT_VERSION,
+        "interactions": [_dump_interaction(i) for i in cassette.interactions],
+        "webhooks": [_dump_webhook(w) for w in cassette.webhooks],
+        "replayproxy": meta,
+    }
+
+
+def dumps(cassette: Cassette) -> str:
+    return yaml.dump(
+        to_data(cassette), Dumper=SafeDumper, sort_keys=False, allow_unicode=True, width=120
+    )
+
+
+def save(cassette: Cassette, path: str | Path) -> None:
+    """Write atomically: a temp file in the same folder, fsynced, then renamed over the old one."""
+    write_atomic(Path(path), dumps(cassette).encode("utf-8"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# loading: fast with libyaml; line numbers are looked up only when something is wrong
+
+
+class _Invalid(Exception):
+    def __init__(self, path: tuple[Any, ...], message: str):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def load(path: str | Path) -> Cassette:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CassetteError(f"{path}: no such cassette") from None
+    except UnicodeDecodeError as exc:
+        raise CassetteError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise CassetteError(f"{path}: cannot read: {exc.strerror}") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, source: str = "<cassette>") -> Cassette:
+    try:
+        data = yaml.load(text, Loader=SafeLoader)
+    except yaml.YAMLError as exc:
+        raise CassetteError(_yaml_message(exc, source)) from None
+    try:
+        return from_data(data)
+    except _Invalid as exc:
+        where = _dotted(exc.path)
+        line = _line_of(text, exc.path)
+        loc = f"{source}:{line}" if line else source
+        message = f"{where}: {exc.message}" if where else exc.message
+        raise CassetteError(f"{loc}: {message}") from None
+
+
+def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark else source
+    problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        problem = f"{problem} (only plain YAML is allowed in a cassette; tags are never executed)"
+    return f"{where}: not a valid cassette: {problem}"
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(text: str, path: tuple[Any, ...]) -> int | None:
+    """1-based line of the node at `path` (or of its nearest existing parent)."""
+    try:
+        node = yaml.compose(text, Loader=SafeLoader)
+    except yaml.YAMLError:  # pragma: no cover - it loaded a moment ago
+        return None
+    best = node
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            found = [v for k, v in node.value if getattr(k, "value", None) == part]
+            if not found:
+                break
+            node = found[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+        else:
+            break
+        best = node
+    return best.start_mark.line + 1 if best is not None else None
+
+
+def _need(data: Any, key: str, kind: type | tuple[type, ...], path: tuple[Any, ...]) -> Any:
+    if not isinstance(data, dict):
+        raise _Invalid(path, f"must be a mapping, got {_kind(data)}")
+    if key not in data:
+        raise _Invalid(path, f"missing field '{key}'")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise _Invalid((*path, key), f"must be {_name(kind)}, got {_kind(value)}")
+    return value
+
+
+def _name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        bytes: "bytes",
+        float: "a number",
+        type(None): "null",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:60]
+
+
+def _headers(data: Any, path: tuple[Any, ...]) -> Headers:
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise _Invalid(
+            path, f"must be a mapping of header name to list of values, got {_kind(data)}"
+        )
+    out: Headers = []
+    for key, values in data.items():
+        if isinstance(values, (str, int)):
+            values = [values]
+        if not isinstance(values, list):
+            raise _Invalid((*path, key), f"must be a list of strings, got {_kind(values)}")
+        for value in values:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise _Invalid((*path, key), f"must be a list of strings, got {_kind(value)}")
+            out.append((str(key), str(value)))
+    return out
+
+
+def _body(value: Any, path: tuple[Any, ...]) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise _Invalid(path, f"must be a string or !!binary, got {_kind(value)}")
+
+
+def from_data(data: Any) -> Cassette:
+    if not isinstance(data, dict):
+        raise _Invalid(
+            (), f"a cassette is a mapping with 'version' and 'interactions', got {_kind(data)}"
+        )
+    version = _need(data, "version", int, ())
+    if version != FORMAT_VERSION:
+        raise _Invalid(
+            ("version",), f"unknown format version {version} (this tool reads {FORMAT_VERSION})"
+        )
+    meta = data.get("replayproxy") or {}
+    if not isinstance(meta, dict):
+        raise _Invalid(("replayproxy",), f"must be a mapping, got {_kind(meta)}")
+    fmt = meta.get("format", FORMAT_VERSION)
+    if fmt != FORMAT_VERSION:
+        raise _Invalid(("replayproxy", "format"), f"unknown replayproxy format {fmt!r}")
+    interactions = [
+        _interaction(item, ("interactions", n))
+        for n, item in enumerate(_need(data, "interactions", list, ()))
+    ]
+    hooks = data.get("webhooks") or []
+    if not isinstance(hooks, list):
+        raise _Invalid(("webhooks",), f"must be a list, got {_kind(hooks)}")
+    webhooks = [_webhook(item, ("webhooks", n), len(interactions)) for n, item in enumerate(hooks)]
+    variables = [
+        _variable(v, ("replayproxy", "variables", n))
+        for n, v in enumerate(meta.get("variables") or [])
+    ]
+    rest = {k: v for k, v in meta.items() if k not in ("variables", "format", "tool_version")}
+    return Cassette(interactions, webhooks, variables, rest)
+
+
+def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
+    req = _need(item, "request", dict, path)
+    res = _need(item, "response", dict, path)
+    rpath, spath = (*path, "request"), (*path, "response")
+    request = Request(
+        method=_need(req, "method", str, rpath).upper(),
+        uri=_need(req, "uri", str, rpath),
+        headers=_headers(req.get("headers"), (*rpath, "headers")),
+        body=_body(req.get("body"), (*rpath, "body")),
+    )
+    status = _need(res, "status", dict, spath)
+    code = _need(status, "code", int, (*spath, "status"))
+    if not 100 <= code <= 999:
+        raise _Invalid((*spath, "status", "code"), f"{code} is not an HTTP status")
+    body = res.get("body")
+    if isinstance(body, dict):
+        body_bytes = _body(body.get("string"), (*spath, "body", "string"))
+    else:
+        raise _Invalid((*spath, "body"), f"must be a mapping with 'string', got {_kind(body)}")
+    response = Response(
+        status=code,
+        reason=str(status.get("message") or ""),
+        headers=_headers(res.get("headers"), (*spath, "headers")),
+        body=body_bytes,
+    )
+    meta = item.get("replayproxy") or {}
+    if not isinstance(meta, dict):
+        raise _Invalid((*path, "replayproxy"), f"must be a mapping, got {_kind(meta)}")
+    return Interaction(request, response, meta)
+
+
+def _webhook(item: Any, path: tuple[Any, ...], count: int) -> Webhook:
+    body = _body(_need(item, "body", (str, bytes), path), (*path, "body"))
+    numbers = {}
+    for key in ("cause", "after"):
+        value = item.get(key)
+        if value is not None and (not isinstance(value, int) or not 1 <= value <= count):
+            raise _Invalid(
+                (*path, key), f"must be an interaction number 1..{count}, got {_kind(value)}"
+            )
+        numbers[key] = value
+    delay = item.get("delay") or 0.0
+    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+        raise _Invalid((*path, "delay"), f"must be seconds >= 0, got {_kind(delay)}")
+    target = item.get("target")
+    if target is not None and not isinstance(target, str):
+        raise _Invalid((*path, "target"), f"must be a URL string, got {_kind(target)}")
+    return Webhook(
+        body=body,
+        headers=_headers(item.get("headers"), (*path, "headers")),
+        method=str(item.get("method") or "POST").upper(),
+        path=str(item.get("path") or "/"),
+        target=target,
+        cause=numbers["cause"],
+        after=numbers["after"],
+        delay=float(delay),
+        at=item.get("at"),
+        event_id=item.get("event_id"),
+    )
+
+
+def _variable(item: Any, path: tuple[Any, ...]) -> Variable:
+    return Variable(
+        name=_need(item, "name", str, path),
+        value=str(_need(item, "value", (str, int, float), path)),
+        shape=str(item.get("shape") or "configured"),
+        positions=[str(p) for p in item.get("positions") or []],
+    )

@@ -1,0 +1,212 @@
+"""Replay: answer the app from the cassette and deliver the recorded webhooks at their moment."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .cassette import Cassette, Request, Response
+from .config import Config
+from .delivery import Deliverer
+from .errors import ReplayProxyError
+from .matching import Matcher, describe
+from .report import Attempt, Delivery, Report, Unmatched
+from .signing import validate
+from .webhooks import Schedule, outgoing, shuffled, target
+
+log = logging.getLogger("replayproxy")
+
+#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own.
+_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    timing: str = "sequence"
+    speed: float = 1.0
+    webhook_url: str | None = None
+    duplicate_webhooks: int = 1
+    shuffle_webhooks: int | None = None
+    bad_signature: bool = False
+    stale_timestamp: bool = False
+    drain_timeout: float = 5.0
+
+
+@dataclass(slots=True)
+class Prepared:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
+
+
+def local_secrets(config: Config, needed: bool) -> list[str]:
+    """The app's webhook secret(s) from the environment; several (rotation) split on commas."""
+    name = config.webhooks.local_secret_env
+    raw = os.environ.get(name, "")
+    secrets = [s for s in re.split(r"[,\s]+", raw) if s]
+    if needed and not secrets:
+        raise ReplayProxyError(
+            f"the cassette has webhooks to sign, but the environment variable {name} "
+            "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
+        )
+    return secrets
+
+
+class Replayer:
+    """Stateful for one replay run; `app()` is the aiohttp application that serves it."""
+
+    def __init__(self, cassette: Cassette, config: Config, options: ReplayOptions | None = None):
+        self.cassette = cassette
+        self.config = config
+        self.options = options or ReplayOptions()
+        validate(config.webhooks.signature)
+        self.secrets = local_secrets(config, needed=bool(cassette.webhooks))
+        self.matcher = Matcher(cassette, config)
+        self.schedule = Schedule(cassette, self.options.timing, self.options.speed)
+        self.report = Report(interactions_total=len(cassette.interactions))
+        self.deliverer = Deliverer(
+            attempts=config.webhooks.attempts,
+            backoff=config.webhooks.backoff,
+            timeout=config.webhooks.timeout,
+        )
+        self.prepared = [self._prepare(i.response) for i in cassette.interactions]
+
+    def _prepare(self, response: Response) -> Prepared:
+        headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
+        values = frozenset(
+            v
+            for v in self.matcher.variables
+            if v.encode() in response.body or any(v in hv for _, hv in headers)
+        )
+        return Prepared(response.status, response.reason, headers, response.body, values)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_size)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        req = Request(request.method, str(request.rel_url), list(request.headers.items()), body)
+        match = self.matcher.match(req)
+        if match is None:
+            return self._miss(req)
+        self.report.served += 1
+        answer = self.prepared[match.number - 1]
+        headers, payload = answer.headers, answer.body
+        if answer.values:
+            bindings = self.matcher.bindings
+            payload = bindings.substitute(payload, answer.values)
+            headers = [(k, bindings.substitute_text(v, answer.values)) for k, v in headers]
+        resp = web.Response(
+            status=answer.status,
+            reason=answer.reason or None,
+            body=payload,
+            headers=CIMultiDict(headers),
+        )
+        due = self.schedule.serve(match.number)
+        if due:
+            # The app must have its answer before the webhook that follows it arrives.
+            await resp.prepare(request)
+            await resp.write_eof()
+            self._send(due)
+        return resp
+
+    def _miss(self, req: Request) -> web.Response:
+        misses = self.matcher.near_misses(req)
+        near = [
+            {"interaction": m.number, "request": m.request, "differences": m.differences}
+            for m in misses
+        ]
+        self.report.unmatched.append(Unmatched(describe(req), near))
+        lines = [f"replayproxy: no recorded interaction matches {describe(req)}"]
+        for m in misses:
+            lines.append(f"  closest #{m.number} {m.request}: " + "; ".join(m.differences))
+        log.warning("\n".join(lines))
+        body = {
+            "error": "no recorded interaction matches this request",
+            "request": describe(req),
+            "near_misses": near,
+        }
+        return web.json_response(body, status=self.config.unmatched_status)
+
+    def _send(self, due) -> None:
+        numbers = shuffled([d.number for d in due], self.options.shuffle_webhooks)
+        delays = {d.number: d.delay for d in due}
+        for number in numbers:
+            self.deliver(number, delays[number])
+
+    def deliver(self, number: int, delay: float = 0.0) -> list[Delivery]:
+        hook = self.cassette.webhooks[number - 1]
+        fallback = self.config.webhooks.forward_to or self.options.webhook_url
+        bindings = self.matcher.bindings
+        url = target(hook, bindings, self.matcher.variables, fallback)
+        test = (
+            "bad-signature"
+            if self.options.bad_signature
+            else ("stale-timestamp" if self.options.stale_timestamp else None)
+        )
+        copies = [
+            Delivery(number, url or "", copy=n + 1, test=test)
+            for n in range(max(1, self.options.duplicate_webhooks))
+        ]
+        self.report.deliveries.extend(copies)
+        if not url:
+            for d in copies:
+                d.outcome = "failed"
+                d.attempts.append(_no_target())
+            return copies
+        signature = self.config.webhooks.signature
+
+        def build(now: int):
+            return outgoing(
+                hook,
+                url,
+                bindings,
+                self.secrets,
+                signature,
+                now=now,
+                bad_signature=self.options.bad_signature,
+                stale_timestamp=self.options.stale_timestamp,
+            )
+
+        self.deliverer.submit(copies, build, delay)
+        return copies
+
+    async def close(self) -> Report:
+        """Wait (bounded) for webhooks in flight, then stop; the report is final after this."""
+        await self.deliverer.drain(self.options.drain_timeout)
+        await self.deliverer.close()
+        self.report.unused = self.matcher.unused()
+        self.report.webhooks_never_due = self.schedule.pending()
+        return self.report
+
+
+def _no_target() -> Attempt:
+    return Attempt(
+        None,
+        "no target URL: the recording has none and neither "
+        "webhooks.forward_to nor --webhook-url is set",
+        0.0,
+    )
+
+
+def near_miss_text(report: Report) -> str:
+    """A readable account of every miss, for logs and failing tests."""
+    out = []
+    for miss in report.unmatched:
+        out.append(f"unmatched {miss.request}")
+        for near in miss.near_misses:
+            out.append(
+                f"  closest #{near['interaction']} {near['request']}: "
+                + "; ".join(near["differences"])
+            )
+    return "\n".join(out) or json.dumps(report.to_dict())
