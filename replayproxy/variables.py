@@ -103,7 +103,8 @@ class Rules:
             return None
         section, _, name = position.partition(".")
         if (
-            (section == "body" and name in self.body_fields)
+            section.startswith("path@")
+            or (section == "body" and name in self.body_fields)
             or (section == "header" and name in self.headers)
             or (section == "query" and name in self.query)
         ):

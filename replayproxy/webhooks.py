@@ -104,9 +104,9 @@ class Outgoing:
     body: bytes
 
 
-def _wrong(secret: str) -> str:
+def _wrong(secret: str, scheme: str) -> str:
     """A key of the same form as `secret` that is not it, for `--bad-signature`."""
-    if secret.startswith("whsec_"):
+    if scheme == "standard-webhooks" or secret.startswith("whsec_"):
         return "whsec_" + base64.b64encode(b"replayproxy: deliberately wrong key").decode()
     return "replayproxy-wrong-" + secret
 
@@ -136,7 +136,7 @@ def outgoing(
     stale = signature_header_names(signature) | _HOP_HEADERS
     headers = [(k, bindings.substitute_text(v)) for k, v in hook.headers if k.lower() not in stale]
     timestamp = now - 3600 if stale_timestamp else now
-    keys = [_wrong(s) for s in secrets] if bad_signature else list(secrets)
+    keys = [_wrong(s, signature.scheme) for s in secrets] if bad_signature else list(secrets)
     headers.extend(
         sign(body, keys, signature, timestamp=timestamp, webhook_id=hook.event_id).items()
     )

@@ -1,0 +1,149 @@
+"""The replay server end to end: a real aiohttp client against replayproxy on an ephemeral port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+from click.testing import CliRunner
+from helpers import job_cassette, run
+
+from cli import main
+from replayproxy.api import ReplayProxy, SyncReplayProxy
+from replayproxy.cassette import save
+
+SUBMIT = {"command": "python run.py invoice.pdf", "engine_type": "MPI"}
+
+
+def cassette_file(tmp_path: Path) -> Path:
+    path = tmp_path / "jobs.yaml"
+    cassette = job_cassette()
+    cassette.webhooks = []  # webhooks are covered by their own tests
+    save(cassette, path)
+    return path
+
+
+def test_concurrent_polls_each_get_one_answer_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with ReplayProxy(cassette_file(tmp_path)) as proxy, aiohttp.ClientSession() as s:
+
+            async def poll() -> str:
+                async with s.get(f"{proxy.url}/v1/jobs/6238") as resp:
+                    assert resp.status == 200
+                    return (await resp.json())["status"]
+
+            statuses = await asyncio.gather(*(poll() for _ in range(12)))
+        # three one-shot answers, each given once, then the final state repeats
+        assert sorted(statuses).count("RUNNING") == 2
+        assert statuses.count("COMPLETED") == 10
+        assert proxy.report.served == 12
+
+    run(scenario())
+
+
+def test_unmatched_request_gets_502_with_near_misses_and_report(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+
+    async def scenario() -> None:
+        async with ReplayProxy(cassette_file(tmp_path), report_path=report) as proxy:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"{proxy.url}/v1/jobs", json=SUBMIT) as resp:
+                    assert resp.status == 201
+                    assert await resp.json() == {"job_id": 6238, "status": "PENDING"}
+                async with s.get(f"{proxy.url}/v1/jobs?status=CANCELLED&page=1") as resp:
+                    assert resp.status == 502
+                    body = await resp.json()
+        assert body["request"] == "GET /v1/jobs?status=CANCELLED&page=1"
+        assert body["near_misses"][0]["interaction"] == 5
+        assert body["near_misses"][0]["differences"] == [
+            "query: status=CANCELLED vs status=COMPLETED"
+        ]
+
+    run(scenario())
+    data = json.loads(report.read_text())
+    assert data["requests"]["served"] == 1
+    assert data["requests"]["unmatched"][0]["request"] == "GET /v1/jobs?status=CANCELLED&page=1"
+    assert data["interactions"] == {"total": 5, "unused": [2, 3, 4, 5]}
+    assert data["diverged"] is True
+
+
+def test_sync_twin_serves_plain_clients(tmp_path: Path) -> None:
+    import requests
+
+    with SyncReplayProxy(cassette_file(tmp_path)) as proxy:
+        assert requests.post(f"{proxy.url}/v1/jobs", json=SUBMIT).status_code == 201
+    assert proxy.report.served == 1
+
+
+def start_cli(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("replayproxy replaying"), line + proc.stderr.read()
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def test_cli_replay_strict_exit_and_report(tmp_path: Path) -> None:
+    import requests
+
+    path, report = cassette_file(tmp_path), tmp_path / "r.json"
+    proc, url = start_cli(
+        "replay", str(path), "--listen", "127.0.0.1:0", "--strict", "--report", str(report)
+    )
+    try:
+        assert requests.post(f"{url}/v1/jobs", json=SUBMIT).status_code == 201
+        assert requests.get(f"{url}/v1/nothing").status_code == 502
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert "no recorded interaction matches GET /v1/nothing" in err
+    assert "Traceback" not in err
+    assert json.loads(report.read_text())["requests"]["served"] == 1
+
+
+def test_cli_replay_clean_run_exits_zero(tmp_path: Path) -> None:
+    proc, url = start_cli(
+        "replay", str(cassette_file(tmp_path)), "--listen", "127.0.0.1:0", "--strict"
+    )
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+def test_inspect_shows_tables(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    save(job_cassette(), path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "interactions (5)"
+    assert lines[1].split() == ["#", "method", "path", "status", "body", "time"]
+    assert lines[2].split()[:4] == ["1", "POST", "/v1/jobs", "201"]
+    assert any(line.split()[:3] == ["1", "1", "3"] and "job.completed" in line for line in lines)
+
+
+def test_user_mistakes_get_one_line_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ninteractions:\n- request: {uri: /x}\n  response: {}\n")
+    result = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:3: interactions[0].request: missing field 'method'" in result.output
+    conf = tmp_path / "replayproxy.yaml"
+    conf.write_text("match:\n  headerz: [x]\n")
+    result = CliRunner().invoke(main, ["replay", str(bad), "--config", str(conf)])
+    assert result.exit_code == 2
+    assert f"{conf}: unknown key 'match.headerz'" in result.output
+    assert "Traceback" not in result.output
