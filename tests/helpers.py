@@ -1,4 +1,4 @@
-"""Shared test helpers: real aiohttp servers on 127.0.0.1 with ephemeral ports, cassettes in code."""
+"""Shared test helpers: real aiohttp servers on 127.0.0.1 (ephemeral ports), cassettes in code."""
 
 from __future__ import annotations
 
