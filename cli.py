@@ -18,6 +18,7 @@ from replayproxy.cassette import load
 from replayproxy.config import Config, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
+from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.replayer import ReplayOptions, near_miss_text
 from replayproxy.webhooks import TIMINGS
 
@@ -140,6 +141,11 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds to wait at shutdown for webhooks still due.",
         ),
         click.option(
+            "--shift-time",
+            is_flag=True,
+            help="Move recorded timestamps in answers and webhooks to the present.",
+        ),
+        click.option(
             "--allow-remote",
             is_flag=True,
             help="Allow listening on a non-loopback address (prints a warning).",
@@ -160,6 +166,7 @@ def build_options(kw: dict[str, Any]) -> ReplayOptions:
         bad_signature=kw["bad_signature"],
         stale_timestamp=kw["stale_timestamp"],
         drain_timeout=kw["drain_timeout"],
+        shift_time=kw["shift_time"],
     )
 
 
@@ -198,10 +205,13 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
 
 @main.command()
 @click.argument("cassette", type=click.Path(dir_okay=False))
+@config_option
 @friendly
-def inspect(cassette: str) -> None:
+def inspect(cassette: str, config_path: str | None) -> None:
     """Show CASSETTE's interactions, webhooks and variables as tables."""
-    click.echo(render_inspect(load(cassette)))
+    tape = load(cassette)
+    ensure_variables(tape, normaliser(tape, settings(config_path)))
+    click.echo(render_inspect(tape))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,18 +7,20 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .cassette import Cassette, Request, Response
 from .config import Config
-from .delivery import Deliverer
+from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
 from .matching import Matcher, describe
 from .report import Attempt, Delivery, Report, Unmatched
-from .signing import validate
-from .webhooks import Schedule, outgoing, shuffled, target
+from .signing import sign, validate
+from .timeshift import recording_delta, shift
+from .webhooks import Schedule, event_id, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
 
@@ -36,6 +38,7 @@ class ReplayOptions:
     bad_signature: bool = False
     stale_timestamp: bool = False
     drain_timeout: float = 5.0
+    shift_time: bool = False
 
 
 @dataclass(slots=True)
@@ -69,6 +72,8 @@ class Replayer:
         self.options = options or ReplayOptions()
         validate(config.webhooks.signature)
         self.secrets = local_secrets(config, needed=bool(cassette.webhooks))
+        if self.secrets:  # a malformed key (e.g. not whsec_<base64>) fails now, not per webhook
+            sign(b"", self.secrets, config.webhooks.signature, timestamp=0)
         self.matcher = Matcher(cassette, config)
         self.schedule = Schedule(cassette, self.options.timing, self.options.speed)
         self.report = Report(interactions_total=len(cassette.interactions))
@@ -77,6 +82,8 @@ class Replayer:
             backoff=config.webhooks.backoff,
             timeout=config.webhooks.timeout,
         )
+        if self.options.shift_time:
+            _shift_cassette(cassette)
         self.prepared = [self._prepare(i.response) for i in cassette.interactions]
 
     def _prepare(self, response: Response) -> Prepared:
@@ -139,12 +146,21 @@ class Replayer:
         return web.json_response(body, status=self.config.unmatched_status)
 
     def _send(self, due) -> None:
-        numbers = shuffled([d.number for d in due], self.options.shuffle_webhooks)
-        delays = {d.number: d.delay for d in due}
-        for number in numbers:
-            self.deliver(number, delays[number])
+        """Webhooks due together go out one after the other, in recorded (or shuffled) order."""
+        jobs = [self._job(d.number, d.delay) for d in order(due, self.options.shuffle_webhooks)]
+        self.deliverer.submit([job for job in jobs if job is not None])
 
     def deliver(self, number: int, delay: float = 0.0) -> list[Delivery]:
+        """Schedule webhook `number` on its own; its report entries (one per copy)."""
+        job = self._job(number, delay)
+        if job is None:
+            return self.report.deliveries[-max(1, self.options.duplicate_webhooks) :]
+        self.deliverer.submit([job])
+        return job.deliveries
+
+    def _job(self, number: int, delay: float) -> Job | None:
+        """Report entries for webhook `number` and how to build its attempts; None (and the
+        entries failed) when it has nowhere to go."""
         hook = self.cassette.webhooks[number - 1]
         fallback = self.config.webhooks.forward_to or self.options.webhook_url
         bindings = self.matcher.bindings
@@ -154,8 +170,9 @@ class Replayer:
             if self.options.bad_signature
             else ("stale-timestamp" if self.options.stale_timestamp else None)
         )
+        signature = self.config.webhooks.signature
         copies = [
-            Delivery(number, url or "", copy=n + 1, test=test)
+            Delivery(number, url or "", copy=n + 1, test=test, event_id=event_id(hook, signature))
             for n in range(max(1, self.options.duplicate_webhooks))
         ]
         self.report.deliveries.extend(copies)
@@ -163,8 +180,7 @@ class Replayer:
             for d in copies:
                 d.outcome = "failed"
                 d.attempts.append(_no_target())
-            return copies
-        signature = self.config.webhooks.signature
+            return None
 
         def build(now: int):
             return outgoing(
@@ -178,8 +194,7 @@ class Replayer:
                 stale_timestamp=self.options.stale_timestamp,
             )
 
-        self.deliverer.submit(copies, build, delay)
-        return copies
+        return Job(copies, build, delay)
 
     async def close(self) -> Report:
         """Wait (bounded) for webhooks in flight, then stop; the report is final after this."""
@@ -188,6 +203,15 @@ class Replayer:
         self.report.unused = self.matcher.unused()
         self.report.webhooks_never_due = self.schedule.pending()
         return self.report
+
+
+def _shift_cassette(cassette: Cassette) -> None:
+    """Move every recorded time in answers and webhooks by (now - recording time), once."""
+    delta = recording_delta(cassette.meta.get("recorded_at"), datetime.now(UTC))
+    for item in cassette.interactions:
+        item.response.body = shift(item.response.body, delta)
+    for hook in cassette.webhooks:
+        hook.body = shift(hook.body, delta)
 
 
 def _no_target() -> Attempt:

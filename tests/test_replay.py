@@ -147,3 +147,31 @@ def test_user_mistakes_get_one_line_no_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"{conf}: unknown key 'match.headerz'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_shift_time_moves_recorded_times_to_now(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from helpers import exchange
+
+    from replayproxy.cassette import Cassette
+    from replayproxy.replayer import ReplayOptions
+
+    recorded = datetime.now(UTC) - timedelta(days=30)
+    stamp = recorded.strftime("%Y-%m-%dT%H:%M:%SZ")
+    cassette = Cassette(
+        [exchange("GET", "/v1/jobs/1", body={"created_at": stamp})],
+        meta={"recorded_at": recorded.isoformat()},
+    )
+    path = tmp_path / "old.yaml"
+    save(cassette, path)
+
+    async def fetch(shift: bool) -> str:
+        options = ReplayOptions(shift_time=shift)
+        async with ReplayProxy(path, options=options) as proxy, aiohttp.ClientSession() as s:
+            async with s.get(f"{proxy.url}/v1/jobs/1") as resp:
+                return (await resp.json())["created_at"]
+
+    assert run(fetch(False)) == stamp
+    shifted = datetime.strptime(run(fetch(True)), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((shifted - datetime.now(UTC)).total_seconds()) < 600  # moved by 30 days, format kept
