@@ -214,5 +214,124 @@ def inspect(cassette: str, config_path: str | None) -> None:
     click.echo(render_inspect(tape))
 
 
+@main.command(short_help="Run a command against the proxy; exit with its status.")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@listen_option
+@config_option
+@click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    help="Also export the proxy URL as NAME (default: config export_env).",
+)
+@click.option("--record", is_flag=True, help="Record through --upstream instead of replaying.")
+@click.option("--upstream", help="With --record: where requests go (default: config upstream).")
+@click.option(
+    "--upstream-ca",
+    type=click.Path(dir_okay=False),
+    help="With --record: CA bundle that verifies the upstream's TLS certificate.",
+)
+@click.option(
+    "--divergence-exit-code",
+    type=click.IntRange(0, 255),
+    default=1,
+    show_default=True,
+    help="Exit status when the command passed but the replay diverged (125: git bisect skip).",
+)
+@replay_options
+@friendly
+def run(
+    cassette: str,
+    command: tuple[str, ...],
+    listen: str | None,
+    config_path: str | None,
+    env_name: str | None,
+    record: bool,
+    upstream: str | None,
+    upstream_ca: str | None,
+    divergence_exit_code: int,
+    **kw: Any,
+) -> None:
+    """Start the proxy on a free port, run COMMAND with its URL, stop, exit with its status.
+
+    The URL is exported as REPLAYPROXY_URL (and as --env NAME / config export_env). Put the
+    command after `--`: replayproxy run cassettes/x.yaml -- pytest tests/e2e
+    """
+    from replayproxy.runner import exit_status, open_proxy, run_command
+
+    config = settings(config_path, upstream=upstream)
+    if record and not config.upstream:
+        raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
+    proxy = open_proxy(
+        cassette,
+        mode="all" if record else "replay",
+        upstream=config.upstream if record else None,
+        upstream_ca=upstream_ca,
+        config=config,
+        listen=listen or "127.0.0.1:0",
+        options=build_options(kw),
+        report_path=kw["report_path"],
+        allow_remote=kw["allow_remote"],
+    )
+    names = [n for n in (env_name or config.export_env,) if n]
+
+    def started(url: str) -> None:
+        shown = ", ".join(["REPLAYPROXY_URL", *names])
+        verb = "recording" if record else "replaying"
+        click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
+
+    returncode, report = asyncio.run(run_command(proxy, command, names, started))
+    diverged = bool(getattr(report, "diverged", False))
+    if diverged:
+        if report.unmatched:
+            click.echo(near_miss_text(report), err=True)
+        summary = report.webhooks_summary()
+        click.echo(
+            f"replayproxy: replay diverged: served {report.served}, unmatched "
+            f"{len(report.unmatched)}; webhooks delivered {summary['delivered']}, failed "
+            f"{summary['failed']}, pending {summary['pending'] + len(summary['never_due'])}",
+            err=True,
+        )
+    sys.exit(exit_status(returncode, diverged, divergence_exit_code))
+
+
+@main.command("diff")
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@friendly
+def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None:
+    """What changed from recording A to recording B; exit 1 when they differ.
+
+    Variables, timestamps, header order, redacted values and consistently renamed upstream ids
+    are not differences.
+    """
+    import json
+
+    from replayproxy.diff import diff
+
+    result = diff(load(a), load(b), settings(config_path))
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
+    sys.exit(0 if result.equal else 1)
+
+
+@main.command("check")
+@click.argument("cassettes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@friendly
+def check_command(cassettes: tuple[str, ...]) -> None:
+    """Lint CASSETTES for CI: schema, secrets, uncaused webhooks, unused variables."""
+    from replayproxy.check import check_paths
+
+    findings = list(check_paths(list(cassettes)))
+    for finding in findings:
+        click.echo(finding.render())
+    if findings:
+        click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s)", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(cassettes)} cassette(s), no findings", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

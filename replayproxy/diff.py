@@ -1,0 +1,424 @@
+"""What changed between two recordings: interactions and webhooks added, removed, changed.
+
+Pure engine. Interactions pair by their matching fingerprint (`matching.Normaliser`), in recorded
+order; what is left pairs by method and path shape (numeric segments, such as Camber's job ids,
+count as one shape), so a changed request body shows as a change rather than a removal plus an
+addition. Webhooks pair by method and event type, in order.
+
+Differences that are not differences are ignored: variables (the same position holding another
+minted value), timestamps, header order, redacted values (`<redacted>`), and upstream ids that
+were consistently renamed (a job that was 6238 last month and is 7001 today is the same job, when
+it is 7001 everywhere 6238 was).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .cassette import Cassette, Headers, Interaction, Webhook
+from .config import Config
+from .inspect import event_type
+from .matching import describe, ensure_variables, normaliser
+from .variables import number_shape, shape
+
+REDACTED = "<redacted>"
+
+#: Headers whose values are times or per-hop/per-request noise: their values never count.
+VOLATILE_HEADERS = frozenset(
+    {
+        "date",
+        "expires",
+        "last-modified",
+        "age",
+        "content-length",
+        "etag",
+        "x-request-id",
+        "request-id",
+        "x-correlation-id",
+        "traceparent",
+        "tracestate",
+        "x-amzn-trace-id",
+        "x-runtime",
+        "server-timing",
+        "idempotency-key",
+        "x-idempotency-key",
+    }
+)
+
+#: Minted shapes: two values of the same one of these shapes are equal for a diff.
+_MINTED = frozenset({"uuid", "ulid", "token", "time", "url"})
+_ID_KEY = re.compile(r"(^|_)id$|Id$|^id$", re.IGNORECASE)
+_DIGITS = re.compile(r"^\d+$")
+
+
+@dataclass(slots=True)
+class Change:
+    kind: str  # added | removed | changed
+    what: str  # interaction | webhook
+    a: int | None  # 1-based number in A
+    b: int | None  # 1-based number in B
+    title: str  # e.g. "POST /v1/jobs" or "job.completed"
+    fields: list[str] = field(default_factory=list)  # for `changed`: "field: a -> b"
+
+    def render(self) -> str:
+        if self.kind == "added":
+            return f"+ {self.what} B#{self.b} {self.title}"
+        if self.kind == "removed":
+            return f"- {self.what} A#{self.a} {self.title}"
+        head = f"~ {self.what} A#{self.a} -> B#{self.b} {self.title}"
+        return "\n".join([head, *(f"    {f}" for f in self.fields)])
+
+
+@dataclass(slots=True)
+class Diff:
+    changes: list[Change] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # upstream ids, A value -> B value
+
+    @property
+    def equal(self) -> bool:
+        return not self.changes
+
+    def render(self) -> str:
+        if self.equal:
+            lines = ["no differences"]
+        else:
+            counts = {k: sum(c.kind == k for c in self.changes) for k in ("added", "removed")}
+            counts["changed"] = sum(c.kind == "changed" for c in self.changes)
+            lines = [c.render() for c in self.changes]
+            lines.append(
+                f"{counts['added']} added, {counts['removed']} removed, "
+                f"{counts['changed']} changed"
+            )
+        if self.renamed:
+            shown = ", ".join(f"{a} -> {b}" for a, b in list(self.renamed.items())[:10])
+            lines.append(f"(upstream ids renamed, not counted: {shown})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "equal": self.equal,
+            "changes": [
+                {"kind": c.kind, "what": c.what, "a": c.a, "b": c.b, "title": c.title,
+                 "fields": c.fields}
+                for c in self.changes
+            ],
+            "renamed": self.renamed,
+        }
+
+
+class _Side:
+    """One cassette with what the comparison needs: its variables and its normalised requests."""
+
+    def __init__(self, cassette: Cassette, config: Config):
+        self.cassette = cassette
+        normalise = normaliser(cassette, config)
+        ensure_variables(cassette, normalise)
+        self.variables = {v.value for v in cassette.variables}
+        self.pattern = _values_pattern(self.variables)
+        self.normals = [normalise(i.request) for i in cassette.interactions]
+
+    def scrub(self, text: str) -> str:
+        """Variable values inside a longer string become `{var}`."""
+        if self.pattern is None or text in self.variables:
+            return text
+        return self.pattern.sub("{var}", text)
+
+
+def _values_pattern(values: set[str]) -> re.Pattern[str] | None:
+    usable = sorted((v for v in values if len(v) >= 6), key=len, reverse=True)
+    if not usable:
+        return None
+    return re.compile("|".join(re.escape(v) for v in usable))
+
+
+def diff(a: Cassette, b: Cassette, config: Config | None = None) -> Diff:
+    """Compare recording `a` (older) with `b` (newer)."""
+    config = config or Config()
+    left, right = _Side(a, config), _Side(b, config)
+    result = Diff()
+    cmp = _Comparer(left, right, result.renamed)
+    pairs = _pair_interactions(left, right)
+    paired_a = {i for i, _ in pairs}
+    paired_b = {j for _, j in pairs}
+    number_map: dict[int, int] = {}
+    changes: list[tuple[tuple[int, int], Change]] = []
+    for i, j in pairs:
+        number_map[i + 1] = j + 1
+        item_a, item_b = a.interactions[i], b.interactions[j]
+        fields = cmp.interaction(item_a, item_b)
+        if fields:
+            title = describe(item_a.request)
+            other = describe(item_b.request)
+            if cmp.rename_text(other) != cmp.rename_text(title) and other != title:
+                title = f"{title} -> {other}"
+            changes.append(((i, j), Change("changed", "interaction", i + 1, j + 1, title, fields)))
+    for i, item in enumerate(a.interactions):
+        if i not in paired_a:
+            title = describe(item.request)
+            changes.append(((i, -1), Change("removed", "interaction", i + 1, None, title)))
+    for j, item in enumerate(b.interactions):
+        if j not in paired_b:
+            title = describe(item.request)
+            changes.append(((_position(j, pairs), j), Change("added", "interaction", None, j + 1,
+                                                              title)))
+    changes.sort(key=lambda t: t[0])
+    result.changes.extend(c for _, c in changes)
+    result.changes.extend(_webhooks(a.webhooks, b.webhooks, cmp, number_map))
+    return result
+
+
+def _position(j: int, pairs: list[tuple[int, int]]) -> int:
+    """Where an added B interaction sorts among A's numbers: after the A paired before it."""
+    before = [i for i, jj in pairs if jj < j]
+    return max(before) if before else -1
+
+
+def _pair_interactions(left: _Side, right: _Side) -> list[tuple[int, int]]:
+    pairs: list[tuple[int, int]] = []
+    free_b: dict[Any, list[int]] = {}
+    for j, normal in enumerate(right.normals):
+        free_b.setdefault(normal.fingerprint, []).append(j)
+    used_b: set[int] = set()
+    rest_a: list[int] = []
+    for i, normal in enumerate(left.normals):
+        queue = free_b.get(normal.fingerprint)
+        if queue:
+            j = queue.pop(0)
+            used_b.add(j)
+            pairs.append((i, j))
+        else:
+            rest_a.append(i)
+    # What is left pairs by method and path shape, in order.
+    by_shape: dict[tuple[str, str], list[int]] = {}
+    for j, normal in enumerate(right.normals):
+        if j not in used_b:
+            by_shape.setdefault((normal.method, _coarse(normal.template)), []).append(j)
+    for i in rest_a:
+        normal = left.normals[i]
+        queue = by_shape.get((normal.method, _coarse(normal.template)))
+        if queue:
+            pairs.append((i, queue.pop(0)))
+    return sorted(pairs)
+
+
+def _coarse(template: str) -> str:
+    return "/".join("{n}" if _DIGITS.match(s) else s for s in template.split("/"))
+
+
+class _Comparer:
+    def __init__(self, left: _Side, right: _Side, renamed: dict[str, str]):
+        self.left = left
+        self.right = right
+        self.renamed = renamed
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def same(self, x: Any, y: Any, key: str = "") -> bool:
+        if x == y:
+            return True
+        if x == REDACTED or y == REDACTED:
+            return True
+        if isinstance(x, str) and isinstance(y, str):
+            if x in self.left.variables and y in self.right.variables:
+                return True
+            kind = shape(x)
+            if kind in _MINTED and kind == shape(y):
+                return True
+            if self.left.scrub(x) == self.right.scrub(y) and "{var}" in self.left.scrub(x):
+                return True
+        if _is_number(x) and _is_number(y) and number_shape(x) and number_shape(y):
+            return True  # both unix timestamps
+        renamed = self.renamed.get(str(x))
+        if renamed is not None:
+            return renamed == str(y)
+        if key and _ID_KEY.search(key) and _id_like(x) and _id_like(y):
+            if str(y) in self.renamed.values():
+                return False
+            self.renamed[str(x)] = str(y)  # an upstream id, first seen here: learn the rename
+            return True
+        return False
+
+    def rename_text(self, text: str) -> str:
+        for old, new in self.renamed.items():
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(old)}(?![A-Za-z0-9])", new, text)
+        return text
+
+    # -- parts ----------------------------------------------------------------------------------
+
+    def headers(self, where: str, a: Headers, b: Headers) -> list[str]:
+        da, db = _header_map(a), _header_map(b)
+        out = []
+        for name in sorted(set(da) | set(db)):
+            if name in VOLATILE_HEADERS:
+                continue
+            va, vb = da.get(name), db.get(name)
+            if va is None:
+                out.append(f"{where}.{name}: added {_short(vb)}")
+            elif vb is None:
+                out.append(f"{where}.{name}: removed (was {_short(va)})")
+            elif len(va) != len(vb) or not all(
+                self.same(x, y) for x, y in zip(va, vb, strict=True)
+            ):
+                out.append(f"{where}.{name}: {_short(va)} -> {_short(vb)}")
+        return out
+
+    def body(self, where: str, a: bytes, b: bytes) -> list[str]:
+        if a == b:
+            return []
+        ja, jb = _json(a), _json(b)
+        if ja is not _NOT_JSON and jb is not _NOT_JSON:
+            out: list[str] = []
+            self.json(where, ja, jb, out)
+            return out
+        try:
+            ta, tb = a.decode("utf-8"), b.decode("utf-8")
+        except UnicodeDecodeError:
+            return [f"{where}: {len(a)} bytes -> {len(b)} bytes"]
+        if self.left.scrub(ta) == self.right.scrub(tb) or self.rename_text(ta) == tb:
+            return []
+        return [f"{where}: {_short(ta)} -> {_short(tb)}"]
+
+    def json(self, where: str, a: Any, b: Any, out: list[str], key: str = "") -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                path = f"{where}.{k}"
+                if k not in b:
+                    out.append(f"{path}: removed (was {_short(a[k])})")
+                elif k not in a:
+                    out.append(f"{path}: added {_short(b[k])}")
+                else:
+                    self.json(path, a[k], b[k], out, str(k))
+        elif isinstance(a, list) and isinstance(b, list):
+            for n in range(max(len(a), len(b))):
+                path = f"{where}.{n}"
+                if n >= len(b):
+                    out.append(f"{path}: removed (was {_short(a[n])})")
+                elif n >= len(a):
+                    out.append(f"{path}: added {_short(b[n])}")
+                else:
+                    self.json(path, a[n], b[n], out, key)
+        elif type(a) is not type(b) and not (_is_number(a) and _is_number(b)):
+            if not self.same(a, b, key):
+                out.append(f"{where}: {_short(a)} -> {_short(b)}")
+        elif not self.same(a, b, key):
+            out.append(f"{where}: {_short(a)} -> {_short(b)}")
+
+    def target(self, a: str, b: str) -> list[str]:
+        """Method-independent comparison of two request targets (path and query)."""
+        pa, pb = urlsplit(a), urlsplit(b)
+        out = []
+        sa, sb = pa.path.split("/"), pb.path.split("/")
+        if len(sa) != len(sb) or not all(
+            self.same(x, y, "id" if _DIGITS.match(x) and _DIGITS.match(y) else "")
+            for x, y in zip(sa, sb, strict=True)
+        ):
+            out.append(f"request.path: {pa.path} -> {pb.path}")
+        qa, qb = dict(parse_qsl(pa.query, True)), dict(parse_qsl(pb.query, True))
+        for name in sorted(set(qa) | set(qb)):
+            if name not in qb:
+                out.append(f"request.query.{name}: removed (was {_short(qa[name])})")
+            elif name not in qa:
+                out.append(f"request.query.{name}: added {_short(qb[name])}")
+            elif not self.same(qa[name], qb[name], name):
+                out.append(f"request.query.{name}: {_short(qa[name])} -> {_short(qb[name])}")
+        return out
+
+    # -- whole items ----------------------------------------------------------------------------
+
+    def interaction(self, a: Interaction, b: Interaction) -> list[str]:
+        out: list[str] = []
+        if a.request.method != b.request.method:
+            out.append(f"request.method: {a.request.method} -> {b.request.method}")
+        out += self.target(a.request.uri, b.request.uri)
+        out += self.headers("request.headers", a.request.headers, b.request.headers)
+        out += self.body("request.body", a.request.body, b.request.body)
+        if a.response.status != b.response.status:
+            out.append(f"response.status: {a.response.status} -> {b.response.status}")
+        out += self.headers("response.headers", a.response.headers, b.response.headers)
+        out += self.body("response.body", a.response.body, b.response.body)
+        return out
+
+    def webhook(self, a: Webhook, b: Webhook, number_map: dict[int, int]) -> list[str]:
+        out: list[str] = []
+        if a.method != b.method:
+            out.append(f"method: {a.method} -> {b.method}")
+        for name in ("cause", "after"):
+            va, vb = getattr(a, name), getattr(b, name)
+            mapped = number_map.get(va) if va is not None else None
+            if mapped != vb:
+                shown_a = f"#{va}" if va else "none"
+                shown_b = f"#{vb}" if vb else "none"
+                out.append(f"{name}: interaction A{shown_a} -> B{shown_b}")
+        out += self.headers("headers", a.headers, b.headers)
+        out += self.body("body", a.body, b.body)
+        return out
+
+
+def _webhooks(
+    a: list[Webhook], b: list[Webhook], cmp: _Comparer, number_map: dict[int, int]
+) -> list[Change]:
+    free: dict[tuple[str, str], list[int]] = {}
+    for j, hook in enumerate(b):
+        free.setdefault((hook.method, event_type(hook)), []).append(j)
+    used: set[int] = set()
+    out: list[Change] = []
+    for i, hook in enumerate(a):
+        title = event_type(hook) or f"{hook.method} {hook.path}"
+        queue = free.get((hook.method, event_type(hook)))
+        if not queue:
+            out.append(Change("removed", "webhook", i + 1, None, title))
+            continue
+        j = queue.pop(0)
+        used.add(j)
+        fields = cmp.webhook(hook, b[j], number_map)
+        if fields:
+            out.append(Change("changed", "webhook", i + 1, j + 1, title, fields))
+    for j, hook in enumerate(b):
+        if j not in used:
+            title = event_type(hook) or f"{hook.method} {hook.path}"
+            out.append(Change("added", "webhook", None, j + 1, title))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+_NOT_JSON = object()
+
+
+def _json(body: bytes) -> Any:
+    if not body or body[:1] not in b"{[":
+        return _NOT_JSON
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _NOT_JSON
+
+
+def _header_map(headers: Headers) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in headers:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _id_like(value: Any) -> bool:
+    """An upstream id worth learning a rename for: not a flag, not a tiny number like 1."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) >= 3
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value) and len(value) == 1:
+        value = value[0]
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

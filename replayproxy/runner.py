@@ -1,0 +1,128 @@
+"""Run a command against a proxy: the wiring behind `replayproxy run` and the pytest plugin.
+
+`open_proxy` builds a ReplayProxy (or its thread twin) in a named mode; `run_command` starts it,
+runs the command with the proxy's URL in its environment, waits for it, stops the proxy (which
+drains due webhooks and writes the report) and returns the command's status with the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .api import ReplayProxy, SyncReplayProxy
+from .errors import ReplayProxyError
+from .report import Report
+
+#: The variable every command run under the proxy finds its URL in.
+URL_ENV = "REPLAYPROXY_URL"
+
+#: Modes as users name them (pytest-recording's habits) -> ReplayProxy's `mode=`.
+MODES = {
+    "replay": "none",
+    "none": "none",
+    "record": "once",
+    "once": "once",
+    "new_episodes": "new_episodes",
+    "all": "all",
+}
+
+
+def supports_recording() -> bool:
+    return "mode" in inspect.signature(ReplayProxy.__init__).parameters
+
+
+def open_proxy(
+    cassette: str | Path,
+    *,
+    mode: str = "replay",
+    upstream: str | None = None,
+    sync: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A ReplayProxy (SyncReplayProxy when `sync`) for `cassette` in `mode`.
+
+    Replay passes no `mode=`, so it works with every ReplayProxy; record modes need a ReplayProxy
+    that takes `mode=` and `upstream=`, and say so clearly when it does not.
+    """
+    if mode not in MODES:
+        raise ReplayProxyError(f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+    cls = SyncReplayProxy if sync else ReplayProxy
+    target = MODES[mode]
+    if kwargs.get("upstream_ca") is None:
+        kwargs.pop("upstream_ca", None)
+    if target == "none":
+        kwargs.pop("upstream_ca", None)
+        return cls(cassette, **kwargs)
+    if not supports_recording():
+        raise ReplayProxyError(
+            f"mode {mode!r} records, but this replayproxy cannot record yet "
+            "(ReplayProxy takes no mode=/upstream=); replay works"
+        )
+    return cls(cassette, mode=target, upstream=upstream, **kwargs)
+
+
+def exit_status(returncode: int, diverged: bool, divergence_exit_code: int = 1) -> int:
+    """The command's status; when it passed but the replay diverged, `divergence_exit_code`."""
+    if returncode < 0:  # killed by a signal: the shell's convention
+        return 128 - returncode
+    if returncode != 0:
+        return returncode
+    return divergence_exit_code if diverged else 0
+
+
+def command_env(url: str, export: Sequence[str] = ()) -> dict[str, str]:
+    env = dict(os.environ)
+    env[URL_ENV] = url
+    for name in export:
+        if name:
+            env[name] = url
+    return env
+
+
+async def run_command(
+    proxy: ReplayProxy, command: Sequence[str], export: Sequence[str] = (), on_start: Any = None
+) -> tuple[int, Report]:
+    """Start `proxy`, run `command` (inheriting stdio) with its URL exported, stop, report."""
+    if not command:
+        raise ReplayProxyError("no command to run: put it after `--`")
+    async with proxy:
+        if on_start is not None:
+            on_start(proxy.url)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, env=command_env(proxy.url, export)
+            )
+        except FileNotFoundError:
+            raise ReplayProxyError(f"command not found: {command[0]}") from None
+        except PermissionError:
+            raise ReplayProxyError(f"command not executable: {command[0]}") from None
+        loop = asyncio.get_running_loop()
+        # Ctrl-C reaches the command from the terminal; the proxy waits for it to finish.
+        # SIGTERM is passed on, so a CI runner's cancel stops both.
+        handled = []
+        for sig, action in (
+            (signal.SIGINT, lambda: None),
+            (signal.SIGTERM, lambda: _forward(proc, signal.SIGTERM)),
+        ):
+            try:
+                loop.add_signal_handler(sig, action)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not main thread
+                pass
+        try:
+            returncode = await proc.wait()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+    return returncode, proxy.report
+
+
+def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:
+        proc.send_signal(sig)
