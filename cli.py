@@ -20,6 +20,7 @@ from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.replayer import ReplayOptions, near_miss_text
+from replayproxy.signing import SCHEMES
 from replayproxy.webhooks import TIMINGS
 
 
@@ -196,7 +197,7 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
     click.echo(
         f"served {report.served}, unmatched {len(report.unmatched)}, "
         f"unused {len(report.unused)} of {report.interactions_total}; webhooks delivered "
-        f"{summary['delivered']}, failed {summary['failed']}, "
+        f"{summary['delivered']}, rejected {summary['rejected']}, failed {summary['failed']}, "
         f"pending {summary['pending'] + len(summary['never_due'])}",
         err=True,
     )
@@ -331,6 +332,57 @@ def check_command(cassettes: tuple[str, ...]) -> None:
         click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s)", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(cassettes)} cassette(s), no findings", err=True)
+
+
+@main.command("send-webhook")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@click.option("--index", type=int, metavar="N", help="Send webhook N (as `inspect` numbers it).")
+@click.option("--all", "send_all", is_flag=True, help="Send every webhook, in recorded order.")
+@click.option("--to", "url", required=True, help="The URL that receives them (the app's route).")
+@config_option
+@click.option(
+    "--scheme",
+    type=click.Choice(SCHEMES),
+    help="Signature scheme (default: config webhooks.signature.scheme).",
+)
+@friendly
+def send_webhook(
+    cassette: str,
+    index: int | None,
+    send_all: bool,
+    url: str,
+    config_path: str | None,
+    scheme: str | None,
+) -> None:
+    """Send recorded webhooks from CASSETTE to --to, re-signed now with the local secret.
+
+    The secret comes from the environment variable that webhooks.local_secret_env names
+    (default WEBHOOK_SECRET). Prints the receiver's status and body for each; exits 1 when any
+    answer is not 2xx.
+    """
+    import dataclasses
+
+    from replayproxy.delivery import pick, send_recorded
+    from replayproxy.replayer import local_secrets
+    from replayproxy.signing import validate
+
+    config = settings(config_path)
+    signature = config.webhooks.signature
+    if scheme:
+        signature = dataclasses.replace(signature, scheme=scheme)
+    validate(signature)
+    tape = load(cassette)
+    numbers = pick(tape, index, send_all)
+    secrets = local_secrets(config, needed=True)
+    results = asyncio.run(
+        send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
+    )
+    for sent in results:
+        answer = f"{sent.status} {sent.reason}".strip() if sent.status else f"error {sent.error}"
+        click.echo(f"webhook {sent.number} ({sent.event_id or 'no event id'}) -> {url}: {answer}")
+        if sent.body:
+            click.echo(sent.body.decode("utf-8", "replace").rstrip())
+    sys.exit(0 if all(sent.ok for sent in results) else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

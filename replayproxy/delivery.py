@@ -1,20 +1,39 @@
-"""Sends webhooks to the app: one task per delivery, retried with backoff, every attempt reported.
+"""Sends webhooks to the app: retried with backoff, every attempt reported; and `send-webhook`.
 
-Each attempt is built anew by the caller's `build(now)`, so it carries a fresh timestamp and
-signature while the recorded event id stays the same across retries.
+Webhooks that fall due together go out one after the other in one task (so their order is the
+one chosen, deterministic for a shuffle seed); each waits for its own due time. Each attempt is
+built anew by the caller's `build(now)`, so it carries a fresh timestamp and signature while the
+recorded event id stays the same across retries and copies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from .cassette import Cassette
+from .config import SignatureConfig
+from .errors import ReplayProxyError
 from .report import Attempt, Delivery
-from .webhooks import Outgoing
+from .variables import Bindings
+from .webhooks import Outgoing, event_id, outgoing
+
+Build = Callable[[int], Outgoing]
+
+
+@dataclass(slots=True)
+class Job:
+    """One recorded webhook to deliver: its copies (same event id), how to build an attempt,
+    and how long after it fell due to send the first one."""
+
+    deliveries: list[Delivery]
+    build: Build
+    delay: float = 0.0
 
 
 class Deliverer:
@@ -31,25 +50,31 @@ class Deliverer:
             self._session = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False)
         return self._session
 
-    def submit(
-        self, deliveries: list[Delivery], build: Callable[[int], Outgoing], delay: float = 0.0
-    ) -> None:
-        """Deliver the copies in order (same event id), after `delay` seconds."""
-        task = asyncio.get_running_loop().create_task(self._run(deliveries, build, delay))
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Deliver `jobs` in this order, one after the other, each no sooner than its delay
+        (counted from now) and each copy after the one before it has succeeded or given up."""
+        task = asyncio.get_running_loop().create_task(self._run(list(jobs)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(
-        self, deliveries: list[Delivery], build: Callable[[int], Outgoing], delay: float
-    ) -> None:
-        if delay > 0:
-            await asyncio.sleep(delay)
-        for delivery in deliveries:
-            await self._deliver(delivery, build)
+    async def _run(self, jobs: list[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for job in jobs:
+            wait = start + job.delay - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            for delivery in job.deliveries:
+                await self._deliver(delivery, job.build)
 
-    async def _deliver(self, delivery: Delivery, build: Callable[[int], Outgoing]) -> None:
+    async def _deliver(self, delivery: Delivery, build: Build) -> None:
         for attempt in range(self.attempts):
-            out = build(int(time.time()))
+            try:
+                out = build(int(time.time()))
+            except Exception as exc:  # a bug or bad key must not vanish with the task
+                delivery.attempts.append(Attempt(None, f"cannot build the webhook: {exc}", 0.0))
+                delivery.outcome = "failed"
+                return
             status, error, retry_after = await self._attempt(out)
             delivery.attempts.append(
                 Attempt(status, error, round(time.monotonic() - self.started, 4))
@@ -58,7 +83,7 @@ class Deliverer:
                 delivery.outcome = "delivered"
                 return
             if delivery.test is not None and status is not None and 400 <= status < 500:
-                delivery.outcome = "failed"  # the app refused a deliberately bad webhook
+                delivery.outcome = "rejected"  # the app refused a deliberately bad webhook
                 return
             if attempt + 1 < self.attempts:
                 await asyncio.sleep(
@@ -93,6 +118,70 @@ class Deliverer:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+
+@dataclass(slots=True)
+class Sent:
+    """What the receiver answered to one webhook sent by `send-webhook`."""
+
+    number: int
+    event_id: str | None
+    url: str
+    status: int | None
+    reason: str
+    body: bytes
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def pick(cassette: Cassette, index: int | None, every: bool) -> list[int]:
+    """The webhook numbers (1-based, as `inspect` shows them) that `--index N` / `--all` name."""
+    total = len(cassette.webhooks)
+    if every == (index is not None):
+        raise ReplayProxyError("give exactly one of --index N or --all")
+    if total == 0:
+        raise ReplayProxyError("the cassette has no webhooks")
+    if every:
+        return list(range(1, total + 1))
+    if index is None or not 1 <= index <= total:
+        raise ReplayProxyError(f"no webhook {index}: the cassette has webhooks 1 to {total}")
+    return [index]
+
+
+async def send_recorded(
+    cassette: Cassette,
+    numbers: Sequence[int],
+    url: str,
+    secrets: Sequence[str],
+    signature: SignatureConfig,
+    *,
+    timeout: float = 10.0,
+) -> list[Sent]:
+    """Send the recorded webhooks `numbers` to `url`, one attempt each, in order, re-signed now
+    with `secrets` (recorded values as they are: there is no live conversation to bind to)."""
+    results = []
+    bindings = Bindings()
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout), auto_decompress=True
+    ) as session:
+        for number in numbers:
+            hook = cassette.webhooks[number - 1]
+            out = outgoing(hook, url, bindings, secrets, signature, now=int(time.time()))
+            sent = Sent(number, event_id(hook, signature), url, None, "", b"")
+            try:
+                async with session.request(
+                    out.method, out.url, data=out.body, headers=out.headers
+                ) as resp:
+                    sent.status, sent.reason, sent.body = resp.status, resp.reason or "", (
+                        await resp.read()
+                    )
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                sent.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            results.append(sent)
+    return results
 
 
 def _retry_after(value: str | None) -> float | None:

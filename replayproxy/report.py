@@ -21,9 +21,9 @@ class Unmatched:
 
 @dataclass(slots=True)
 class Attempt:
-    status: int | None
+    status: int | None  # the app's HTTP status; None when no answer (connection error, timeout)
     error: str | None
-    at: float
+    at: float  # seconds since the replay started
 
 
 @dataclass(slots=True)
@@ -32,15 +32,23 @@ class Delivery:
     url: str
     copy: int = 1
     attempts: list[Attempt] = field(default_factory=list)
-    outcome: str = "pending"  # delivered | failed | pending
+    outcome: str = "pending"  # delivered | rejected | failed | pending
     test: str | None = None  # bad-signature / stale-timestamp: what the app was expected to do
+    event_id: str | None = None  # the recorded event id, the same for every copy and attempt
 
     @property
     def rejected_as_expected(self) -> bool | None:
+        """For a deliberately bad webhook: did the app refuse it with a 4xx? None otherwise."""
         if self.test is None or not self.attempts:
             return None
         last = self.attempts[-1].status
         return last is not None and 400 <= last < 500
+
+    @property
+    def as_expected(self) -> bool:
+        if self.test is not None:
+            return self.rejected_as_expected is True
+        return self.outcome == "delivered"
 
 
 @dataclass(slots=True)
@@ -56,12 +64,12 @@ class Report:
     def diverged(self) -> bool:
         return (
             bool(self.unmatched)
-            or any(d.outcome != "delivered" and d.test is None for d in self.deliveries)
+            or not all(d.as_expected for d in self.deliveries)
             or bool(self.webhooks_never_due)
         )
 
     def webhooks_summary(self) -> dict[str, Any]:
-        count = {"delivered": 0, "failed": 0, "pending": 0}
+        count = {"delivered": 0, "rejected": 0, "failed": 0, "pending": 0}
         for d in self.deliveries:
             count[d.outcome] += 1
         return {

@@ -10,10 +10,11 @@ import base64
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .cassette import Cassette, Webhook
 from .config import SignatureConfig
-from .signing import sign, signature_header_names
+from .signing import SCHEMES, sign, signature_header_names, webhook_id
 from .variables import Bindings
 
 TIMINGS = ("sequence", "recorded", "immediate")
@@ -43,7 +44,13 @@ class Due:
 
 class Schedule:
     """Tracks served interactions; a webhook is due once its cause (and, in `sequence` timing,
-    the last exchange of its own conversation recorded before it) has been replayed."""
+    the last exchange of its own conversation recorded before it) has been replayed.
+
+    `sequence`: due with no delay once cause and `after` are served. `recorded`: due when the
+    cause is served, after the recorded time between the cause's answer and the webhook divided
+    by `speed` (the app's polling does not hold it back, as with the real upstream).
+    `immediate`: due with no delay once the cause is served.
+    """
 
     def __init__(self, cassette: Cassette, timing: str = "sequence", speed: float = 1.0):
         if timing not in TIMINGS:
@@ -65,6 +72,7 @@ class Schedule:
             for interaction in needs:
                 self.waiting.setdefault(interaction, []).append(number)
         self.hooks = cassette.webhooks
+        self.interactions = cassette.interactions
 
     def serve(self, interaction: int) -> list[Due]:
         """Mark an interaction replayed; return the webhooks that became due, in recorded order."""
@@ -85,7 +93,25 @@ class Schedule:
         return sorted([*self.needs, *self.uncaused])
 
     def _delay(self, hook: Webhook) -> float:
-        return hook.delay / self.speed if self.timing == "recorded" else 0.0
+        if self.timing != "recorded":
+            return 0.0
+        return max(0.0, recorded_delay(hook, self.interactions)) / self.speed
+
+
+def recorded_delay(hook: Webhook, interactions: Sequence[Any]) -> float:
+    """Seconds between the answer to the webhook's cause and the webhook, as recorded.
+
+    From the timestamps (`at`, `duration`) when both are known; else the recorded `delay`, which
+    counts from `after` (the same exchange when the webhook followed its cause directly).
+    """
+    if hook.at is not None and hook.cause and 0 < hook.cause <= len(interactions):
+        meta = interactions[hook.cause - 1].meta
+        at = meta.get("at")
+        if isinstance(at, (int, float)):
+            duration = meta.get("duration")
+            end = at + (duration if isinstance(duration, (int, float)) else 0.0)
+            return hook.at - end
+    return hook.delay
 
 
 def shuffled(numbers: Sequence[int], seed: int | None) -> list[int]:
@@ -94,6 +120,18 @@ def shuffled(numbers: Sequence[int], seed: int | None) -> list[int]:
     if seed is not None:
         random.Random(seed).shuffle(out)
     return out
+
+
+def order(due: Sequence[Due], seed: int | None) -> list[Due]:
+    """The order in which webhooks that fell due together are sent, one after the other.
+
+    By due time, then recorded order; with a seed, a deterministic shuffle of the recorded order
+    instead (each still waits for its own due time, or for the one before it).
+    """
+    if seed is None:
+        return sorted(due, key=lambda d: (d.delay, d.number))
+    by_number = {d.number: d for d in due}
+    return [by_number[n] for n in shuffled(sorted(by_number), seed)]
 
 
 @dataclass(slots=True)
@@ -114,10 +152,37 @@ def _wrong(secret: str, scheme: str) -> str:
 def target(
     hook: Webhook, bindings: Bindings, variables: frozenset[str], fallback: str | None
 ) -> str | None:
-    """The live URL: the app's live callback URL when it sent one, else the configured one."""
-    if hook.target and hook.target in variables:
-        return bindings.substitute_text(hook.target, {hook.target})
+    """The live URL: the app's live callback URL when it sent one, else the configured one
+    (`webhooks.forward_to`, else `--webhook-url`), else where the app received it when recording.
+
+    The recorded target is the app's callback URL (or contains it, or another live value such
+    as the app's id for the job) when a recorded value in it is bound to a live one.
+    """
+    if hook.target:
+        live = bindings.substitute_text(hook.target)
+        if live != hook.target or (hook.target in variables and hook.target in bindings.live):
+            return live
     return fallback or hook.target
+
+
+def stale_headers(signature: SignatureConfig) -> frozenset[str]:
+    """Lowercased header names never copied from a recorded webhook: hop headers, the configured
+    scheme's signature/timestamp/id headers, and every named scheme's signature and timestamp
+    headers (the upstream may sign in another scheme than the app's; its ids are kept)."""
+    names = set(signature_header_names(signature)) | _HOP_HEADERS
+    for scheme in SCHEMES:
+        if scheme != "custom":
+            names |= signature_header_names(SignatureConfig(scheme=scheme)) - _ID_HEADERS
+    return frozenset(names)
+
+
+#: Id headers of the named schemes: kept from the recording unless the app's scheme sets them.
+_ID_HEADERS = frozenset({"webhook-id", "svix-id"})
+
+
+def event_id(hook: Webhook, signature: SignatureConfig) -> str | None:
+    """The recorded event id: the cassette's, else the one in the recorded headers."""
+    return hook.event_id or webhook_id(dict(hook.headers), signature)
 
 
 def outgoing(
@@ -133,11 +198,9 @@ def outgoing(
 ) -> Outgoing:
     """One delivery attempt: live values in, stale signatures out, signed now with `secrets`."""
     body = bindings.substitute(hook.body)
-    stale = signature_header_names(signature) | _HOP_HEADERS
+    stale = stale_headers(signature)
     headers = [(k, bindings.substitute_text(v)) for k, v in hook.headers if k.lower() not in stale]
     timestamp = now - 3600 if stale_timestamp else now
     keys = [_wrong(s, signature.scheme) for s in secrets] if bad_signature else list(secrets)
-    headers.extend(
-        sign(body, keys, signature, timestamp=timestamp, webhook_id=hook.event_id).items()
-    )
-    return Outgoing(url, hook.method, headers, body)
+    signed = sign(body, keys, signature, timestamp=timestamp, webhook_id=event_id(hook, signature))
+    return Outgoing(url, hook.method, [*headers, *signed.items()], body)
