@@ -392,6 +392,28 @@ def test_gives_up_after_the_configured_attempts(
     run(main())
 
 
+def test_a_webhook_not_yet_sent_at_shutdown_is_reported_pending(
+    tmp_path: Path, secret_env: Callable[[str], None]
+) -> None:
+    cassette = job_cassette()
+    cassette.webhooks[0].delay = 600.0
+
+    async def main() -> None:
+        rx = receiver_for()
+        async with serving(rx.app()) as hook_base:
+            async with replaying(
+                cassette, tmp_path, config(), timing="recorded", webhook_url=hook_base,
+                drain_timeout=0.05,
+            ) as (proxy, http):
+                await submit_and_poll(http, polls=0)
+        assert rx.got == []
+        data = proxy.report.to_dict()
+        assert data["webhooks"]["pending"] == 1 and data["diverged"] is True
+        assert data["webhooks"]["deliveries"][0]["attempts"] == []
+
+    run(main())
+
+
 # ---------------------------------------------------------------------------------------------
 # testing the app's handler
 
