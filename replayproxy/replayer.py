@@ -121,10 +121,13 @@ class Replayer:
         )
         due = self.schedule.serve(match.number)
         if due:
-            # The app must have its answer before the webhook that follows it arrives.
-            await resp.prepare(request)
-            await resp.write_eof()
-            self._send(due)
+            # The app must have its answer before the webhook that follows it arrives; if the
+            # app hung up meanwhile, the webhooks are still due (and reported), not lost.
+            try:
+                await resp.prepare(request)
+                await resp.write_eof()
+            finally:
+                self._send(due)
         return resp
 
     def _miss(self, req: Request) -> web.Response:
