@@ -1,0 +1,111 @@
+"""`replayproxy check CASSETTE...` from the outside: findings name cassette, number and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from helpers import exchange, job_cassette, webhook
+
+from cli import main
+from replayproxy.cassette import Variable, save
+from replayproxy.check import entropy, looks_random
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_a_clean_cassette_passes(tmp_path: Path) -> None:
+    cassette = job_cassette()
+    cassette.interactions[0].request.headers += [
+        ("Authorization", "<redacted>"),
+        ("Idempotency-Key", "k8Jq2mZx7Lp4Rt9Vw3Ny6Hb1"),  # minted, not a secret
+    ]
+    cassette.interactions[1].response.body = (
+        b'{"job_id": 6238, "uuid": "3f0c1a2b-1111-2222-3333-444455556666", '
+        b'"sha": "9fceb02d0ae598e95dc970b74767f19372d61af8a", "note": "all good"}'
+    )
+    save(cassette, tmp_path / "ok.yaml")
+    code, out = cli("check", str(tmp_path / "ok.yaml"))
+    assert code == 0, out
+    assert "no findings" in out
+
+
+def test_every_kind_of_finding_is_named(tmp_path: Path) -> None:
+    cassette = job_cassette()
+    cassette.interactions[0].request.headers.append(("Authorization", "Bearer abc"))
+    cassette.interactions[0].request.uri += "?api_key=live123"
+    cassette.interactions[1].response.headers.append(("X-Upstream-Token", "t0ken"))
+    cassette.interactions[1].response.body = (
+        b'{"job_id": 6238, "client_secret": "hunter2", '
+        b'"log": "used key sk_live_4eC39HqLyjWDarjtT1zdp7dc to submit"}'
+    )
+    cassette.interactions[2].response.body = b'{"blob": "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm"}'
+    cassette.webhooks.append(webhook({"type": "orphan"}, cause=None))
+    cassette.variables = [
+        Variable("uuid_1", "3f0c1a2b-1111-2222-3333-444455556666", "uuid", ["1:body.external_id"]),
+        Variable("token_1", "nowhere", "token", []),
+    ]
+    save(cassette, tmp_path / "leaky.yaml")
+    save(job_cassette(), tmp_path / "fine.yaml")
+    code, out = cli("check", str(tmp_path / "fine.yaml"), str(tmp_path / "leaky.yaml"))
+    assert code == 1
+    name = str(tmp_path / "leaky.yaml")
+    lines = [line for line in out.splitlines() if line.startswith(name)]
+    expected = [
+        "interaction 1: request.query.api_key: secret-looking query parameter",
+        "interaction 1: request.headers.Authorization: secret-looking header not redacted",
+        "interaction 2: response.headers.X-Upstream-Token: secret-looking header",
+        "interaction 2: response.body.client_secret: secret-looking field not redacted",
+        "interaction 2: response.body.log: high-entropy value, looks like a secret (sk_l...)",
+        "interaction 3: response.body.blob: high-entropy value",
+        "webhook 2: cause: no cause",
+        "variable uuid_1: replayproxy.variables[0].positions: unused",
+        "variable token_1: replayproxy.variables[1].positions: unused: it has no positions",
+    ]
+    for text in expected:
+        assert any(f"{name}: {text}" in line for line in lines), (text, out)
+    assert len(lines) == len(expected), out
+    assert str(tmp_path / "fine.yaml") + ":" not in out
+    assert "hunter2" not in out and "4eC39HqLyjWDarjtT1zdp7dc" not in out  # never echoed whole
+
+
+def test_schema_errors_are_findings_with_number_line_and_field(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "version: 1\ninteractions:\n- request: {method: GET, uri: /x}\n"
+        "  response:\n    status: {code: abc}\n    body: {string: ''}\n"
+    )
+    code, out = cli("check", str(tmp_path / "bad.yaml"), str(tmp_path / "missing.yaml"))
+    assert code == 1
+    assert (
+        f"{tmp_path / 'bad.yaml'}: interaction 1 (line 5): response.status.code: "
+        "schema: must be an integer" in out
+    )
+    assert f"{tmp_path / 'missing.yaml'}: cassette: no such cassette" in out
+
+
+def test_vcrpy_style_cassette_without_variables_is_not_flagged_for_minted_tokens(
+    tmp_path: Path,
+) -> None:
+    item = exchange("POST", "/v1/jobs", 201, {"job_id": 1},
+                    {"command": "go", "client_ref": "q7W2e9R4t6Y1u3I8o5P0aZ"})
+    cassette = job_cassette()
+    cassette.interactions = [item]
+    cassette.webhooks = []
+    save(cassette, tmp_path / "v.yaml")
+    code, out = cli("check", str(tmp_path / "v.yaml"))
+    assert code == 0, out
+    item.request.body = b'{"command": "go", "api_key": "q7W2e9R4t6Y1u3I8o5P0aZ"}'
+    save(cassette, tmp_path / "v.yaml")
+    code, out = cli("check", str(tmp_path / "v.yaml"))
+    assert code == 1 and "interaction 1: request.body.api_key: secret-looking field" in out
+
+
+def test_entropy_heuristics() -> None:
+    assert entropy("aaaa") == 0.0
+    assert looks_random("Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm")
+    assert not looks_random("9fceb02d0ae598e95dc970b74767f19372d61af8a")  # hex: a hash
+    assert not looks_random("the_quick_brown_fox_jumps_over")  # words
+    assert not looks_random("01HZX3Y4Z5A6B7C8D9E0F1G2H3")  # a ULID

@@ -1,0 +1,111 @@
+"""`replayproxy diff A B` from the outside (click's runner) and the engine's rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from helpers import exchange, job_cassette, webhook
+
+from cli import main
+from replayproxy.cassette import Cassette, save
+from replayproxy.diff import diff
+
+
+def rerecorded(job_id: int = 7001) -> Cassette:
+    """The same session recorded again: Camber gave another job id, the app minted new values."""
+    cassette = job_cassette()
+    for item in cassette.interactions:
+        item.request.uri = item.request.uri.replace("6238", str(job_id))
+        item.response.body = item.response.body.replace(b"6238", str(job_id).encode())
+    for hook in cassette.webhooks:
+        hook.body = hook.body.replace(b"6238", str(job_id).encode())
+    return cassette
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_equal_recordings_exit_0(tmp_path: Path) -> None:
+    save(job_cassette(), tmp_path / "a.yaml")
+    save(rerecorded(), tmp_path / "b.yaml")
+    code, out = cli("diff", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"))
+    assert code == 0, out
+    assert "no differences" in out
+    assert "6238 -> 7001" in out  # said, not counted
+
+
+def test_variables_timestamps_header_order_and_redactions_are_not_differences() -> None:
+    def session(uuid: str, when: str, stamp: int, auth: str, headers: list) -> Cassette:
+        submit = exchange(
+            "POST", "/v1/jobs", 201,
+            {"job_id": 6238, "created_at": when, "external_id": uuid},
+            {"command": "go", "external_id": uuid, "submitted": stamp},
+            headers=headers,
+        )
+        submit.request.headers.append(("Authorization", auth))
+        submit.request.headers.append(("Idempotency-Key", uuid))
+        poll = exchange("GET", f"/v1/things/{uuid}", 200, {"ok": True})
+        return Cassette([submit, poll], [webhook({"type": "job.completed", "at": when}, cause=1)])
+
+    a = session("3f0c1a2b-1111-2222-3333-444455556666", "2024-05-01T10:00:00Z", 1714557600,
+                "<redacted>", [("Content-Type", "application/json"), ("Date", "Wed, 1 May")])
+    b = session("9a8b7c6d-aaaa-bbbb-cccc-ddddeeeeffff", "2024-06-02T11:30:00Z", 1717327800,
+                "Bearer <redacted>", [("Date", "Sun, 2 Jun"), ("Content-Type", "application/json")])
+    b.interactions[0].request.headers[-2] = ("Authorization", "<redacted>")
+    result = diff(a, b)
+    assert result.equal, result.render()
+
+
+def test_added_removed_changed_with_field_level_json(tmp_path: Path) -> None:
+    a = job_cassette()
+    b = rerecorded()
+    b.interactions[0].request.body = (
+        b'{"command": "python run.py invoice.pdf", "engine_type": "GPU"}'
+    )
+    b.interactions[3].response.body = b'{"job_id": 7001, "status": "FAILED", "error": "oom"}'
+    b.interactions[3].response.status = 500
+    del b.interactions[4]  # the listing is gone
+    b.interactions.append(exchange("DELETE", "/v1/jobs/7001", 204))
+    b.webhooks[0].body = json.dumps({"type": "job.failed", "job_id": 7001}).encode()
+    save(a, tmp_path / "a.yaml")
+    save(b, tmp_path / "b.yaml")
+    code, out = cli("diff", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"))
+    assert code == 1
+    assert "~ interaction A#1 -> B#1 POST /v1/jobs" in out
+    assert 'request.body.engine_type: "MPI" -> "GPU"' in out
+    assert "response.status: 200 -> 500" in out
+    assert 'response.body.status: "COMPLETED" -> "FAILED"' in out
+    assert 'response.body.error: added "oom"' in out
+    assert "- interaction A#5 GET /v1/jobs?status=COMPLETED&page=1" in out
+    assert "+ interaction B#5 DELETE /v1/jobs/7001" in out
+    assert "- webhook A#1 job.completed" in out and "+ webhook B#1 job.failed" in out
+    assert "2 added, 2 removed, 2 changed" in out
+
+    code, out = cli("diff", "--json", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"))
+    data = json.loads(out)
+    assert code == 1 and data["equal"] is False
+    assert {c["kind"] for c in data["changes"]} == {"added", "removed", "changed"}
+
+
+def test_identical_requests_pair_in_order_and_webhook_causes_are_compared() -> None:
+    a = job_cassette()
+    b = job_cassette()
+    b.interactions[2].response.body = b'{"job_id": 6238, "status": "QUEUED"}'
+    b.webhooks[0].after = 4
+    result = diff(a, b)
+    rendered = result.render()
+    assert "~ interaction A#3 -> B#3 GET /v1/jobs/6238" in rendered  # the second poll, not the 1st
+    assert "~ webhook A#1 -> B#1 job.completed" in rendered
+    assert "after: interaction A#3 -> B#4" in rendered
+
+
+def test_bad_file_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("version: 1\ninteractions: [\n")
+    save(job_cassette(), tmp_path / "a.yaml")
+    code, out = cli("diff", str(tmp_path / "a.yaml"), str(tmp_path / "bad.yaml"))
+    assert code == 2
+    assert "bad.yaml:3: not a valid cassette" in out
