@@ -21,6 +21,7 @@ from replayproxy.inspect import render_inspect
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.replayer import ReplayOptions, near_miss_text
 from replayproxy.signing import SCHEMES
+from replayproxy.timeline import load_report, write_html
 from replayproxy.webhooks import TIMINGS
 
 
@@ -207,12 +208,61 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
 @main.command()
 @click.argument("cassette", type=click.Path(dir_okay=False))
 @config_option
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the conversation as one self-contained HTML page here.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="A replay report (replay --report) to overlay: misses, retries, failed deliveries.",
+)
 @friendly
-def inspect(cassette: str, config_path: str | None) -> None:
+def inspect(
+    cassette: str, config_path: str | None, html_path: str | None, report_path: str | None
+) -> None:
     """Show CASSETTE's interactions, webhooks and variables as tables."""
     tape = load(cassette)
+    report = load_report(report_path) if report_path else None
     ensure_variables(tape, normaliser(tape, settings(config_path)))
-    click.echo(render_inspect(tape))
+    click.echo(render_inspect(tape, color=sys.stdout.isatty()))
+    if html_path:
+        write_html(tape, html_path, report, title=f"replayproxy: {cassette}")
+        click.echo(f"wrote {html_path}", err=True)
+
+
+@main.command()
+@click.option("--keep", type=click.Path(file_okay=False), help="Leave the cassette in this folder.")
+@friendly
+def demo(keep: str | None) -> None:
+    """Record three Camber jobs on the built-in sandbox, then replay them offline."""
+    import tempfile
+    from pathlib import Path
+
+    from replayproxy.demo import record_and_replay
+
+    with tempfile.TemporaryDirectory(prefix="replayproxy-demo-") as tmp:
+        workdir = Path(keep) if keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(record_and_replay(workdir, say=click.echo))
+        click.echo("")
+        click.echo(render_inspect(load(result.cassette)))
+        summary = result.report.webhooks_summary()
+        click.echo("")
+        click.echo(
+            f"replay: served {result.report.served} requests, unmatched "
+            f"{len(result.report.unmatched)}, webhooks delivered {summary['delivered']}, "
+            f"failed {summary['failed']}"
+        )
+        verdict = "the same states as" if result.same else "DIFFERENT states from"
+        click.echo(f"offline, the app ended in {verdict} the recorded session")
+        if keep:
+            click.echo(f"cassette kept: {result.cassette}")
+            click.echo(f"try: replayproxy inspect {result.cassette}")
+    sys.exit(0 if result.same and not result.report.diverged else 1)
 
 
 @main.command(short_help="Run a command against the proxy; exit with its status.")
@@ -383,6 +433,114 @@ def send_webhook(
         if sent.body:
             click.echo(sent.body.decode("utf-8", "replace").rstrip())
     sys.exit(0 if all(sent.ok for sent in results) else 1)
+
+
+@main.command()
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@click.option("--upstream", help="The upstream API's base URL (else 'upstream' in the config).")
+@listen_option
+@config_option
+@click.option(
+    "--mode",
+    type=click.Choice(["once", "new_episodes", "all", "none"]),
+    default="once",
+    show_default=True,
+    help="As in vcrpy: once records only when CASSETTE does not exist; new_episodes records "
+    "what it lacks; all re-records; none only replays.",
+)
+@click.option(
+    "--public-url",
+    help="The URL the upstream reaches this proxy at (a tunnel), for callback URLs.",
+)
+@click.option(
+    "--upstream-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    help="CA bundle (PEM) to verify the upstream's TLS certificate with.",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow listening on a non-loopback address (prints a warning).",
+)
+@friendly
+def record(
+    cassette: str,
+    upstream: str | None,
+    listen: str | None,
+    config_path: str | None,
+    mode: str,
+    public_url: str | None,
+    upstream_ca: str | None,
+    allow_remote: bool,
+) -> None:
+    """Forward to the upstream and record the traffic and its webhooks into CASSETTE."""
+    from replayproxy.journal import journal_path
+
+    config = settings(config_path, listen=listen, upstream=upstream)
+    proxy = ReplayProxy(
+        cassette,
+        config=config,
+        listen=config.listen,
+        mode=mode,
+        upstream=config.upstream,
+        upstream_ca=upstream_ca,
+        public_url=public_url,
+        allow_remote=allow_remote,
+    )
+
+    async def start() -> str:
+        url = await proxy.start()
+        if proxy.recovered is not None:
+            click.echo(
+                f"replayproxy: recovered {proxy.recovered.interactions} exchanges and "
+                f"{proxy.recovered.webhooks} webhooks from {journal_path(cassette)} "
+                f"(a session that ended without saving) into {cassette}",
+                err=True,
+            )
+        return url
+
+    class Banner:
+        """Formatted after start: only then is it known whether this run records."""
+
+        def format(self, url: str) -> str:
+            if proxy.recording:
+                return f"replayproxy recording {cassette} on {url} -> {config.upstream}"
+            return f"replayproxy replaying {cassette} on {url} (mode {mode}: not recording)"
+
+    asyncio.run(until_signalled(start, proxy.stop, Banner()))  # type: ignore[arg-type]
+    recorder = proxy.recorder
+    if recorder is not None:
+        click.echo(
+            f"recorded {recorder.recorded} exchanges and {len(recorder.session.webhooks)} "
+            f"webhooks into {cassette}; replayed {recorder.replayed}; upstream failures "
+            f"{recorder.failed}; refused webhooks {recorder.refused_webhooks}",
+            err=True,
+        )
+    else:
+        report = proxy.report
+        click.echo(
+            f"served {report.served}, unmatched {len(report.unmatched)} (mode {mode}: "
+            "nothing recorded)",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT.")
+@click.option(
+    "--step-seconds",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Seconds between a job's statuses.",
+)
+@friendly
+def sandbox(listen: str, step_seconds: float) -> None:
+    """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in
+    CAMBER_WEBHOOK_SECRET), for the demo, the docs and tests."""
+    from replayproxy import sandbox as sandbox_module
+
+    sandbox_module.main(listen, step_seconds=step_seconds)
 
 
 if __name__ == "__main__":  # pragma: no cover

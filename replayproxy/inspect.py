@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from .cassette import Cassette, Webhook
 
+Style = Callable[[int, int, str], str]
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned columns; numbers right-aligned, text left-aligned."""
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], style: Style | None = None
+) -> str:
+    """Aligned columns; numbers right-aligned, text left-aligned.
+
+    `style(row, column, padded_cell)` (rows of `rows` from 0) may wrap a cell in colour codes:
+    it gets the cell already padded, so escape codes never count toward the widths."""
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [
@@ -22,6 +29,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
             c.rjust(w) if num else c.ljust(w)
             for c, w, num in zip(row, widths, numeric, strict=True)
         ]
+        if style is not None and lines:
+            # the last cell unpadded first, so a styled line never ends in trailing spaces
+            parts[-1] = parts[-1].rstrip()
+            parts = [style(len(lines) - 1, i, p) for i, p in enumerate(parts)]
+            lines.append("  ".join(parts).rstrip(" "))
+            continue
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -54,7 +67,26 @@ def _at(value: object) -> str:
     return f"{value:.3f}s" if isinstance(value, (int, float)) else ""
 
 
-def render_inspect(cassette: Cassette) -> str:
+def _red(text: str) -> str:
+    """ANSI red around the text, leaving its padding outside the colour."""
+    core = text.strip(" ")
+    if not core:
+        return text
+    start = text.index(core)
+    return f"{text[:start]}\x1b[31m{core}\x1b[0m{text[start + len(core):]}"
+
+
+def status_style(status_column: int, statuses: Sequence[int]) -> Style:
+    """Red for a status >= 400 in `status_column`."""
+
+    def style(row: int, column: int, cell: str) -> str:
+        return _red(cell) if column == status_column and statuses[row] >= 400 else cell
+
+    return style
+
+
+def render_inspect(cassette: Cassette, color: bool = False) -> str:
+    """The tables; `color` (only on a TTY) shows error statuses in red."""
     out = [f"interactions ({len(cassette.interactions)})"]
     rows = []
     for n, item in enumerate(cassette.interactions, start=1):
@@ -70,7 +102,9 @@ def render_inspect(cassette: Cassette) -> str:
                 _at(item.meta.get("at")),
             )
         )
-    out.append(table(("#", "method", "path", "status", "body", "time"), rows))
+    statuses = [item.response.status for item in cassette.interactions]
+    style = status_style(3, statuses) if color else None
+    out.append(table(("#", "method", "path", "status", "body", "time"), rows, style))
     out.append("")
     out.append(f"webhooks ({len(cassette.webhooks)})")
     rows = [
