@@ -1,7 +1,12 @@
 """The Python API: `async with ReplayProxy(cassette) as proxy:` and its synchronous twin.
 
 The CLI and the pytest plugin use this; it owns nothing but wiring: build the mode's handler,
-bind the server, and on exit drain webhooks, stop, and write the report.
+bind the server, and on exit drain webhooks, stop, and write the report (or the cassette).
+
+Modes: `replay` (the default) serves the cassette; `once`, `new_episodes`, `all` and `none` mean
+what they mean in vcrpy: `once` records when the cassette does not exist and replays it when it
+does; `new_episodes` replays what matches and records what does not; `all` re-records; `none`
+only replays. Record modes first recover a journal a killed session left (`recovered`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,18 @@ from typing import Any
 
 from .cassette import load
 from .config import Config, parse_listen
+from .errors import ConfigError
+from .journal import Recovered, recover
+from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
 from .report import Report
 from .server import Server
 
+MODES = ("replay", "once", "new_episodes", "all", "none")
+
 
 class ReplayProxy:
-    """A running replay of `cassette`; `url` once entered, `report` once exited."""
+    """A running replay (or recording) of `cassette`; `url` once entered, `report` once exited."""
 
     def __init__(
         self,
@@ -30,7 +40,19 @@ class ReplayProxy:
         options: ReplayOptions | None = None,
         report_path: str | Path | None = None,
         allow_remote: bool = False,
+        mode: str = "replay",
+        upstream: str | None = None,
+        upstream_ca: str | None = None,
+        public_url: str | None = None,
     ):
+        if mode not in MODES:
+            raise ConfigError(f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+        self.mode = mode
+        self.upstream = upstream
+        self.upstream_ca = upstream_ca
+        self.public_url = public_url
+        self.recovered: Recovered | None = None
+        self.recorder: Recorder | None = None
         self.path = Path(cassette)
         self.config = config or Config()
         self.listen = listen
@@ -42,18 +64,61 @@ class ReplayProxy:
         self._replayer: Replayer | None = None
         self._server: Server | None = None
 
+    @property
+    def recording(self) -> bool:
+        """True when this run records (once without a cassette, new_episodes, all)."""
+        return self.recorder is not None
+
+    def _handler(self) -> Any:
+        if self.mode != "replay":
+            self.recovered = recover(self.path, self.config)
+        exists = self.path.exists()
+        if self.mode in ("replay", "none") or (self.mode == "once" and exists):
+            self._replayer = Replayer(load(self.path), self.config, self.options)
+            self.report = self._replayer.report
+            return self._replayer
+        base = load(self.path) if self.mode == "new_episodes" and exists else None
+        self.recorder = Recorder(
+            self.path,
+            self.config,
+            upstream=self.upstream or self.config.upstream or "",
+            base=base,
+            upstream_ca=self.upstream_ca,
+            public_url=self.public_url,
+            options=self.options,
+        )
+        if self.recorder.replayer is not None:
+            self.report = self.recorder.replayer.report
+        return self.recorder
+
     async def start(self) -> str:
-        self._replayer = Replayer(load(self.path), self.config, self.options)
-        self.report = self._replayer.report
+        handler = self._handler()
         host, port = parse_listen(self.listen)
-        self._server = Server(self._replayer.app(), host, port, allow_remote=self.allow_remote)
-        self.url = await self._server.start()
+        try:
+            self._server = Server(handler.app(), host, port, allow_remote=self.allow_remote)
+            self.url = await self._server.start()
+        except BaseException:
+            self._server = None
+            if self.recorder is not None:
+                await self.recorder.close()
+                self.recorder = None
+            raise
+        if self.recorder is not None:
+            self.recorder.url = self.url
         return self.url
 
     async def stop(self) -> Report:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+        if self.recorder is not None:
+            await self.recorder.close()
+            if self.recorder.replayer is not None:
+                self.report = self.recorder.replayer.report
+                self.report.unused = self.recorder.replayer.matcher.unused()
+            if self.report_path:
+                self.report.write(self.report_path)
+            return self.report
         if self._replayer is not None:
             self.report = await self._replayer.close()
             self._replayer = None

@@ -1,0 +1,130 @@
+"""Which exchange caused a recorded webhook, and where it arrived in its conversation. Pure.
+
+- The webhook's *ids* are the id-like values its JSON body carries: integers (not booleans, not
+  0..99, which are counts and flags far more often than ids), and strings that contain a digit or
+  have a minted shape. Plain words such as `COMPLETED` never count.
+- Its *cause* is the earliest exchange whose request (URI path segments, query values, JSON body)
+  or response JSON carries one of those ids.
+- Its *conversation* is every exchange carrying one of those ids (the submit, its polls, the
+  download): other jobs' traffic is not part of it.
+- *after* is the last exchange of the conversation that completed before the webhook arrived;
+  *delay* the seconds between that completion and the arrival.
+
+Times are the interactions' `meta["at"]` and `meta["duration"]` and the webhook's `at`, in
+seconds since the start of the recording session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .cassette import Interaction
+from .variables import shape
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    cause: int | None  # 1-based interaction numbers
+    after: int | None
+    delay: float
+
+
+def _leaves(data: Any) -> Iterator[Any]:
+    if isinstance(data, dict):
+        for value in data.values():
+            yield from _leaves(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _leaves(value)
+    else:
+        yield data
+
+
+def _json(raw: bytes) -> Any:
+    if not raw or raw.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def id_like(value: Any) -> str | None:
+    """The value as an id string, or None when it cannot be an id."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value) if abs(value) >= 100 else None
+    if isinstance(value, str) and 3 <= len(value) <= 2048:
+        if any(c.isdigit() for c in value) or shape(value):
+            return value
+    return None
+
+
+def webhook_ids(body: bytes) -> set[str]:
+    data = _json(body)
+    if data is None:
+        return set()
+    return {i for i in map(id_like, _leaves(data)) if i is not None}
+
+
+def exchange_values(item: Interaction) -> set[str]:
+    """Every value an exchange carries where an id could be."""
+    parts = urlsplit(item.request.uri)
+    values = {unquote(s) for s in parts.path.split("/") if s}
+    values.update(v for _, v in parse_qsl(parts.query, keep_blank_values=True))
+    for raw in (item.request.body, item.response.body):
+        data = _json(raw)
+        if data is not None:
+            values.update(
+                str(v) for v in _leaves(data) if not isinstance(v, bool) and v is not None
+            )
+    return values
+
+
+def _end(item: Interaction) -> float | None:
+    at = item.meta.get("at")
+    if not isinstance(at, (int, float)):
+        return None
+    return float(at) + float(item.meta.get("duration") or 0.0)
+
+
+def correlate(
+    interactions: Sequence[Interaction],
+    body: bytes,
+    at: float | None,
+    *,
+    first: int = 0,
+    hint: int | None = None,
+    values: Sequence[set[str]] | None = None,
+) -> Correlation:
+    """Correlate one webhook with `interactions[first:]` (earlier ones belong to another session).
+
+    `hint` (1-based) is the exchange to fall back on when no id is shared, e.g. the one that
+    carried the callback URL the webhook arrived on. `values` may hold precomputed
+    `exchange_values` for every interaction, to correlate many webhooks cheaply.
+    """
+    ids = webhook_ids(body)
+    conversation = []
+    if ids:
+        for index in range(first, len(interactions)):
+            carried = values[index] if values is not None else exchange_values(interactions[index])
+            if ids & carried:
+                conversation.append(index)
+    if not conversation:
+        if hint is None:
+            return Correlation(None, None, 0.0)
+        conversation = [hint - 1]
+    cause = conversation[0] + 1
+    after, end_after = None, None
+    if at is not None:
+        for index in conversation:
+            end = _end(interactions[index])
+            if end is not None and end <= at and (end_after is None or end >= end_after):
+                after, end_after = index + 1, end
+    delay = max(0.0, at - end_after) if at is not None and end_after is not None else 0.0
+    return Correlation(cause, after, round(delay, 6))

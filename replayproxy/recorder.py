@@ -1,0 +1,562 @@
+"""Record: a reverse proxy to the upstream that writes every exchange and every webhook down.
+
+The app talks to `app()` as it would to Camber. Each request is forwarded (callback URLs in the
+body swapped for our webhook ingress), the upstream's answer goes back to the app byte for byte,
+and the exchange, redacted and decoded, is appended to the journal as soon as it is finished.
+Webhooks arrive under `/__replayproxy/webhooks/`: verified with the upstream secret, recorded
+byte-exact, re-signed with the local secret and forwarded to the app, whose answer goes back to
+the sender. `close()` assembles the cassette, saves it atomically and removes the journal.
+
+In `new_episodes` mode a request that the existing cassette answers is replayed from it (with its
+webhooks); anything else is forwarded and recorded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import ssl
+import time
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import brotli
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .cassette import Cassette, Interaction, Request, Response, Webhook, save
+from .config import Config
+from .errors import ConfigError
+from .journal import Journal, Session, assemble, journal_path
+from .redact import Redactor
+from .replayer import Replayer, ReplayOptions, local_secrets
+from .signing import SignatureError, signature_header_names, validate, verify, webhook_id
+from .variables import Bindings
+from .webhooks import outgoing
+
+log = logging.getLogger("replayproxy")
+
+INGRESS = "/__replayproxy/webhooks"
+
+#: Hop-by-hop headers (RFC 9110 7.6.1) and those that describe one hop's body framing.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def hop_by_hop(headers: Any) -> frozenset[str]:
+    """The fixed hop-by-hop names plus any the Connection header lists."""
+    named = set(HOP_BY_HOP)
+    for value in headers.getall("Connection", []) if hasattr(headers, "getall") else []:
+        named.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return frozenset(named)
+
+
+def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
+    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
+    if not encoding:
+        return body, None
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    out = body
+    try:
+        for coding in reversed(codings):
+            if coding in ("gzip", "x-gzip"):
+                out = gzip.decompress(out)
+            elif coding == "deflate":
+                try:
+                    out = zlib.decompress(out)
+                except zlib.error:
+                    out = zlib.decompress(out, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+            elif coding == "br":
+                out = brotli.decompress(out)
+            elif coding != "identity":
+                return body, None
+    except (OSError, EOFError, zlib.error, brotli.error):
+        return body, None
+    return out, ", ".join(codings)
+
+
+class TooLarge(Exception):
+    pass
+
+
+class Recorder:
+    """One recording session; `app()` serves it, `close()` writes the cassette."""
+
+    def __init__(
+        self,
+        cassette_path: str | Path,
+        config: Config,
+        *,
+        upstream: str,
+        base: Cassette | None = None,
+        upstream_ca: str | None = None,
+        public_url: str | None = None,
+        options: ReplayOptions | None = None,
+    ):
+        if not upstream or urlsplit(upstream).scheme not in ("http", "https"):
+            raise ConfigError(
+                f"record needs an http(s) upstream URL (--upstream or 'upstream' in the config), "
+                f"got {upstream!r}"
+            )
+        validate(config.webhooks.signature)
+        self.path = Path(cassette_path)
+        self.config = config
+        self.upstream = upstream.rstrip("/")
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.url = ""  # set by whoever serves app(): our own base URL
+        self.redactor = Redactor.from_config(config)
+        self.ssl: ssl.SSLContext | bool = True
+        if upstream_ca:
+            try:
+                self.ssl = ssl.create_default_context(cafile=upstream_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"--upstream-ca {upstream_ca}: cannot load: {exc}") from None
+        self.upstream_secrets = _env_list(config.webhooks.upstream_secret_env)
+        if not self.upstream_secrets:
+            log.warning(
+                "replayproxy: %s (webhooks.upstream_secret_env) is not set: every incoming "
+                "webhook will be refused with 401",
+                config.webhooks.upstream_secret_env,
+            )
+        self.local_secrets = local_secrets(config, needed=False)
+        # new_episodes: what the existing cassette answers is replayed, not forwarded
+        self.base = base
+        self.replayer = Replayer(base, config, options) if base is not None else None
+        self.session = Session(
+            meta={
+                "upstream": self.upstream,
+                "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "signature_scheme": config.webhooks.signature.scheme,
+            },
+            base_interactions=len(base.interactions) if base else 0,
+            base_webhooks=len(base.webhooks) if base else 0,
+        )
+        self.journal = Journal(journal_path(self.path), self.session)
+        self.started = time.monotonic()
+        self.callbacks: list[str] = []  # original callback URLs; index + 1 is the ingress number
+        self.callback_hint: dict[str, int] = {}  # callback URL -> first exchange that carried it
+        self.event_ids: set[str] = set()
+        self.forwarded = 0
+        self.replayed = 0
+        self.refused_webhooks = 0
+        self.failed = 0
+        self._upstream_session: aiohttp.ClientSession | None = None
+        self._app_session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_size)
+        app.router.add_route("*", INGRESS, self.webhook)
+        app.router.add_route("*", INGRESS + "/{n}", self.webhook)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    def upstream_session(self) -> aiohttp.ClientSession:
+        if self._upstream_session is None:
+            self._upstream_session = aiohttp.ClientSession(
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout),
+                connector=aiohttp.TCPConnector(ssl=self.ssl),
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        return self._upstream_session
+
+    def app_session(self) -> aiohttp.ClientSession:
+        if self._app_session is None:
+            self._app_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.webhooks.timeout),
+                skip_auto_headers=("User-Agent", "Content-Type"),
+            )
+        return self._app_session
+
+    @property
+    def ingress_base(self) -> str:
+        return (self.public_url or self.url) + INGRESS
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.started, 6)
+
+    # -- app -> upstream ---------------------------------------------------------------------
+
+    async def _read_request(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise TooLarge() from None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        at = self.now()
+        try:
+            body = await self._read_request(request)
+        except TooLarge:
+            return _too_large("request body", self.config.max_body_size)
+        headers = [(str(k), v) for k, v in request.headers.items()]
+        if self.replayer is not None:
+            replayed = await self._replay(
+                request, Request(request.method, str(request.rel_url), headers, body)
+            )
+            if replayed is not None:
+                return replayed
+        skip = hop_by_hop(request.headers) | {"host", "content-length"}
+        sent_headers = [(k, v) for k, v in headers if k.lower() not in skip]
+        sent_body, callbacks = self._rewrite_callbacks(body)
+        url = self.upstream + str(request.rel_url)
+        started = time.monotonic()
+        try:
+            status, reason, res_headers, res_body = await self._forward(
+                request.method, url, sent_headers, sent_body
+            )
+        except TooLarge:
+            self.failed += 1
+            return _error(
+                502,
+                f"the upstream's answer to {request.method} {request.rel_url} is larger than "
+                f"max_body_size ({self.config.max_body_size} bytes); not recorded",
+                self.upstream,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.failed += 1
+            cause = _cause(exc, self.config.upstream_timeout)
+            log.warning(
+                "replayproxy: %s %s -> upstream %s: %s",
+                request.method,
+                request.rel_url,
+                self.upstream,
+                cause,
+            )
+            return _error(
+                502,
+                f"upstream {self.upstream} failed: {cause}; not recorded",
+                self.upstream,
+                cause=cause,
+            )
+        duration = round(time.monotonic() - started, 6)
+        self.forwarded += 1
+        number = self._record(
+            request, url, sent_headers, body, status, reason, res_headers, res_body, at, duration
+        )
+        for callback in callbacks:
+            self.callback_hint.setdefault(callback, number)
+        skip_res = hop_by_hop(res_headers) | {"content-length"}
+        return web.Response(
+            status=status,
+            reason=reason or None,
+            body=res_body,
+            headers=CIMultiDict(
+                (k, v) for k, v in res_headers.items() if k.lower() not in skip_res
+            ),
+        )
+
+    async def _forward(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, str, CIMultiDict[str], bytes]:
+        async with self.upstream_session().request(
+            method,
+            URL(url, encoded=True),
+            headers=CIMultiDict(headers),
+            data=body if body else None,
+            allow_redirects=False,
+        ) as resp:
+            limit = self.config.max_body_size
+            length = resp.content_length
+            if length is not None and length > limit:
+                raise TooLarge()
+            chunks, size = [], 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge()
+                chunks.append(chunk)
+            return resp.status, resp.reason or "", CIMultiDict(resp.headers), b"".join(chunks)
+
+    def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
+        """Callback URLs the app sent become our ingress URLs, on the way upstream only."""
+        seen: list[str] = []
+        if not body or not self.config.webhooks.callback_fields or body.lstrip()[:1] != b"{":
+            return body, seen
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body, seen
+        out = body
+        for dotted in self.config.webhooks.callback_fields:
+            value = _get(data, dotted.split("."))
+            if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+                continue
+            if value.startswith(self.ingress_base):
+                continue
+            if value not in self.callbacks:
+                self.callbacks.append(value)
+            n = self.callbacks.index(value) + 1
+            seen.append(value)
+            ours = f"{self.ingress_base}/{n}"
+            for literal in {json.dumps(value), json.dumps(value, ensure_ascii=False)}:
+                out = out.replace(literal.encode("utf-8"), json.dumps(ours).encode("utf-8"))
+        return out, seen
+
+    def _record(
+        self,
+        request: web.Request,
+        url: str,
+        sent_headers: list[tuple[str, str]],
+        body: bytes,
+        status: int,
+        reason: str,
+        res_headers: CIMultiDict[str],
+        res_body: bytes,
+        at: float,
+        duration: float,
+    ) -> int:
+        """Journal the exchange, redacted and decoded; its 1-based number in the cassette."""
+        meta: dict[str, Any] = {"at": at, "duration": duration}
+        decoded, removed = decode_body(res_body, res_headers.get("Content-Encoding"))
+        skip = hop_by_hop(res_headers) | {"content-length"}
+        if removed:
+            skip = skip | {"content-encoding"}
+            meta["content_encoding"] = removed
+        stored_headers = [(str(k), v) for k, v in res_headers.items() if k.lower() not in skip]
+        if request.method != "HEAD":
+            stored_headers.append(("Content-Length", str(len(decoded))))
+        item = Interaction(
+            Request(request.method, url, sent_headers, body),
+            Response(status, reason, stored_headers, decoded),
+            meta,
+        )
+        item = self.redactor.interaction(item)
+        self.journal.interaction(item)
+        self.session.interactions.append(item)
+        return self.session.base_interactions + len(self.session.interactions)
+
+    async def _replay(self, request: web.Request, req: Request) -> web.StreamResponse | None:
+        assert self.replayer is not None
+        match = self.replayer.matcher.match(req)
+        if match is None:
+            return None
+        self.replayed += 1
+        self.replayer.report.served += 1
+        answer = self.replayer.prepared[match.number - 1]
+        headers, payload = answer.headers, answer.body
+        if answer.values:
+            bindings = self.replayer.matcher.bindings
+            payload = bindings.substitute(payload, answer.values)
+            headers = [(k, bindings.substitute_text(v, answer.values)) for k, v in headers]
+        resp = web.Response(
+            status=answer.status,
+            reason=answer.reason or None,
+            body=payload,
+            headers=CIMultiDict(headers),
+        )
+        due = self.replayer.schedule.serve(match.number)
+        if due:
+            await resp.prepare(request)
+            await resp.write_eof()
+            for d in due:
+                self.replayer.deliver(d.number, d.delay)
+        return resp
+
+    # -- upstream -> app: webhooks -----------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.StreamResponse:
+        at = self.now()
+        try:
+            body = await self._read_request(request)
+        except TooLarge:
+            return _too_large("webhook body", self.config.max_body_size)
+        signature = self.config.webhooks.signature
+        if not self.upstream_secrets:
+            self.refused_webhooks += 1
+            return _refuse(
+                f"{self.config.webhooks.upstream_secret_env} is not set: cannot verify webhooks"
+            )
+        headers = {str(k): v for k, v in request.headers.items()}
+        try:
+            verify(body, request.headers, self.upstream_secrets, signature)
+        except SignatureError as exc:
+            self.refused_webhooks += 1
+            log.warning("replayproxy: refused a webhook on %s: %s", request.path, exc)
+            return _refuse(str(exc))
+        number = request.match_info.get("n")
+        if number is None:
+            target = self.config.webhooks.forward_to
+            if not target:
+                return _error(
+                    404,
+                    "webhook received on the fixed ingress, but webhooks.forward_to is not set: "
+                    "the proxy does not know where the app receives webhooks",
+                    None,
+                )
+            hint = None
+        else:
+            if not number.isdigit() or not 1 <= int(number) <= len(self.callbacks):
+                return _error(404, f"no callback URL number {number} was seen", None)
+            target = self.callbacks[int(number) - 1]
+            hint = self.callback_hint.get(target)
+        event_id = webhook_id(headers, signature) or _body_event_id(body)
+        skip = (
+            signature_header_names(signature)
+            | hop_by_hop(request.headers)
+            | {"host", "content-length"}
+        )
+        hook = Webhook(
+            body=body,
+            headers=[(str(k), v) for k, v in request.headers.items() if k.lower() not in skip],
+            method=request.method,
+            path=request.path,
+            target=target,
+            at=at,
+            event_id=event_id,
+        )
+        key = event_id or _body_key(body)
+        if key not in self.event_ids:  # the sender's retries of one event are recorded once
+            self.event_ids.add(key)
+            stored = self.redactor.webhook(hook)
+            self.journal.webhook(stored, hint)
+            self.session.webhooks.append(stored)
+            self.session.hints.append(hint)
+        return await self._forward_webhook(hook, target)
+
+    async def _forward_webhook(self, hook: Webhook, target: str) -> web.StreamResponse:
+        if not self.local_secrets:
+            return _error(
+                502,
+                f"{self.config.webhooks.local_secret_env} (webhooks.local_secret_env) is not set: "
+                "cannot sign the webhook for the app",
+                None,
+            )
+        out = outgoing(
+            hook,
+            target,
+            Bindings(),
+            self.local_secrets,
+            self.config.webhooks.signature,
+            now=int(time.time()),
+        )
+        try:
+            async with self.app_session().request(
+                out.method, out.url, data=out.body, headers=out.headers, allow_redirects=False
+            ) as resp:
+                answer = await resp.read()
+                headers = {}
+                if "Content-Type" in resp.headers:
+                    headers["Content-Type"] = resp.headers["Content-Type"]
+                return web.Response(status=resp.status, body=answer, headers=headers)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            cause = _cause(exc, self.config.webhooks.timeout)
+            log.warning("replayproxy: forwarding a webhook to %s failed: %s", target, cause)
+            return _error(502, f"the app at {target} did not answer: {cause}", None, cause=cause)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    @property
+    def recorded(self) -> int:
+        return len(self.session.interactions)
+
+    def cassette(self) -> Cassette:
+        return assemble(self.base, self.session, self.config)
+
+    async def close(self) -> Cassette | None:
+        """Save the cassette (when anything was recorded) and remove the journal."""
+        if self._closed:
+            return None
+        self._closed = True
+        if self.replayer is not None:
+            await self.replayer.close()
+        for session in (self._upstream_session, self._app_session):
+            if session is not None:
+                await session.close()
+        result = None
+        if self.session.interactions or self.session.webhooks:
+            result = self.cassette()
+            save(result, self.path)
+        self.journal.remove()
+        return result
+
+
+def _env_list(name: str | None) -> list[str]:
+    raw = os.environ.get(name or "", "")
+    return [s for s in re.split(r"[,\s]+", raw) if s]
+
+
+def _get(data: Any, path: list[str]) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def _body_event_id(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict):
+        for key in ("event_id", "id"):
+            value = data.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return str(value)
+    return None
+
+
+def _body_key(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _cause(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"timed out after {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection refused or unreachable ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the upstream closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the connection was reset mid-body ({exc})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _error(status: int, message: str, upstream: str | None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if upstream:
+        body["upstream"] = upstream
+    body.update(extra)
+    return web.json_response(body, status=status)
+
+
+def _too_large(what: str, limit: int) -> web.Response:
+    return web.json_response(
+        {"error": f"{what} is larger than max_body_size ({limit} bytes); raise it in the config"},
+        status=413,
+    )
+
+
+def _refuse(reason: str) -> web.Response:
+    return web.json_response(
+        {"error": "webhook signature refused; not recorded, not forwarded", "reason": reason},
+        status=401,
+    )

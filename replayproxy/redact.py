@@ -1,0 +1,244 @@
+"""Secrets never reach a cassette: redaction of recorded exchanges and webhooks, before any write.
+
+Pure: given a `Redactor` (built from the config and the environment), `interaction()` and
+`webhook()` return redacted copies. What is redacted:
+
+- headers by name: Authorization, Proxy-Authorization, Cookie, Set-Cookie, X-Api-Key, any name
+  containing `token`, `secret` or `key` (but not the request ids Idempotency-Key and
+  X-Idempotency-Key), and the names in `redact.headers`;
+- query parameters named in `redact.query`, JSON body fields at the dotted paths in
+  `redact.body_fields` (request and response bodies);
+- the value of every secret environment variable the config names (`secret_env`,
+  `webhooks.upstream_secret_env`, `webhooks.local_secret_env`, comma-separated lists split),
+  wherever it appears: URI, any header, any body, in plain, JSON-escaped and URL-encoded spellings.
+
+Every redacted value becomes `MARKER`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+
+from .cassette import Headers, Interaction, Request, Response, Webhook
+from .config import Config
+
+MARKER = "<redacted>"
+
+#: Header names always redacted (lowercase).
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+#: A header whose lowercased name contains one of these is redacted...
+SECRET_WORDS = ("token", "secret", "key")
+#: ...except these, which are request ids, not secrets (matching binds them as variables).
+NOT_SECRET = frozenset({"idempotency-key", "x-idempotency-key"})
+
+#: Secrets shorter than this are not searched for in free text (they would hit ordinary bytes).
+MIN_SECRET_LENGTH = 4
+#: Values learned from redacted headers/fields are scrubbed elsewhere only from this length.
+LEARNED_MIN = 8
+
+
+def secret_values(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of every secret env var the config names; comma lists give each part too."""
+    env = os.environ if environ is None else environ
+    names = [
+        *config.secret_env,
+        config.webhooks.upstream_secret_env,
+        config.webhooks.local_secret_env,
+    ]
+    values: list[str] = []
+    for name in names:
+        raw = env.get(name, "") if name else ""
+        for value in [raw.strip(), *re.split(r"[,\s]+", raw)]:
+            if len(value) >= MIN_SECRET_LENGTH and value not in values:
+                values.append(value)
+    return values
+
+
+class Redactor:
+    def __init__(
+        self,
+        *,
+        headers: Iterable[str] = (),
+        query: Iterable[str] = (),
+        body_fields: Iterable[str] = (),
+        secrets: Iterable[str] = (),
+    ):
+        self.headers = frozenset(h.lower() for h in headers)
+        self.query = frozenset(query)
+        self.body_fields = tuple(tuple(p.split(".")) for p in body_fields)
+        self.secrets: list[str] = []
+        self._secret: re.Pattern[bytes] | None = None
+        self.learn(secrets)
+
+    def learn(self, values: Iterable[str], minimum: int = MIN_SECRET_LENGTH) -> None:
+        """Treat these values as secrets from now on, wherever they appear.
+
+        Values found under a redacted header, query parameter or body field are learned too, so
+        an upstream that echoes them (or a later exchange that reuses them) does not leak them.
+        """
+        fresh = [v for v in values if len(v) >= minimum and v not in self.secrets]
+        if not fresh:
+            return
+        self.secrets.extend(fresh)
+        spellings: dict[bytes, None] = {}
+        for secret in self.secrets:
+            escaped = json.dumps(secret)[1:-1]
+            for spell in (
+                secret,
+                escaped,
+                json.dumps(escaped)[1:-1],
+                quote(secret, safe=""),
+                quote(secret, safe="/:"),
+                quote_plus(secret),
+            ):
+                spellings[spell.encode("utf-8")] = None
+        ordered = sorted(spellings, key=len, reverse=True)
+        self._secret = re.compile(b"|".join(re.escape(s) for s in ordered))
+
+    @classmethod
+    def from_config(cls, config: Config, environ: Mapping[str, str] | None = None) -> Redactor:
+        return cls(
+            headers=config.redact.headers,
+            query=config.redact.query,
+            body_fields=config.redact.body_fields,
+            secrets=secret_values(config, environ),
+        )
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def is_secret_header(self, name: str) -> bool:
+        lowered = name.lower()
+        if lowered in SECRET_HEADERS or lowered in self.headers:
+            return True
+        return lowered not in NOT_SECRET and any(w in lowered for w in SECRET_WORDS)
+
+    def bytes(self, data: bytes) -> bytes:
+        """Every secret value in `data` (any spelling) replaced by the marker."""
+        if self._secret is None or not data:
+            return data
+        return self._secret.sub(MARKER.encode(), data)
+
+    def text(self, value: str) -> str:
+        if self._secret is None:
+            return value
+        return self.bytes(value.encode("utf-8")).decode("utf-8", "replace")
+
+    def header_list(self, headers: Headers) -> Headers:
+        return [(k, MARKER if self.is_secret_header(k) else self.text(v)) for k, v in headers]
+
+    def uri(self, uri: str) -> str:
+        if self.query:
+            parts = urlsplit(uri)
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+            if any(k in self.query for k, _ in pairs):
+                self.learn((v for k, v in pairs if k in self.query and v != MARKER), LEARNED_MIN)
+                pairs = [(k, MARKER if k in self.query else v) for k, v in pairs]
+                uri = urlunsplit(parts._replace(query=urlencode(pairs, safe="<>")))
+        return self.text(uri)
+
+    def body(self, raw: bytes) -> bytes:
+        """Configured JSON fields, then secret values; the bytes stay as they were elsewhere."""
+        if self.body_fields and raw[:1] in (b"{", b"["):
+            raw = self._json_fields(raw)
+        return self.bytes(raw)
+
+    def _json_fields(self, raw: bytes) -> bytes:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return raw
+        found: list[Any] = []
+        for path in self.body_fields:
+            _collect(data, path, found)
+        if not found:
+            return raw
+        self.learn((v for v in found if isinstance(v, str) and v != MARKER), LEARNED_MIN)
+        if all(isinstance(v, str) for v in found):
+            # Replace the JSON string literals in place: every other byte stays as sent.
+            for value in found:
+                for literal in {json.dumps(value), json.dumps(value, ensure_ascii=False)}:
+                    raw = raw.replace(literal.encode("utf-8"), json.dumps(MARKER).encode())
+            return raw
+        for path in self.body_fields:
+            _set(data, path)
+        return json.dumps(data).encode("utf-8")
+
+    # -- whole records -----------------------------------------------------------------------
+
+    def interaction(self, item: Interaction) -> Interaction:
+        req, res = item.request, item.response
+        # First pass learns the values under redacted names; the second scrubs them everywhere.
+        self.header_list(req.headers)
+        self.header_list(res.headers)
+        self.uri(req.uri)
+        self.body(req.body)
+        self.body(res.body)
+        request = Request(
+            req.method, self.uri(req.uri), self.header_list(req.headers), self.body(req.body)
+        )
+        body = self.body(res.body)
+        headers = self.header_list(res.headers)
+        if body != res.body:
+            headers = _fix_length(headers, len(body))
+        response = Response(res.status, res.reason, headers, body)
+        return Interaction(request, response, dict(item.meta))
+
+    def webhook(self, hook: Webhook) -> Webhook:
+        """Headers by rule; the body only where a secret value appears in it (rare: it is what
+        gets signed, so it is otherwise kept byte-exact)."""
+        return replace(
+            hook,
+            headers=self.header_list(hook.headers),
+            body=self.bytes(hook.body),
+            path=self.text(hook.path),
+            target=self.text(hook.target) if hook.target else hook.target,
+        )
+
+
+def _cookie_values(name: str, value: str) -> list[str]:
+    """The values of `a=b; c=d` in Cookie, the first in Set-Cookie (the rest are attributes)."""
+    lowered = name.lower()
+    if lowered not in ("cookie", "set-cookie"):
+        return []
+    parts = value.split(";")
+    out = []
+    for part in parts if lowered == "cookie" else parts[:1]:
+        _, eq, val = part.strip().partition("=")
+        if eq and val:
+            out.append(val)
+    return out
+
+
+def _fix_length(headers: Headers, length: int) -> Headers:
+    return [(k, str(length) if k.lower() == "content-length" else v) for k, v in headers]
+
+
+def _walk(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def _collect(data: Any, path: tuple[str, ...], found: list[Any]) -> None:
+    parent = _walk(data, path[:-1])
+    if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] is not None:
+        found.append(parent[path[-1]])
+
+
+def _set(data: Any, path: tuple[str, ...]) -> None:
+    parent = _walk(data, path[:-1])
+    if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] is not None:
+        parent[path[-1]] = MARKER
