@@ -26,6 +26,7 @@ import standardwebhooks
 import stripe
 from aiohttp import web
 from helpers import exchange, job_cassette, run, serving, webhook
+from slack_sdk.signature import SignatureVerifier
 
 from replayproxy import signing
 from replayproxy.api import ReplayProxy
@@ -44,6 +45,8 @@ SCHEMES = {
     "hmac-sha256": (SignatureConfig(), PLAIN),
     "stripe": (SignatureConfig(scheme="stripe"), PLAIN),
     "standard-webhooks": (SignatureConfig(scheme="standard-webhooks"), WHSEC),
+    "github": (SignatureConfig(scheme="github"), PLAIN),
+    "slack": (SignatureConfig(scheme="slack"), PLAIN),
 }
 
 
@@ -82,6 +85,9 @@ class Receiver:
             )
         elif self.signature.scheme == "standard-webhooks":
             standardwebhooks.Webhook(self.secret).verify(body, headers)
+        elif self.signature.scheme == "slack":
+            if not SignatureVerifier(self.secret).is_valid_request(body, headers):
+                raise ValueError("slack_sdk SignatureVerifier: invalid")
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -507,6 +513,26 @@ def test_bad_webhooks_are_rejected_and_reported(
         assert entry["rejected_as_expected"] is True
         assert proxy.report.to_dict()["webhooks"]["rejected"] == 1
         assert not proxy.report.diverged
+
+    run(main())
+
+
+def test_key_rotation_signs_with_every_local_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", f"old-secret-1234, {PLAIN}")
+
+    async def main() -> None:
+        rx = receiver_for("stripe")  # knows only the second (new) secret
+        async with serving(rx.app()) as hook_base:
+            async with replaying(
+                job_cassette(), tmp_path, config("stripe"), webhook_url=hook_base
+            ) as (proxy, http):
+                await submit_and_poll(http)
+                await until(lambda: rx.got, "the webhook")
+        (got,) = rx.got
+        assert got.valid, got.error
+        assert got.headers["Stripe-Signature"].count("v1=") == 2
 
     run(main())
 
