@@ -489,3 +489,91 @@ def test_the_committed_sample_cassette_replays() -> None:
         "a.pdf": "completed", "b.pdf": "completed", "fail.pdf": "failed"}
     assert outcome["a.pdf"]["output_size"] == 4096 and outcome["rejected_webhooks"] == 0
     assert not proxy.report.unmatched
+
+
+async def _serve_tls(app: web.Application, context: Any) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    return runner, f"https://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def test_https_upstream_is_verified_and_upstream_ca_trusts_a_private_one(tmp_path: Path) -> None:
+    from replayproxy.ca import CertificateAuthority
+
+    ca, _ = CertificateAuthority.load_or_create(tmp_path / "ca")
+    path = tmp_path / "tls.yaml"
+
+    async def session() -> tuple[dict[str, Any], int]:
+        runner, up = await _serve_tls(counting_upstream([]), ca.server_context("127.0.0.1"))
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with ReplayProxy(path, mode="all", upstream=up) as proxy:
+                    async with s.get(f"{proxy.url}/x") as r:  # not trusted by default
+                        refused = await r.json()
+                async with ReplayProxy(path, mode="all", upstream=up,
+                                       upstream_ca=str(ca.cert_path)) as proxy:
+                    async with s.get(f"{proxy.url}/x") as r:
+                        return refused, r.status
+        finally:
+            await runner.cleanup()
+
+    refused, status = run(session())
+    assert "certificate" in refused["cause"].lower() and refused["upstream"].startswith("https:")
+    assert status == 200
+    assert load(path).interactions[0].request.uri.startswith("https://127.0.0.1:")
+
+
+def test_callback_urls_are_rewritten_upstream_only_under_the_public_url(tmp_path: Path) -> None:
+    path = tmp_path / "cb.yaml"
+    received: list[dict[str, Any]] = []
+
+    async def submit(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"job_id": 6230}, status=201)
+
+    async def session() -> None:
+        upstream = web.Application()
+        upstream.router.add_post("/v1/jobs", submit)
+        config = Config(webhooks=WebhooksConfig(callback_fields=("callback_url", "notify.url")))
+        async with serving(upstream) as up, aiohttp.ClientSession() as s:
+            async with ReplayProxy(path, mode="all", upstream=up, config=config,
+                                   public_url="https://tunnel.example/") as proxy:
+                for body in (
+                    {"callback_url": "http://app.local/hooks?job=1", "notify": {"url": "x"}},
+                    {"callback_url": "http://app.local/hooks?job=2",
+                     "notify": {"url": "http://app.local/hooks?job=1"}},
+                ):
+                    async with s.post(f"{proxy.url}/v1/jobs", json=body) as r:
+                        assert r.status == 201
+
+    run(session())
+    ingress = "https://tunnel.example/__replayproxy/webhooks"
+    assert received == [
+        {"callback_url": f"{ingress}/1", "notify": {"url": "x"}},
+        {"callback_url": f"{ingress}/2", "notify": {"url": f"{ingress}/1"}},
+    ]
+    bodies = [json.loads(i.request.body) for i in load(path).interactions]
+    assert bodies[0]["callback_url"] == "http://app.local/hooks?job=1"
+    assert bodies[1]["notify"]["url"] == "http://app.local/hooks?job=1"
+
+
+def test_concurrent_exchanges_are_recorded_whole(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+
+    async def session() -> None:
+        async with serving(odd_upstream([])) as up, aiohttp.ClientSession() as s:
+            async with ReplayProxy(path, mode="all", upstream=up) as proxy:
+                async def one(n: int) -> None:
+                    async with s.post(f"{proxy.url}/echo", json={"n": n, "pad": "x" * n * 50}) as r:
+                        assert json.loads((await r.json())["got"])["n"] == n
+
+                await asyncio.gather(*(one(n) for n in range(40)))
+
+    run(session())
+    items = load(path).interactions
+    assert len(items) == 40
+    for item in items:
+        assert json.loads(item.request.body) == json.loads(json.loads(item.response.body)["got"])
+    assert sorted(json.loads(i.request.body)["n"] for i in items) == list(range(40))
