@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from helpers import exchange, job_cassette, webhook
 
-from replayproxy.cassette import Cassette, save
+from replayproxy.cassette import Cassette, load, save
 from replayproxy.runner import exit_status, supports_recording
 
 CLIENT = textwrap.dedent(
@@ -160,12 +162,43 @@ def test_usage_errors_exit_2_with_one_line(project: Path) -> None:
     assert no_upstream.returncode == 2 and "--record needs --upstream" in no_upstream.stderr
 
 
-@pytest.mark.skipif(supports_recording(), reason="ReplayProxy records: covered by record tests")
-def test_record_says_clearly_that_it_is_not_available_yet(project: Path) -> None:
-    done = replayproxy("run", "cassettes/new.yaml", "--record", "--upstream",
-                       "http://127.0.0.1:9", "--", "true", cwd=project)
-    assert done.returncode == 2
-    assert "cannot record yet" in done.stderr
+@pytest.mark.skipif(not supports_recording(), reason="ReplayProxy cannot record yet")
+def test_record_then_replay_offline(tmp_path: Path) -> None:
+    """--record --upstream writes the cassette; the same command then replays with no upstream."""
+    (tmp_path / "site" / "v1").mkdir(parents=True)
+    (tmp_path / "site" / "v1" / "status.json").write_text('{"ok": true}')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(tmp_path / "site")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    probe = (
+        "import os, sys, urllib.request\n"
+        "body = urllib.request.urlopen(os.environ['REPLAYPROXY_URL'] + '/v1/status.json').read()\n"
+        "sys.exit(0 if body == b'{\"ok\": true}' else 5)\n"
+    )
+    (tmp_path / "probe.py").write_text(probe)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        recorded = replayproxy("run", "new.yaml", "--record", "--upstream",
+                               f"http://127.0.0.1:{port}", "--", sys.executable, "probe.py",
+                               cwd=tmp_path)
+        assert recorded.returncode == 0, recorded.stderr
+        assert "recording new.yaml" in recorded.stderr
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+    assert len(load(tmp_path / "new.yaml").interactions) == 1
+    replayed = replayproxy("run", "new.yaml", "--", sys.executable, "probe.py", cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
 
 
 def test_exit_status_rules() -> None:
