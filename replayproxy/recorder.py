@@ -37,7 +37,7 @@ from .cassette import Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config
 from .errors import ConfigError
 from .journal import Journal, Session, assemble, journal_path
-from .redact import Redactor
+from .redact import Redactor, dotted_get
 from .replayer import Replayer, ReplayOptions, local_secrets
 from .signing import SignatureError, signature_header_names, validate, verify, webhook_id
 from .variables import Bindings
@@ -303,7 +303,7 @@ class Recorder:
             return body, seen
         out = body
         for dotted in self.config.webhooks.callback_fields:
-            value = _get(data, dotted.split("."))
+            value = dotted_get(data, dotted.split("."))
             if not isinstance(value, str) or not value.startswith(("http://", "https://")):
                 continue
             if value.startswith(self.ingress_base):
@@ -352,29 +352,9 @@ class Recorder:
 
     async def _replay(self, request: web.Request, req: Request) -> web.StreamResponse | None:
         assert self.replayer is not None
-        match = self.replayer.matcher.match(req)
-        if match is None:
-            return None
-        self.replayed += 1
-        self.replayer.report.served += 1
-        answer = self.replayer.prepared[match.number - 1]
-        headers, payload = answer.headers, answer.body
-        if answer.values:
-            bindings = self.replayer.matcher.bindings
-            payload = bindings.substitute(payload, answer.values)
-            headers = [(k, bindings.substitute_text(v, answer.values)) for k, v in headers]
-        resp = web.Response(
-            status=answer.status,
-            reason=answer.reason or None,
-            body=payload,
-            headers=CIMultiDict(headers),
-        )
-        due = self.replayer.schedule.serve(match.number)
-        if due:
-            await resp.prepare(request)
-            await resp.write_eof()
-            for d in due:
-                self.replayer.deliver(d.number, d.delay)
+        resp = await self.replayer.answer(request, req)
+        if resp is not None:
+            self.replayed += 1
         return resp
 
     # -- upstream -> app: webhooks -----------------------------------------------------------
@@ -498,17 +478,6 @@ class Recorder:
 def _env_list(name: str | None) -> list[str]:
     raw = os.environ.get(name or "", "")
     return [s for s in re.split(r"[,\s]+", raw) if s]
-
-
-def _get(data: Any, path: list[str]) -> Any:
-    for part in path:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
 
 
 def _body_event_id(body: bytes) -> str | None:

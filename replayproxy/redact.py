@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
@@ -221,7 +221,8 @@ def _fix_length(headers: Headers, length: int) -> Headers:
     return [(k, str(length) if k.lower() == "content-length" else v) for k, v in headers]
 
 
-def _walk(data: Any, path: tuple[str, ...]) -> Any:
+def dotted_get(data: Any, path: Sequence[str]) -> Any:
+    """The value at a JSON dotted path (list indexes as digits), or None."""
     for part in path:
         if isinstance(data, dict):
             data = data.get(part)
@@ -233,12 +234,12 @@ def _walk(data: Any, path: tuple[str, ...]) -> Any:
 
 
 def _collect(data: Any, path: tuple[str, ...], found: list[Any]) -> None:
-    parent = _walk(data, path[:-1])
+    parent = dotted_get(data, path[:-1])
     if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] is not None:
         found.append(parent[path[-1]])
 
 
 def _set(data: Any, path: tuple[str, ...]) -> None:
-    parent = _walk(data, path[:-1])
+    parent = dotted_get(data, path[:-1])
     if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] is not None:
         parent[path[-1]] = MARKER

@@ -103,9 +103,14 @@ class Replayer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         req = Request(request.method, str(request.rel_url), list(request.headers.items()), body)
+        resp = await self.answer(request, req)
+        return self._miss(req) if resp is None else resp
+
+    async def answer(self, request: web.Request, req: Request) -> web.StreamResponse | None:
+        """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
         match = self.matcher.match(req)
         if match is None:
-            return self._miss(req)
+            return None
         self.report.served += 1
         answer = self.prepared[match.number - 1]
         headers, payload = answer.headers, answer.body
