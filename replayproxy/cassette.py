@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import __version__
+from . import __version__, yamlload
 from .errors import CassetteError
 
 try:
@@ -231,7 +231,7 @@ def load(path: str | Path) -> Cassette:
 
 def loads(text: str, source: str = "<cassette>") -> Cassette:
     try:
-        data = yaml.load(text, Loader=SafeLoader)
+        data = yamlload.load(text)
     except yaml.YAMLError as exc:
         raise CassetteError(_yaml_message(exc, source)) from None
     try:

@@ -1,0 +1,195 @@
+"""Loading a cassette's YAML fast and safely: libyaml's parser, a small constructor of our own.
+
+PyYAML's CSafeLoader parses in C but composes a Node (with two Mark objects) per value and then
+constructs in Python: ten times the parse itself. Cassettes are plain data, so we build Python
+objects straight from libyaml's events. It is as safe as the safe loader: only the standard
+scalar tags and `!!binary` are known; any other tag (`!!python/...`) is refused, never run.
+Aliases are resolved by reference, and a document whose aliases would expand past a bound (a
+"billion laughs" bomb) is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+)
+from yaml.nodes import ScalarNode
+
+try:
+    _Parser: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - pyyaml built without libyaml
+    _Parser = yaml.SafeLoader
+
+#: How many values aliases may stand for, beyond the values written out.
+MAX_ALIAS_EXPANSION = 1_000_000
+
+_STR = "tag:yaml.org,2002:str"
+_BINARY = "tag:yaml.org,2002:binary"
+_MERGE = "tag:yaml.org,2002:merge"
+_SCALAR_TAGS = frozenset(
+    {
+        _STR,
+        _BINARY,
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+        "tag:yaml.org,2002:timestamp",
+        "!",
+    }
+)
+_CONTAINER_TAGS = frozenset({None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
+_resolver = yaml.resolver.Resolver()
+_constructor = yaml.constructor.SafeConstructor()
+_NOTHING = object()
+
+
+class LoadError(yaml.YAMLError):
+    """A YAML problem with the place it happened, shaped like PyYAML's own errors."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+def load(text: str | bytes) -> Any:
+    """The single document in `text` as plain Python data (None for an empty stream)."""
+    parser = _Parser(text)
+    try:
+        return _build(parser)
+    finally:
+        parser.dispose()
+
+
+def _build(parser: Any) -> Any:
+    anchors: dict[str, tuple[Any, int]] = {}
+    stack: list[list[Any]] = []  # [container, pending key, size, anchor]
+    expanded = 0
+    documents = 0
+    result: Any = None
+
+    def add(value: Any, size: int, event: Any) -> None:
+        nonlocal result
+        if not stack:
+            result = value
+            return
+        top = stack[-1]
+        top[2] += size
+        container = top[0]
+        if container.__class__ is list:
+            container.append(value)
+        elif top[1] is _NOTHING:
+            if isinstance(value, (list, dict)):
+                raise LoadError("a mapping key must be a plain value", event.start_mark)
+            top[1] = value
+        else:
+            key, top[1] = top[1], _NOTHING
+            if key == "<<" and isinstance(value, (dict, list)):
+                for merged in value if isinstance(value, list) else [value]:
+                    if isinstance(merged, dict):
+                        for k, v in merged.items():
+                            container.setdefault(k, v)
+            else:
+                container[key] = value
+
+    while True:
+        event = parser.get_event()
+        cls = event.__class__
+        if cls is ScalarEvent:
+            value = _scalar(event)
+            if event.anchor:
+                anchors[event.anchor] = (value, 1)
+            add(value, 1, event)
+        elif cls is MappingStartEvent or cls is SequenceStartEvent:
+            if event.tag not in _CONTAINER_TAGS:
+                raise LoadError(_refused(event.tag), event.start_mark)
+            stack.append([{} if cls is MappingStartEvent else [], _NOTHING, 1, event.anchor])
+        elif cls is MappingEndEvent or cls is SequenceEndEvent:
+            container, _, size, anchor = stack.pop()
+            if anchor:
+                anchors[anchor] = (container, size)
+            add(container, size, event)
+        elif cls is AliasEvent:
+            if event.anchor not in anchors:
+                raise LoadError(f"found undefined alias {event.anchor!r}", event.start_mark)
+            value, size = anchors[event.anchor]
+            expanded += size
+            if expanded > MAX_ALIAS_EXPANSION:
+                raise LoadError(
+                    f"aliases expand to more than {MAX_ALIAS_EXPANSION} values "
+                    "(a YAML bomb?); a cassette never needs that many",
+                    event.start_mark,
+                )
+            add(value, size, event)
+        elif cls is DocumentStartEvent:
+            documents += 1
+            if documents > 1:
+                raise LoadError("expected a single document, found another", event.start_mark)
+        elif cls is StreamEndEvent:
+            return result
+        elif cls is DocumentEndEvent or cls is StreamStartEvent:
+            continue
+
+
+def _scalar(event: ScalarEvent) -> Any:
+    value = event.value
+    tag = event.tag
+    if tag is None or tag == "!":
+        if not event.implicit[0] or tag == "!":
+            return value
+        first = value[:1]
+        if first and first not in _MAYBE_TYPED:
+            return value
+        tag = _resolver.resolve(ScalarNode, value, (True, False))
+        if tag == _STR:
+            return value
+    elif tag not in _SCALAR_TAGS:
+        raise LoadError(_refused(tag), event.start_mark)
+    if tag == _STR:
+        return value
+    if tag == _BINARY:
+        try:
+            return base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise LoadError("!!binary value is not base64", event.start_mark) from None
+    if tag == _MERGE:
+        return "<<"
+    if tag == "tag:yaml.org,2002:timestamp":
+        return value  # kept as written: the cassette reader wants text, not datetimes
+    try:
+        construct = _constructor.yaml_constructors[tag]
+        return construct(_constructor, ScalarNode(tag, value, event.start_mark))
+    except (ValueError, KeyError, yaml.constructor.ConstructorError):
+        raise LoadError(
+            f"cannot read {value!r} as {tag.rsplit(':', 1)[-1]}", event.start_mark
+        ) from None
+
+
+def _refused(tag: str) -> str:
+    return (
+        f"could not determine a constructor for the tag {tag!r} "
+        "(only plain YAML is allowed in a cassette; tags are never executed)"
+    )
+
+
+#: First characters with which a plain scalar may resolve to something other than a string.
+_MAYBE_TYPED = frozenset(k for k in _resolver.yaml_implicit_resolvers if k)
