@@ -54,8 +54,25 @@ class Normaliser:
         self.ignore_query = frozenset(match.ignore_query)
         self.ignore_body = tuple(tuple(p.split(".")) for p in match.ignore_body_fields)
         self.match_headers = tuple(h.lower() for h in match.headers)
+        self.key_headers = frozenset({"content-type", *self.match_headers, *rules.headers})
+        self.cache: dict[tuple[Any, ...], Normal] = {}
 
     def __call__(self, req: Request) -> Normal:
+        """Normalise, remembering the result: polls repeat the same request many times."""
+        key = (
+            req.method,
+            req.uri,
+            req.body,
+            tuple((k.lower(), v) for k, v in req.headers if k.lower() in self.key_headers),
+        )
+        normal = self.cache.get(key)
+        if normal is None:
+            if len(self.cache) >= 20_000:
+                self.cache.clear()
+            normal = self.cache[key] = self.normalise(req)
+        return normal
+
+    def normalise(self, req: Request) -> Normal:
         parts = urlsplit(req.uri)
         path = parts.path or "/"
         if self.base_path and path.startswith(self.base_path + "/"):

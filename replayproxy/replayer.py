@@ -102,7 +102,7 @@ class Replayer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        req = Request(request.method, str(request.rel_url), list(request.headers.items()), body)
+        req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
         return self._miss(req) if resp is None else resp
 
