@@ -1,0 +1,108 @@
+"""What a person watching a replay sees: one live line per job on a terminal, quiet lines in CI.
+
+A *job* is a webhook's conversation (correlate.py): the exchanges that carry the ids its body
+carries, i.e. the submit, its polls and downloads. On a TTY the lines are redrawn in place;
+elsewhere a job prints one line when it is over, so CI logs stay short and ordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .cassette import Cassette
+from .correlate import exchange_values, webhook_ids
+from .inspect import event_type
+from .matching import describe
+from .report import Delivery
+
+
+@dataclass
+class Job:
+    label: str
+    interactions: list[int]
+    webhooks: list[int] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+def jobs(cassette: Cassette) -> list[Job]:
+    """One job per distinct cause; labelled by the upstream's id when the webhook carries one."""
+    values = [exchange_values(i) for i in cassette.interactions]
+    by_cause: dict[int, Job] = {}
+    for number, hook in enumerate(cassette.webhooks, start=1):
+        if not hook.cause:
+            continue
+        ids = webhook_ids(hook.body)
+        job = by_cause.get(hook.cause)
+        if job is None:
+            members = [n for n, v in enumerate(values, start=1) if ids & v] or [hook.cause]
+            numeric = sorted(i for i in ids if i.isdigit())
+            label = (
+                f"job {numeric[0]}"
+                if numeric
+                else describe(cassette.interactions[hook.cause - 1].request)
+            )
+            job = by_cause[hook.cause] = Job(label[:28], members)
+        job.webhooks.append(number)
+        job.events.append(event_type(hook) or "webhook")
+    return list(by_cause.values())
+
+
+def line(job: Job, served: set[int], deliveries: list[Delivery]) -> tuple[str, bool]:
+    """The job's line, and whether it is over (every webhook delivered, rejected or failed)."""
+    done = sum(1 for n in job.interactions if n in served)
+    states = []
+    over = True
+    for number, event in zip(job.webhooks, job.events, strict=True):
+        mine = [d for d in deliveries if d.webhook == number]
+        outcome = mine[-1].outcome if mine else "waiting"
+        if outcome in ("pending", "waiting"):
+            over = False
+        tries = sum(len(d.attempts) for d in mine)
+        states.append(f"{event} {outcome}" + (f" ({tries} attempts)" if tries > 1 else ""))
+    text = f"{job.label:<28} {done:>3}/{len(job.interactions):<3} exchanges  " + ", ".join(states)
+    return text, over
+
+
+class LiveView:
+    """Redraws the job lines in place on a TTY; prints each finished job once otherwise."""
+
+    def __init__(
+        self,
+        cassette: Cassette,
+        state: Callable[[], tuple[set[int], list[Delivery]]],
+        stream: TextIO | None = None,
+    ):
+        self.jobs = jobs(cassette)
+        self.state = state
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.drawn = 0
+        self.printed: set[int] = set()
+
+    def update(self) -> None:
+        served, deliveries = self.state()
+        lines = [line(job, served, deliveries) for job in self.jobs]
+        if self.tty:
+            up = f"\x1b[{self.drawn}F" if self.drawn else ""
+            body = "".join(f"\x1b[2K{text}\n" for text, _ in lines)
+            self.stream.write(up + body)
+            self.drawn = len(lines)
+        else:
+            for index, (text, over) in enumerate(lines):
+                if over and index not in self.printed:
+                    self.printed.add(index)
+                    self.stream.write(text + "\n")
+        self.stream.flush()
+
+    async def run(self, interval: float = 0.2) -> None:
+        """Update until cancelled, then once more so the last state is on screen."""
+        try:
+            while True:
+                self.update()
+                await asyncio.sleep(interval)
+        finally:
+            self.update()
