@@ -175,3 +175,37 @@ def test_shift_time_moves_recorded_times_to_now(tmp_path: Path) -> None:
     assert run(fetch(False)) == stamp
     shifted = datetime.strptime(run(fetch(True)), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert abs((shifted - datetime.now(UTC)).total_seconds()) < 600  # moved by 30 days, format kept
+
+
+def test_live_values_flow_into_location_headers_and_json(tmp_path: Path) -> None:
+    import uuid
+    from urllib.parse import quote
+
+    from helpers import exchange
+
+    from replayproxy.cassette import Cassette
+
+    rec_id, rec_cb = str(uuid.uuid4()), "http://127.0.0.1:5001/hooks/camber?x=1"
+    item = exchange(
+        "POST",
+        "/v1/things",
+        201,
+        {"id": rec_id, "echo": rec_cb, "note": f"made {rec_id}"},
+        {"id": rec_id, "callback_url": rec_cb},
+    )
+    item.response.headers.append(("Location", f"/v1/things/{rec_id}?cb={quote(rec_cb, safe='')}"))
+    path = tmp_path / "things.yaml"
+    save(Cassette([item]), path)
+    live_id, live_cb = str(uuid.uuid4()), "http://127.0.0.1:6002/hooks/camber?x=1"
+
+    async def scenario() -> tuple[str, dict]:
+        async with ReplayProxy(path) as proxy, aiohttp.ClientSession() as s:
+            async with s.post(
+                f"{proxy.url}/v1/things", json={"callback_url": live_cb, "id": live_id}
+            ) as resp:
+                assert resp.status == 201
+                return resp.headers["Location"], json.loads(await resp.read())
+
+    location, body = run(scenario())
+    assert location == f"/v1/things/{live_id}?cb={quote(live_cb, safe='')}"
+    assert body == {"id": live_id, "echo": live_cb, "note": f"made {live_id}"}
