@@ -80,6 +80,44 @@ config_option = click.option(
 listen_option = click.option("--listen", help="HOST:PORT to listen on (port 0 picks a free one).")
 
 
+def https_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--forward, --hosts, --ca-dir, --tls: the options of commands that serve (issue 10)."""
+    options = [
+        click.option(
+            "--forward",
+            is_flag=True,
+            help="Be a forward proxy (HTTPS_PROXY/HTTP_PROXY): CONNECT is intercepted with "
+            "certificates from the local CA.",
+        ),
+        click.option(
+            "--hosts",
+            metavar="A,B",
+            help="With --forward: intercept only these hosts; other CONNECTs are tunnelled "
+            "untouched while recording and refused while replaying.",
+        ),
+        click.option(
+            "--ca-dir",
+            type=click.Path(file_okay=False),
+            help="The local CA's folder (default: the user's config folder; see `replayproxy ca`).",
+        ),
+        click.option(
+            "--tls",
+            is_flag=True,
+            help="Serve the proxy itself over HTTPS with a local-CA certificate for localhost.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def https_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop the https_options from a command's keywords, as ReplayProxy takes them."""
+    if kw.get("hosts") and not kw.get("forward"):
+        raise ReplayProxyError("--hosts needs --forward")
+    return {name: kw.pop(name) for name in ("forward", "hosts", "ca_dir", "tls")}
+
+
 def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that replays takes (replay, run)."""
     options = [
@@ -177,20 +215,26 @@ def build_options(kw: dict[str, Any]) -> ReplayOptions:
 @listen_option
 @config_option
 @replay_options
+@https_options
 @friendly
 def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any) -> None:
     """Serve CASSETTE offline and deliver its webhooks, until SIGINT/SIGTERM."""
     config = settings(config_path, listen=listen)
+    https = https_kwargs(kw)
     proxy = ReplayProxy(
         cassette,
+        **https,
         config=config,
         listen=config.listen,
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
     )
+    shown = " (forward proxy)" if https["forward"] else ""
     report = asyncio.run(
-        until_signalled(proxy.start, proxy.stop, f"replayproxy replaying {cassette} on {{url}}")
+        until_signalled(
+            proxy.start, proxy.stop, f"replayproxy replaying {cassette} on {{url}}{shown}"
+        )
     )
     if report.unmatched:
         click.echo(near_miss_text(report), err=True)
@@ -291,6 +335,7 @@ def demo(keep: str | None) -> None:
     help="Exit status when the command passed but the replay diverged (125: git bisect skip).",
 )
 @replay_options
+@https_options
 @friendly
 def run(
     cassette: str,
@@ -308,11 +353,16 @@ def run(
 
     The URL is exported as REPLAYPROXY_URL (and as --env NAME / config export_env). Put the
     command after `--`: replayproxy run cassettes/x.yaml -- pytest tests/e2e
+
+    With --forward the command gets HTTPS_PROXY/HTTP_PROXY and the CA variables
+    (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE); with --tls the
+    CA variables.
     """
     from replayproxy.runner import exit_status, open_proxy, run_command
 
     config = settings(config_path, upstream=upstream)
-    if record and not config.upstream:
+    https = https_kwargs(kw)
+    if record and not config.upstream and not https["forward"]:
         raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
     proxy = open_proxy(
         cassette,
@@ -324,6 +374,7 @@ def run(
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        **https,
     )
     names = [n for n in (env_name or config.export_env,) if n]
 
@@ -462,6 +513,7 @@ def send_webhook(
     is_flag=True,
     help="Allow listening on a non-loopback address (prints a warning).",
 )
+@https_options
 @friendly
 def record(
     cassette: str,
@@ -472,13 +524,20 @@ def record(
     public_url: str | None,
     upstream_ca: str | None,
     allow_remote: bool,
+    **kw: Any,
 ) -> None:
-    """Forward to the upstream and record the traffic and its webhooks into CASSETTE."""
+    """Forward to the upstream and record the traffic and its webhooks into CASSETTE.
+
+    With --forward the app uses the proxy as HTTPS_PROXY/HTTP_PROXY instead, and --upstream is
+    only needed for requests sent to the proxy directly.
+    """
     from replayproxy.journal import journal_path
 
     config = settings(config_path, listen=listen, upstream=upstream)
+    https = https_kwargs(kw)
     proxy = ReplayProxy(
         cassette,
+        **https,
         config=config,
         listen=config.listen,
         mode=mode,
@@ -503,6 +562,9 @@ def record(
         """Formatted after start: only then is it known whether this run records."""
 
         def format(self, url: str) -> str:
+            if proxy.recording and https["forward"]:
+                hosts = https["hosts"] or "every host"
+                return f"replayproxy recording {cassette} on {url} (forward proxy for {hosts})"
             if proxy.recording:
                 return f"replayproxy recording {cassette} on {url} -> {config.upstream}"
             return f"replayproxy replaying {cassette} on {url} (mode {mode}: not recording)"
@@ -525,6 +587,33 @@ def record(
         )
 
 
+@main.command("ca")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Where the CA lives (default: ~/.config/replayproxy/ca, or under $XDG_CONFIG_HOME).",
+)
+@friendly
+def ca_command(directory: str | None) -> None:
+    """Create the local CA (once) that --forward and --tls use, and print how to trust it.
+
+    Never put it inside a cassette folder: cassettes get committed, its private key must not.
+    """
+    from pathlib import Path
+
+    from replayproxy.ca import CertificateAuthority, trust_instructions
+
+    ca, created = CertificateAuthority.load_or_create(Path(directory) if directory else None)
+    verb = "created" if created else "using the existing"
+    click.echo(
+        f"replayproxy: {verb} local CA {ca.cert_path} (private key {ca.key_path}, readable by "
+        "you only); pass --ca-dir to the commands when it is not the default folder",
+        err=True,
+    )
+    click.echo(trust_instructions(ca), nl=False)
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT.")
 @click.option(
@@ -534,13 +623,18 @@ def record(
     show_default=True,
     help="Seconds between a job's statuses.",
 )
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow listening on a non-loopback address (prints a warning).",
+)
 @friendly
-def sandbox(listen: str, step_seconds: float) -> None:
+def sandbox(listen: str, step_seconds: float, allow_remote: bool) -> None:
     """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in
     CAMBER_WEBHOOK_SECRET), for the demo, the docs and tests."""
     from replayproxy import sandbox as sandbox_module
 
-    sandbox_module.main(listen, step_seconds=step_seconds)
+    sandbox_module.main(listen, allow_remote=allow_remote, step_seconds=step_seconds)
 
 
 if __name__ == "__main__":  # pragma: no cover

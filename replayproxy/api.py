@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .ca import DEFAULT_CA_DIR, CertificateAuthority, check_not_inside
 from .cassette import load
 from .config import Config, parse_listen
 from .errors import ConfigError
+from .forward import ForwardServer
 from .journal import Recovered, recover
 from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
@@ -44,10 +47,22 @@ class ReplayProxy:
         upstream: str | None = None,
         upstream_ca: str | None = None,
         public_url: str | None = None,
+        forward: bool = False,
+        hosts: str | Sequence[str] | None = None,
+        tls: bool = False,
+        ca_dir: str | Path | None = None,
     ):
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+        if forward and tls:
+            raise ConfigError("--tls serves the reverse proxy over HTTPS; it does not go with "
+                              "--forward (clients reach a forward proxy over plain HTTP)")
         self.mode = mode
+        self.forward = forward  # HTTPS_PROXY mode (forward.py): CONNECT, local CA
+        self.hosts = hosts
+        self.tls = tls
+        self.ca_dir = ca_dir
+        self.ca: CertificateAuthority | None = None
         self.upstream = upstream
         self.upstream_ca = upstream_ca
         self.public_url = public_url
@@ -62,7 +77,7 @@ class ReplayProxy:
         self.url = ""
         self.report = Report()
         self._replayer: Replayer | None = None
-        self._server: Server | None = None
+        self._server: Server | ForwardServer | None = None
 
     @property
     def recording(self) -> bool:
@@ -86,16 +101,47 @@ class ReplayProxy:
             upstream_ca=self.upstream_ca,
             public_url=self.public_url,
             options=self.options,
+            forward=self.forward,
         )
         if self.recorder.replayer is not None:
             self.report = self.recorder.replayer.report
         return self.recorder
 
+    def _load_ca(self) -> CertificateAuthority | None:
+        """The local CA when this run terminates TLS (--forward, --tls); never in a cassette dir."""
+        if not (self.forward or self.tls):
+            return None
+        folder = Path(self.ca_dir).expanduser() if self.ca_dir is not None else DEFAULT_CA_DIR
+        check_not_inside(folder, self.path.parent)  # before anything is created there
+        return CertificateAuthority.load_or_create(folder)[0]
+
+    def _forward_server(self, handler: Any, host: str, port: int) -> ForwardServer:
+        assert self.ca is not None
+        return ForwardServer(
+            handler.app(),
+            self.ca,
+            host,
+            port,
+            hosts=self.hosts,
+            recording=self.recorder is not None,
+            has_upstream=bool(self.recorder is not None and self.recorder.upstream),
+            upstream_ssl=self.recorder.ssl if self.recorder is not None else None,
+            allow_remote=self.allow_remote,
+        )
+
     async def start(self) -> str:
+        self.ca = self._load_ca()
         handler = self._handler()
         host, port = parse_listen(self.listen)
         try:
-            self._server = Server(handler.app(), host, port, allow_remote=self.allow_remote)
+            self._server = self._forward_server(handler, host, port) if self.forward else Server(
+                handler.app(),
+                host,
+                port,
+                ssl_context=self.ca.listener_context() if self.ca is not None else None,
+                allow_remote=self.allow_remote,
+                max_header_size=self.config.max_header_size,
+            )
             self.url = await self._server.start()
         except BaseException:
             self._server = None

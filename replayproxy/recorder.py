@@ -35,17 +35,20 @@ from yarl import URL
 
 from .cassette import Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config
-from .errors import ConfigError
+from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path
 from .redact import Redactor, dotted_get
 from .replayer import Replayer, ReplayOptions, local_secrets
 from .signing import SignatureError, signature_header_names, validate, verify, webhook_id
+from .tls import upstream_context
 from .variables import Bindings
 from .webhooks import outgoing
 
 log = logging.getLogger("replayproxy")
 
 INGRESS = "/__replayproxy/webhooks"
+#: Set on a request by forward mode (forward.py): the origin it goes to, e.g. https://host:8443.
+UPSTREAM_KEY = "replayproxy.upstream"
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and those that describe one hop's body framing.
 HOP_BY_HOP = frozenset(
@@ -113,8 +116,11 @@ class Recorder:
         upstream_ca: str | None = None,
         public_url: str | None = None,
         options: ReplayOptions | None = None,
+        forward: bool = False,
     ):
-        if not upstream or urlsplit(upstream).scheme not in ("http", "https"):
+        if forward and not upstream:
+            upstream = ""  # forward mode: each request names its own upstream
+        elif not upstream or urlsplit(upstream).scheme not in ("http", "https"):
             raise ConfigError(
                 f"record needs an http(s) upstream URL (--upstream or 'upstream' in the config), "
                 f"got {upstream!r}"
@@ -126,12 +132,8 @@ class Recorder:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.url = ""  # set by whoever serves app(): our own base URL
         self.redactor = Redactor.from_config(config)
-        self.ssl: ssl.SSLContext | bool = True
-        if upstream_ca:
-            try:
-                self.ssl = ssl.create_default_context(cafile=upstream_ca)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"--upstream-ca {upstream_ca}: cannot load: {exc}") from None
+        # explicit: never SSL_CERT_FILE & co., which may name only the local CA (tls.py)
+        self.ssl: ssl.SSLContext = upstream_context(upstream_ca)
         self.upstream_secrets = _env_list(config.webhooks.upstream_secret_env)
         if not self.upstream_secrets:
             log.warning(
@@ -145,7 +147,7 @@ class Recorder:
         self.replayer = Replayer(base, config, options) if base is not None else None
         self.session = Session(
             meta={
-                "upstream": self.upstream,
+                "upstream": self.upstream or None,
                 "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "signature_scheme": config.webhooks.signature.scheme,
             },
@@ -161,6 +163,7 @@ class Recorder:
         self.replayed = 0
         self.refused_webhooks = 0
         self.failed = 0
+        self.unjournaled = 0  # items the journal could not take (disk full, read-only)
         self._upstream_session: aiohttp.ClientSession | None = None
         self._app_session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -170,7 +173,7 @@ class Recorder:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_size)
         app.router.add_route("*", INGRESS, self.webhook)
-        app.router.add_route("*", INGRESS + "/{n}", self.webhook)
+        app.router.add_route("*", INGRESS + "/{n:.*}", self.webhook)  # never forwarded upstream
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -223,7 +226,8 @@ class Recorder:
         skip = hop_by_hop(request.headers) | {"host", "content-length"}
         sent_headers = [(k, v) for k, v in headers if k.lower() not in skip]
         sent_body, callbacks = self._rewrite_callbacks(body)
-        url = self.upstream + str(request.rel_url)
+        upstream = request.get(UPSTREAM_KEY, self.upstream)
+        url = upstream + str(request.rel_url)
         started = time.monotonic()
         try:
             status, reason, res_headers, res_body = await self._forward(
@@ -235,7 +239,7 @@ class Recorder:
                 502,
                 f"the upstream's answer to {request.method} {request.rel_url} is larger than "
                 f"max_body_size ({self.config.max_body_size} bytes); not recorded",
-                self.upstream,
+                upstream,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.failed += 1
@@ -244,13 +248,13 @@ class Recorder:
                 "replayproxy: %s %s -> upstream %s: %s",
                 request.method,
                 request.rel_url,
-                self.upstream,
+                upstream,
                 cause,
             )
             return _error(
                 502,
-                f"upstream {self.upstream} failed: {cause}; not recorded",
-                self.upstream,
+                f"upstream {upstream} failed: {cause}; not recorded",
+                upstream,
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
@@ -346,9 +350,28 @@ class Recorder:
             meta,
         )
         item = self.redactor.interaction(item)
-        self.journal.interaction(item)
+        number = self.session.base_interactions + len(self.session.interactions) + 1
+        self._journal(self.journal.interaction, item, what=f"exchange {number}")
         self.session.interactions.append(item)
-        return self.session.base_interactions + len(self.session.interactions)
+        return number
+
+    def _journal(self, write: Any, *args: Any, what: str) -> None:
+        """Append to the journal; when the disk is full or gone read-only, say so and go on.
+
+        The app still gets its answer (the upstream has acted on the request), and the item
+        stays in memory: the cassette written at stop still has it, only a crash would lose it.
+        """
+        try:
+            write(*args)
+        except OSError as exc:
+            self.unjournaled += 1
+            log.error(
+                "replayproxy: cannot write the journal %s: %s; %s kept in memory only (a crash "
+                "now would lose it; the cassette is written at stop)",
+                self.journal.path,
+                exc.strerror or exc,
+                what,
+            )
 
     async def _replay(self, request: web.Request, req: Request) -> web.StreamResponse | None:
         assert self.replayer is not None
@@ -390,8 +413,10 @@ class Recorder:
                 )
             hint = None
         else:
-            if not number.isdigit() or not 1 <= int(number) <= len(self.callbacks):
-                return _error(404, f"no callback URL number {number} was seen", None)
+            if not re.fullmatch(r"[0-9]{1,9}", number) or not 1 <= int(number) <= len(
+                self.callbacks
+            ):
+                return _error(404, f"no callback URL number {number[:40]!r} was seen", None)
             target = self.callbacks[int(number) - 1]
             hint = self.callback_hint.get(target)
         event_id = webhook_id(headers, signature) or _body_event_id(body)
@@ -413,7 +438,9 @@ class Recorder:
         if key not in self.event_ids:  # the sender's retries of one event are recorded once
             self.event_ids.add(key)
             stored = self.redactor.webhook(hook)
-            self.journal.webhook(stored, hint)
+            self._journal(
+                self.journal.webhook, stored, hint, what=f"webhook {len(self.session.webhooks) + 1}"
+            )
             self.session.webhooks.append(stored)
             self.session.hints.append(hint)
         return await self._forward_webhook(hook, target)
@@ -470,7 +497,19 @@ class Recorder:
         result = None
         if self.session.interactions or self.session.webhooks:
             result = self.cassette()
-            save(result, self.path)
+            try:
+                save(result, self.path)
+            except OSError as exc:
+                self.journal.close()
+                kept = len(self.session.interactions) + len(self.session.webhooks)
+                kept -= self.unjournaled
+                raise CassetteError(
+                    f"{self.path}: cannot save the cassette: {exc.strerror or exc}; the previous "
+                    f"file is unchanged. {self.journal.path} keeps {kept} of this session's "
+                    f"items: the next `record` in this folder recovers them"
+                    + (f" ({self.unjournaled} could not be journaled and are lost)"
+                       if self.unjournaled else "")
+                ) from None
         self.journal.remove()
         return result
 

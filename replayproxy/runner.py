@@ -76,13 +76,26 @@ def exit_status(returncode: int, diverged: bool, divergence_exit_code: int = 1) 
     return divergence_exit_code if diverged else 0
 
 
-def command_env(url: str, export: Sequence[str] = ()) -> dict[str, str]:
+def command_env(
+    url: str, export: Sequence[str] = (), extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     env[URL_ENV] = url
     for name in export:
         if name:
             env[name] = url
+    env.update(extra or {})
     return env
+
+
+def tls_env(proxy: Any) -> dict[str, str]:
+    """--forward: HTTPS_PROXY/HTTP_PROXY and the CA variables; --tls: the CA variables."""
+    ca = getattr(proxy, "ca", None)
+    if ca is None:
+        return {}
+    from .forward import proxy_env, trust_env
+
+    return proxy_env(proxy.url, ca) if getattr(proxy, "forward", False) else trust_env(ca)
 
 
 async def run_command(
@@ -96,7 +109,7 @@ async def run_command(
             on_start(proxy.url)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *command, env=command_env(proxy.url, export)
+                *command, env=command_env(proxy.url, export, tls_env(proxy))
             )
         except FileNotFoundError:
             raise ReplayProxyError(f"command not found: {command[0]}") from None
