@@ -142,7 +142,13 @@ class ForwardServer:
         self._session: aiohttp.ClientSession | None = None
 
     def intercepts(self, host: str) -> bool:
-        return self.hosts is None or normalise_host(host) in self.hosts
+        """Every host without --hosts; else a named host, or a subdomain of a `*.name` entry."""
+        if self.hosts is None:
+            return True
+        name = normalise_host(host)
+        return name in self.hosts or any(
+            h.startswith("*.") and name.endswith(h[1:]) for h in self.hosts
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -39,7 +39,14 @@ from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path
 from .redact import Redactor, dotted_get
 from .replayer import Replayer, ReplayOptions, local_secrets
-from .signing import SignatureError, signature_header_names, validate, verify, webhook_id
+from .signing import (
+    SignatureError,
+    sign,
+    signature_header_names,
+    validate,
+    verify,
+    webhook_id,
+)
 from .tls import upstream_context
 from .variables import Bindings
 from .webhooks import outgoing
@@ -48,7 +55,11 @@ log = logging.getLogger("replayproxy")
 
 INGRESS = "/__replayproxy/webhooks"
 #: Set on a request by forward mode (forward.py): the origin it goes to, e.g. https://host:8443.
-UPSTREAM_KEY = "replayproxy.upstream"
+UPSTREAM_KEY: Any = (
+    web.RequestKey("replayproxy.upstream", str)  # aiohttp >= 3.12 warns about plain str keys
+    if hasattr(web, "RequestKey")
+    else "replayproxy.upstream"
+)
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and those that describe one hop's body framing.
 HOP_BY_HOP = frozenset(
@@ -142,6 +153,16 @@ class Recorder:
                 config.webhooks.upstream_secret_env,
             )
         self.local_secrets = local_secrets(config, needed=False)
+        # a malformed secret (e.g. not whsec_<base64>) fails now, not with a 500 per webhook
+        for what, keys in (
+            (config.webhooks.upstream_secret_env, self.upstream_secrets),
+            (config.webhooks.local_secret_env, self.local_secrets),
+        ):
+            if keys:
+                try:
+                    sign(b"", keys, config.webhooks.signature, timestamp=0)
+                except ConfigError as exc:
+                    raise ConfigError(f"{what}: {exc}") from None
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
         self.replayer = Replayer(base, config, options) if base is not None else None

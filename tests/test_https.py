@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -182,7 +183,7 @@ def with_curl(base: str, proxy: str | None, cafile: Path) -> list[Any]:
     out = []
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
     for method, path, body in conversation("curl"):
-        args = ["curl", "-sS", "--fail-with-body", "--max-time", "10", "-X", method,
+        args = ["curl", "-sS", "--max-time", "10", "-X", method,
                 "--cacert", str(cafile), "-w", "\n%{http_code}"]
         if proxy:
             args += ["--proxy", proxy]
@@ -513,3 +514,154 @@ def test_run_forward_records_then_replays_with_only_the_environment(
                    "--", *tls_probe, env=env, cwd=tmp_path)
     assert over_tls.returncode == 0, over_tls.stderr
     assert json.loads(out.read_text()) == first
+
+
+def test_hosts_entries_name_hosts_or_wildcard_subdomains() -> None:
+    from replayproxy.ca import CertificateAuthority as CA
+    from replayproxy.forward import ForwardServer, split_authority
+
+    server = ForwardServer(web.Application(), CA(Path("/nonexistent"), Path("a"), Path("b")),
+                           hosts="api.camber.example, *.Files.Example.")
+    assert server.intercepts("API.camber.example") and server.intercepts("eu.files.example")
+    assert not server.intercepts("camber.example") and not server.intercepts("files.example")
+    assert not server.intercepts("evil-api.camber.example")
+    assert split_authority("[::1]:8443") == ("::1", 8443)
+    assert split_authority("Host.Example:443") == ("host.example", 443)
+    for bad in ("host", "host:", "host:0", "host:99999", "[::1]8443", ":443"):
+        with pytest.raises(ValueError):
+            split_authority(bad)
+
+
+def test_webhooks_record_and_replay_in_forward_mode(
+    clean_env: None, loops: LoopThread, local_ca: CertificateAuthority,
+    upstream_ca: CertificateAuthority, cassettes: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app's callback URL is swapped for the proxy's ingress; Camber's signed webhook comes
+    back there, is recorded, re-signed and forwarded; a forward replay delivers it again."""
+    from replayproxy.config import Config
+    from replayproxy.signing import sign, verify
+
+    monkeypatch.setenv("CAMBER_WEBHOOK_SECRET", "upstream-secret")
+    monkeypatch.setenv("WEBHOOK_SECRET", "local-secret")
+    signature = Config().webhooks.signature
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    async def submit(request: web.Request) -> web.Response:
+        body = await request.json()
+        hook = json.dumps({"type": "job.completed", "job_id": 6238, "event_id": "evt_1"}).encode()
+
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            headers = sign(hook, ["upstream-secret"], signature, timestamp=int(time.time()))
+            async with aiohttp.ClientSession() as s:  # to the proxy's ingress, directly
+                await s.post(body["callback_url"], data=hook,
+                             headers={**headers, "Content-Type": "application/json"})
+
+        request.app[tasks_key].append(asyncio.ensure_future(later()))
+        return web.json_response({"job_id": 6238, "status": "PENDING"}, status=201)
+
+    async def hooks(request: web.Request) -> web.Response:
+        received.append((await request.read(), dict(request.headers)))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    tasks_key = web.AppKey("tasks", list)
+    app[tasks_key] = []
+    app.router.add_post("/v1/jobs", submit)
+    upstream = TLSServer(loops, app, upstream_ca.server_context("localhost")).start()
+    receiver = web.Application()
+    receiver.router.add_post("/hooks", hooks)
+
+    async def start_receiver() -> tuple[web.AppRunner, str]:
+        runner = web.AppRunner(receiver, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
+
+    runner, callback = loops.call(start_receiver())
+    base = f"https://localhost:{upstream.port}"
+    path = cassettes / "hooks.yaml"
+    try:
+        with SyncReplayProxy(path, mode="all", forward=True, ca_dir=local_ca.directory,
+                             upstream_ca=str(upstream_ca.cert_path)) as proxy:
+            r = requests.post(f"{base}/v1/jobs", json={"callback_url": callback},
+                              proxies={"https": proxy.url}, verify=str(local_ca.cert_path),
+                              timeout=10)
+            assert r.status_code == 201
+            for _ in range(100):
+                if received:
+                    break
+                time.sleep(0.05)
+        upstream.stop()
+        assert len(received) == 1
+        tape = load(path)
+        assert tape.interactions[0].request.uri == f"{base}/v1/jobs"
+        assert len(tape.webhooks) == 1 and tape.webhooks[0].target == callback
+        with SyncReplayProxy(path, forward=True, ca_dir=local_ca.directory) as proxy:
+            r = requests.post(f"{base}/v1/jobs", json={"callback_url": callback},
+                              proxies={"https": proxy.url}, verify=str(local_ca.cert_path),
+                              timeout=10)
+            assert r.json() == {"job_id": 6238, "status": "PENDING"}
+        assert proxy.report.webhooks_summary()["delivered"] == 1
+        assert len(received) == 2 and received[1][0] == received[0][0]
+        for body, headers in received:  # signed with the app's local secret each time
+            verify(body, headers, ["local-secret"], signature)
+    finally:
+        loops.call(runner.cleanup())
+        for task in app[tasks_key]:
+            loops.loop.call_soon_threadsafe(task.cancel)
+
+
+def test_record_and_replay_commands_in_forward_mode(
+    clean_env: None, loops: LoopThread, tmp_path: Path, local_ca: CertificateAuthority,
+    upstream_ca: CertificateAuthority, cassettes: Path,
+) -> None:
+    import re
+    import signal
+
+    upstream = TLSServer(loops, upstream_app([]), upstream_ca.server_context("localhost")).start()
+    base = f"https://localhost:{upstream.port}"
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+
+    def serve(*args: str) -> tuple[subprocess.Popen[str], str, str]:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                cwd=tmp_path)
+        banner = proc.stdout.readline() if proc.stdout else ""
+        found = re.search(r" on (http://127\.0\.0\.1:\d+)", banner)
+        assert found, banner + (proc.stderr.read() if proc.stderr else "")
+        return proc, found.group(1), banner
+
+    def finish(proc: subprocess.Popen[str]) -> str:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        return err
+
+    try:
+        proc, url, banner = serve("record", "cassettes/cli.yaml", "--forward", "--hosts",
+                                  "localhost", "--ca-dir", str(local_ca.directory),
+                                  "--upstream-ca", str(upstream_ca.cert_path), "--listen",
+                                  "127.0.0.1:0")
+        try:
+            assert "forward proxy for localhost" in banner
+            recorded = with_requests(base, url, str(local_ca.cert_path))
+        finally:
+            err = finish(proc)
+        assert "recorded 2 exchanges" in err
+    finally:
+        upstream.stop()
+    proc, url, banner = serve("replay", "cassettes/cli.yaml", "--forward", "--ca-dir",
+                              str(local_ca.directory), "--listen", "127.0.0.1:0")
+    try:
+        assert "(forward proxy)" in banner
+        assert with_requests(base, url, str(local_ca.cert_path)) == recorded
+        if CURL:
+            assert with_curl(base, url, local_ca.cert_path)[0][0] == 502  # not recorded: a miss
+    finally:
+        assert "served 2" in finish(proc)
+    bad = cli("replay", "cassettes/cli.yaml", "--hosts", "localhost", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "--hosts needs --forward" in bad.stderr
+    both = cli("replay", "cassettes/cli.yaml", "--tls", "--forward", "--ca-dir",
+               str(local_ca.directory), cwd=tmp_path, env=env)
+    assert both.returncode == 2 and "--tls" in both.stderr
