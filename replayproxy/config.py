@@ -84,6 +84,7 @@ class Config:
     unmatched_status: int = 502
     upstream_timeout: float = 30.0
     max_body_size: int = 64 * 1024 * 1024
+    max_header_size: int = 64 * 1024  # request line, any header, all headers: else 431
     secret_env: tuple[str, ...] = ("CAMBER_API_KEY",)
     match: MatchConfig = field(default_factory=MatchConfig)
     redact: RedactConfig = field(default_factory=RedactConfig)

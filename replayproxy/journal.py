@@ -13,6 +13,7 @@ their cause (see correlate.py), and variables are detected by shape (see variabl
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -169,10 +170,15 @@ class Journal:
 
     def __init__(self, path: str | Path, session: Session):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
+            )
+        except OSError as exc:
+            raise CassetteError(
+                f"{self.path}: cannot write the recording journal: {exc.strerror or exc}"
+            ) from None
         self._write(
             {
                 "kind": "session",
@@ -187,9 +193,16 @@ class Journal:
             raise ValueError("journal is closed")
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n"
         data = line.encode("ascii")
-        written = os.write(self._fd, data)
-        while written < len(data):  # pragma: no cover - regular files write whole
-            written += os.write(self._fd, data[written:])
+        before = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a full disk writes part, then fails
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            # no torn line in the middle of the journal: the next record starts clean
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, before)
+            raise
 
     def interaction(self, item: Interaction) -> None:
         self._write(interaction_line(item))

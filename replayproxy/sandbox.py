@@ -36,6 +36,7 @@ from aiohttp import web
 
 from .config import SignatureConfig, parse_listen
 from .errors import ConfigError, ReplayProxyError
+from .server import is_loopback
 from .signing import sign
 
 ENGINE_TYPES = ("MPI", "MESA", "ATHENA", "GROMACS", "LAMMPS", "OPENFOAM")
@@ -180,9 +181,18 @@ async def serve(host: str = "127.0.0.1", port: int = 8090, **create_app_kwargs: 
         await runner.cleanup()
 
 
-def main(listen: str = "127.0.0.1:8090", **create_app_kwargs: Any) -> None:
+def main(
+    listen: str = "127.0.0.1:8090", *, allow_remote: bool = False, **create_app_kwargs: Any
+) -> None:
     """CLI entry: secrets from CAMBER_API_KEY / CAMBER_WEBHOOK_SECRET; SIGINT/SIGTERM stop it."""
     host, port = parse_listen(listen)
+    if not is_loopback(host):
+        if not allow_remote:
+            raise ConfigError(
+                f"refusing to listen on {host}: only loopback by default (pass --allow-remote "
+                "to listen on another address; anyone who can reach it can use the sandbox)"
+            )
+        print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
     create_app_kwargs["api_key"] = _require_env("CAMBER_API_KEY")
     create_app_kwargs["webhook_secret"] = _require_env("CAMBER_WEBHOOK_SECRET")
     asyncio.run(_serve_until_signal(host, port, create_app_kwargs))

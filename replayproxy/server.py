@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 import sys
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from .errors import ReplayProxyError
+
+log = logging.getLogger("replayproxy")
+
+#: Default for `max_header_size`: the request line, any one header, and all headers together.
+DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -19,6 +28,96 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, answering malformed requests with one log line, not a
+    traceback: oversized request line or headers get 431, other framing errors (such as
+    Content-Length together with Transfer-Encoding) 400. The handler never runs for them."""
+
+    __slots__ = ()
+    max_header_size = DEFAULT_MAX_HEADER_SIZE
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong) or "Too many headers" in str(exc.message):
+            status, text = 431, _header_limit_text(self.max_header_size)
+        else:
+            status, text = 400, f"malformed HTTP request: {str(exc.message).splitlines()[0]}"
+        log.warning("replayproxy: refused a request from %s: %s", request.remote, text)
+        resp = web.json_response({"error": text}, status=status)
+        resp.force_close()
+        return resp
+
+
+def _header_limit_text(limit: int) -> str:
+    return (
+        f"request line or headers larger than max_header_size ({limit} bytes); "
+        "raise it in the config"
+    )
+
+
+class _WebServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = self.handler_class
+        return handler
+
+    handler_class: type[_Handler] = _Handler
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections use `_Handler` (aiohttp has no public hook for that)."""
+
+    def __init__(self, app: web.Application, max_header_size: int, **kwargs: Any):
+        super().__init__(
+            app, max_line_size=max_header_size, max_field_size=max_header_size, **kwargs
+        )
+        self.handler_class = type("_LimitedHandler", (_Handler,), {"__slots__": ()})
+        self.handler_class.max_header_size = max_header_size
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _WebServer
+        server.handler_class = self.handler_class  # type: ignore[attr-defined]
+        return server
+
+
+def header_limit(max_header_size: int) -> Any:
+    """Middleware: 431 when all header lines together exceed `max_header_size` bytes; 400 for a
+    path with `.` or `..` segments (plain or percent-encoded), which could climb out of the
+    upstream's base path or the webhook ingress."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if any(seg in (".", "..") for seg in request.path.split("/")):
+            text = "a path with '.' or '..' segments is refused"
+            log.warning("replayproxy: refused %s %s: %s", request.method, request.raw_path, text)
+            return _refusal(400, text)
+        size = len(request.method) + len(request.raw_path) + 11
+        for name, value in request.raw_headers:
+            size += len(name) + len(value) + 4
+        if size > max_header_size:
+            text = _header_limit_text(max_header_size)
+            log.warning("replayproxy: refused %s %s: %s", request.method, request.path, text)
+            return _refusal(431, text)
+        return await handler(request)
+
+    return middleware
+
+
+def _refusal(status: int, text: str) -> web.Response:
+    """The request's body was never read: close the connection rather than guess its end."""
+    resp = web.json_response({"error": text}, status=status)
+    resp.force_close()
+    return resp
 
 
 class Server:
@@ -32,6 +131,7 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         allow_remote: bool = False,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ):
         if not is_loopback(host) and not allow_remote:
             raise ReplayProxyError(
@@ -43,7 +143,8 @@ class Server:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app.middlewares.insert(0, header_limit(max_header_size))
+        self.runner = _Runner(app, max_header_size, access_log=None, handle_signals=False)
         self.url = ""
 
     async def start(self) -> str:

@@ -36,6 +36,10 @@ except AttributeError:  # pragma: no cover - pyyaml built without libyaml
 
 #: How many values aliases may stand for, beyond the values written out.
 MAX_ALIAS_EXPANSION = 1_000_000
+#: How deep collections may nest. Deeper documents are refused before anything recurses on
+#: them: repr() would raise RecursionError, and PyYAML's C composer (used to find the line of
+#: a schema error) would overflow the C stack and kill the process.
+MAX_DEPTH = 100
 
 _STR = "tag:yaml.org,2002:str"
 _BINARY = "tag:yaml.org,2002:binary"
@@ -123,6 +127,11 @@ def _build(parser: Any) -> Any:
             if event.tag not in _CONTAINER_TAGS:
                 raise LoadError(_refused(event.tag), event.start_mark)
             stack.append([{} if cls is MappingStartEvent else [], _NOTHING, 1, event.anchor])
+            if len(stack) > MAX_DEPTH:
+                raise LoadError(
+                    f"nested deeper than {MAX_DEPTH} levels; a cassette never needs that many",
+                    event.start_mark,
+                )
         elif cls is MappingEndEvent or cls is SequenceEndEvent:
             container, _, size, anchor = stack.pop()
             if anchor:
