@@ -40,6 +40,7 @@ log = logging.getLogger("replayproxy")
 
 MAX_HEAD = 64 * 1024  # a CONNECT or request head larger than this is refused
 HANDSHAKE_TIMEOUT = 30.0
+HEAD_TIMEOUT = 60.0  # a connection that sends no complete first head by then is closed
 CONNECT_TIMEOUT = 30.0
 
 
@@ -386,6 +387,12 @@ class _Front(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.owner._open.add(transport)
+        self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._too_slow)
+
+    def _too_slow(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_plain(408, "Request Timeout", "no request head in time"))
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -397,6 +404,7 @@ class _Front(asyncio.Protocol):
                 transport.write(_plain(431, "Request Header Fields Too Large", "head too large"))
                 transport.close()
             return
+        self.timer.cancel()
         self.owner._open.discard(transport)
         head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end + 4 :])
         data, self.buffer = bytes(self.buffer), bytearray()
@@ -411,6 +419,7 @@ class _Front(asyncio.Protocol):
         handler.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
         if self.transport is not None:
             self.owner._open.discard(self.transport)
 

@@ -387,6 +387,10 @@ def test_plain_http_proxy_requests_record_and_replay(
             # a request sent to the proxy itself (not as a proxy) has nowhere to go
             direct = requests.get(f"{proxy.url}/v1/jobs/1", timeout=10)
             assert direct.status_code == 400 and "forward proxy" in direct.json()["error"]
+            # the same through the proxy (HTTP_PROXY without NO_PROXY): no loop to itself
+            looped = requests.get(f"{proxy.url}/v1/jobs/1", proxies={"http": proxy.url},
+                                  timeout=10)
+            assert looped.status_code == 400 and "forward proxy" in looped.json()["error"]
     finally:
         loops.call(runner.cleanup())
     assert [i.request.uri for i in load(path).interactions] == [
@@ -665,3 +669,37 @@ def test_record_and_replay_commands_in_forward_mode(
     both = cli("replay", "cassettes/cli.yaml", "--tls", "--forward", "--ca-dir",
                str(local_ca.directory), cwd=tmp_path, env=env)
     assert both.returncode == 2 and "--tls" in both.stderr
+
+
+def test_malformed_connects_get_an_answer_not_a_hang(
+    clean_env: None, local_ca: CertificateAuthority, cassettes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from helpers import job_cassette
+
+    from replayproxy.cassette import save
+
+    save(job_cassette(), cassettes / "jobs.yaml")
+    monkeypatch.setenv("WEBHOOK_SECRET", "whsec_test")
+
+    def raw(url: str, data: bytes) -> bytes:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(data)
+            return sock.makefile("rb").read()
+
+    with SyncReplayProxy(cassettes / "jobs.yaml", forward=True,
+                         ca_dir=local_ca.directory) as proxy:
+        assert raw(proxy.url, b"CONNECT camber.example HTTP/1.1\r\n\r\n").startswith(
+            b"HTTP/1.1 400 ")
+        assert raw(proxy.url, b"CONNECT bad_host!:443 HTTP/1.1\r\n\r\n").startswith(
+            b"HTTP/1.1 400 ")
+        assert raw(proxy.url, b"GET /" + b"x" * 70000).startswith(b"HTTP/1.1 431 ")
+        # the proxy still works afterwards, plain HTTP proxy requests included
+        ok = requests.get("http://camber.example/v1/jobs/6238", proxies={"http": proxy.url},
+                          timeout=10)
+        assert ok.json() == {"job_id": 6238, "status": "RUNNING"}
+        # a request for the proxy's own URL sent through it (HTTP_PROXY set, no NO_PROXY)
+        # is served as a direct one, never forwarded to itself
+        own = requests.get(f"{proxy.url}/v1/jobs/6238", proxies={"http": proxy.url}, timeout=10)
+        assert own.json() == {"job_id": 6238, "status": "RUNNING"}
