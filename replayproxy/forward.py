@@ -481,6 +481,7 @@ class _Pair:
     def __init__(self, owner: ForwardServer):
         self.owner = owner
         self.ends: list[asyncio.Transport | None] = [None, None]
+        self.early: list[bytearray] = [bytearray(), bytearray()]  # for an end not yet there
         self.eofs = 0
 
     def close(self) -> None:
@@ -504,10 +505,16 @@ class _Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.pair.ends[self.side] = transport  # type: ignore[assignment]
         self.pair.owner._open.add(transport)
+        early = self.pair.early[self.side]
+        if early:  # the other end spoke first (a server greeting) before this end existed
+            transport.write(bytes(early))  # type: ignore[attr-defined]
+            early.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None:
             self.peer.write(data)
+        else:
+            self.pair.early[1 - self.side] += data
 
     def eof_received(self) -> bool:
         self.pair.eofs += 1

@@ -703,3 +703,45 @@ def test_malformed_connects_get_an_answer_not_a_hang(
         # is served as a direct one, never forwarded to itself
         own = requests.get(f"{proxy.url}/v1/jobs/6238", proxies={"http": proxy.url}, timeout=10)
         assert own.json() == {"job_id": 6238, "status": "RUNNING"}
+
+
+def test_a_tunnel_is_a_raw_byte_pipe_both_ways(
+    clean_env: None, loops: LoopThread, local_ca: CertificateAuthority, cassettes: Path,
+) -> None:
+    """A server that speaks first (a greeting) and an echo: bytes pass untouched, unrecorded."""
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hello\r\n")
+        await writer.drain()
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def start() -> asyncio.AbstractServer:
+        return await asyncio.start_server(greet, "127.0.0.1", 0)
+
+    server = loops.call(start())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with SyncReplayProxy(cassettes / "t.yaml", mode="all", forward=True, hosts="localhost",
+                             upstream="http://127.0.0.1:9", ca_dir=local_ca.directory) as proxy:
+            host, proxy_port = proxy.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(proxy_port)), timeout=5) as sock:
+                sock.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+                stream = sock.makefile("rb")
+                assert stream.readline() == b"HTTP/1.1 200 Connection Established\r\n"
+                assert stream.readline() == b"\r\n"
+                assert stream.readline() == b"220 hello\r\n"
+                payload = bytes(range(256)) * 400
+                sock.sendall(payload)
+                assert stream.read(len(payload)) == payload
+                sock.shutdown(socket.SHUT_WR)
+                assert stream.read() == b""  # the server's close comes through
+    finally:
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        loops.call(close())
+    assert not (cassettes / "t.yaml").exists()  # nothing recorded
