@@ -37,7 +37,7 @@ from .cassette import Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path
-from .redact import Redactor, dotted_get
+from .redact import Redactor, dotted_get, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
 from .signing import (
     SignatureError,
@@ -143,6 +143,7 @@ class Recorder:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.url = ""  # set by whoever serves app(): our own base URL
         self.redactor = Redactor.from_config(config)
+        scrub_logs(self.redactor)  # nor in what is logged about requests and webhooks
         # explicit: never SSL_CERT_FILE & co., which may name only the local CA (tls.py)
         self.ssl: ssl.SSLContext = upstream_context(upstream_ca)
         self.upstream_secrets = _env_list(config.webhooks.upstream_secret_env)

@@ -18,8 +18,10 @@ Every redacted value becomes `MARKER`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -243,3 +245,40 @@ def _set(data: Any, path: tuple[str, ...]) -> None:
     parent = dotted_get(data, path[:-1])
     if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] is not None:
         parent[path[-1]] = MARKER
+
+
+# ---------------------------------------------------------------------------------------------
+# logs
+
+
+class _LogScrubber(logging.Filter):
+    """Replaces every secret a live Redactor knows in a log record's message with the marker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactors = [r for r in list(self.redactors) if r._secret is not None]
+        if redactors:
+            message = original = record.getMessage()
+            for redactor in redactors:
+                message = redactor.text(message)
+            if message != original:
+                record.msg, record.args = message, None
+        return True
+
+
+_SCRUBBER = _LogScrubber()
+#: Loggers whose records may carry request details: ours and aiohttp's.
+LOGGERS = ("replayproxy", "aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.client")
+
+
+def scrub_logs(redactor: Redactor) -> None:
+    """From now on (while `redactor` lives), its secrets never appear in these loggers' messages,
+    whatever a request, a webhook or an error message carried."""
+    _SCRUBBER.redactors.add(redactor)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if _SCRUBBER not in logger.filters:
+            logger.addFilter(_SCRUBBER)

@@ -17,6 +17,7 @@ from .config import Config
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
 from .matching import Matcher, describe
+from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
@@ -75,6 +76,9 @@ class Replayer:
         if self.secrets:  # a malformed key (e.g. not whsec_<base64>) fails now, not per webhook
             sign(b"", self.secrets, config.webhooks.signature, timestamp=0)
         self.matcher = Matcher(cassette, config)
+        # misses are logged and reported with the live request: never with a secret in it
+        self.redactor = Redactor.from_config(config)
+        scrub_logs(self.redactor)
         self.schedule = Schedule(cassette, self.options.timing, self.options.speed)
         self.report = Report(interactions_total=len(cassette.interactions))
         self.deliverer = Deliverer(
@@ -137,18 +141,25 @@ class Replayer:
 
     def _miss(self, req: Request) -> web.Response:
         misses = self.matcher.near_misses(req)
+        scrub = self.redactor.text
         near = [
-            {"interaction": m.number, "request": m.request, "differences": m.differences}
+            {
+                "interaction": m.number,
+                "request": scrub(m.request),
+                "differences": [scrub(d) for d in m.differences],
+            }
             for m in misses
         ]
-        self.report.unmatched.append(Unmatched(describe(req), near))
-        lines = [f"replayproxy: no recorded interaction matches {describe(req)}"]
-        for m in misses:
-            lines.append(f"  closest #{m.number} {m.request}: " + "; ".join(m.differences))
+        shown = scrub(describe(req))
+        self.report.unmatched.append(Unmatched(shown, near))
+        lines = [f"replayproxy: no recorded interaction matches {shown}"]
+        for m in near:
+            differences = "; ".join(m["differences"])
+            lines.append(f"  closest #{m['interaction']} {m['request']}: {differences}")
         log.warning("\n".join(lines))
         body = {
             "error": "no recorded interaction matches this request",
-            "request": describe(req),
+            "request": shown,
             "near_misses": near,
         }
         return web.json_response(body, status=self.config.unmatched_status)
