@@ -19,6 +19,7 @@ from replayproxy.config import Config, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
 from replayproxy.matching import ensure_variables, normaliser
+from replayproxy.progress import LiveView
 from replayproxy.replayer import ReplayOptions, near_miss_text
 from replayproxy.signing import SCHEMES
 from replayproxy.timeline import load_report, write_html
@@ -59,6 +60,30 @@ async def until_signalled(
     finally:
         result = await stop()
     return result
+
+
+def with_live_view(proxy: ReplayProxy) -> tuple[Callable[[], Awaitable[str]], Any]:
+    """Wrap start/stop so a replay shows one line per job on stderr while it runs."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> str:
+        url = await proxy.start()
+        replayer = proxy.replayer
+        if replayer is not None and replayer.cassette.webhooks:
+            view = LiveView(
+                replayer.cassette, lambda: (replayer.schedule.served, replayer.report.deliveries)
+            )
+            tasks.append(asyncio.get_running_loop().create_task(view.run()))
+        return url
+
+    async def stop() -> Any:
+        report = await proxy.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return report
+
+    return start, stop
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -231,10 +256,9 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
         allow_remote=kw["allow_remote"],
     )
     shown = " (forward proxy)" if https["forward"] else ""
+    start, stop = with_live_view(proxy)
     report = asyncio.run(
-        until_signalled(
-            proxy.start, proxy.stop, f"replayproxy replaying {cassette} on {{url}}{shown}"
-        )
+        until_signalled(start, stop, f"replayproxy replaying {cassette} on {{url}}{shown}")
     )
     if report.unmatched:
         click.echo(near_miss_text(report), err=True)

@@ -76,7 +76,7 @@ class ReplayProxy:
         self.allow_remote = allow_remote
         self.url = ""
         self.report = Report()
-        self._replayer: Replayer | None = None
+        self.replayer: Replayer | None = None
         self._server: Server | ForwardServer | None = None
 
     @property
@@ -89,9 +89,9 @@ class ReplayProxy:
             self.recovered = recover(self.path, self.config)
         exists = self.path.exists()
         if self.mode in ("replay", "none") or (self.mode == "once" and exists):
-            self._replayer = Replayer(load(self.path), self.config, self.options)
-            self.report = self._replayer.report
-            return self._replayer
+            self.replayer = Replayer(load(self.path), self.config, self.options)
+            self.report = self.replayer.report
+            return self.replayer
         base = load(self.path) if self.mode == "new_episodes" and exists else None
         self.recorder = Recorder(
             self.path,
@@ -165,9 +165,9 @@ class ReplayProxy:
             if self.report_path:
                 self.report.write(self.report_path)
             return self.report
-        if self._replayer is not None:
-            self.report = await self._replayer.close()
-            self._replayer = None
+        if self.replayer is not None:
+            self.report = await self.replayer.close()
+            self.replayer = None
             if self.report_path:
                 self.report.write(self.report_path)
         return self.report

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 from click.testing import CliRunner
-from helpers import job_cassette, run
+from helpers import job_cassette, run, serving
 
 from cli import main
 from replayproxy.api import ReplayProxy, SyncReplayProxy
@@ -209,3 +209,61 @@ def test_live_values_flow_into_location_headers_and_json(tmp_path: Path) -> None
     location, body = run(scenario())
     assert location == f"/v1/things/{live_id}?cb={quote(live_cb, safe='')}"
     assert body == {"id": live_id, "echo": live_cb, "note": f"made {live_id}"}
+
+
+def test_cli_prints_one_line_per_finished_job_when_not_on_a_tty(tmp_path: Path) -> None:
+    import threading
+
+    import requests
+    from aiohttp import web
+
+    received: list[bytes] = []
+    ready = threading.Event()
+    state: dict = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="ok")
+
+    def serve_receiver() -> None:
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_post("/hook", hook)
+            async with serving(app) as url:
+                state["url"] = url
+                ready.set()
+                while not state.get("stop"):
+                    await asyncio.sleep(0.02)
+
+        run(main())
+
+    thread = threading.Thread(target=serve_receiver)
+    thread.start()
+    ready.wait(10)
+    path = tmp_path / "jobs.yaml"
+    save(job_cassette(), path)
+    os.environ["WEBHOOK_SECRET"] = "whs_live_lines"
+    try:
+        proc, url = start_cli(
+            "replay",
+            str(path),
+            "--listen",
+            "127.0.0.1:0",
+            "--timing",
+            "immediate",
+            "--webhook-url",
+            f"{state['url']}/hook",
+        )
+        try:
+            assert requests.post(f"{url}/v1/jobs", json=SUBMIT).status_code == 201
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+    finally:
+        os.environ.pop("WEBHOOK_SECRET", None)
+        state["stop"] = True
+        thread.join(10)
+    assert len(received) == 1
+    lines = [line for line in err.splitlines() if line.startswith("job 6238")]
+    assert len(lines) == 1 and "1/5" in lines[0] and "job.completed delivered" in lines[0]
+    assert "\x1b" not in err
