@@ -19,7 +19,7 @@ from replayproxy.config import Config, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
 from replayproxy.matching import ensure_variables, normaliser
-from replayproxy.progress import LiveView
+from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions, near_miss_text
 from replayproxy.signing import SCHEMES
 from replayproxy.timeline import load_report, write_html
@@ -571,8 +571,15 @@ def record(
         allow_remote=allow_remote,
     )
 
+    views: list[asyncio.Task[None]] = []
+
     async def start() -> str:
         url = await proxy.start()
+        recorder = proxy.recorder
+        if recorder is not None:
+            session = recorder.session
+            view = RecordView(lambda: (session.interactions, session.webhooks))
+            views.append(asyncio.get_running_loop().create_task(view.run()))
         if proxy.recovered is not None:
             click.echo(
                 f"replayproxy: recovered {proxy.recovered.interactions} exchanges and "
@@ -593,7 +600,13 @@ def record(
                 return f"replayproxy recording {cassette} on {url} -> {config.upstream}"
             return f"replayproxy replaying {cassette} on {url} (mode {mode}: not recording)"
 
-    asyncio.run(until_signalled(start, proxy.stop, Banner()))  # type: ignore[arg-type]
+    async def stop() -> Any:
+        for task in views:
+            task.cancel()
+        await asyncio.gather(*views, return_exceptions=True)
+        return await proxy.stop()
+
+    asyncio.run(until_signalled(start, stop, Banner()))  # type: ignore[arg-type]
     recorder = proxy.recorder
     if recorder is not None:
         click.echo(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .cassette import Cassette
+from .cassette import Cassette, Interaction, Webhook
 from .correlate import exchange_values, webhook_ids
 from .inspect import event_type
 from .matching import describe
@@ -106,3 +106,45 @@ class LiveView:
                 await asyncio.sleep(interval)
         finally:
             self.update()
+
+
+class RecordView:
+    """While recording, on a TTY: a line per webhook as it arrives (naming its job) under a
+    status line of totals. Off a TTY it prints nothing: the closing summary is enough for logs."""
+
+    def __init__(
+        self,
+        state: Callable[[], tuple[list[Interaction], list[Webhook]]],
+        stream: TextIO | None = None,
+    ):
+        self.state = state
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown = 0
+
+    def update(self, final: bool = False) -> None:
+        if not self.tty:
+            return
+        interactions, webhooks = self.state()
+        out = []
+        for hook in webhooks[self.shown :]:
+            ids = sorted(webhook_ids(hook.body), key=lambda i: (not i.isdigit(), i))
+            job = f"job {ids[0]}" if ids else "no job id"
+            out.append(f"\x1b[2K  webhook {event_type(hook) or hook.path}  {job}\n")
+        self.shown = len(webhooks)
+        last = "waiting for the app"
+        if interactions:
+            item = interactions[-1]
+            last = f"last {describe(item.request)} -> {item.response.status}"
+        status = f"recording: {len(interactions)} exchanges, {len(webhooks)} webhooks; {last}"
+        out.append(f"\x1b[2K{status}" + ("\n" if final else "\r"))
+        self.stream.write("".join(out))
+        self.stream.flush()
+
+    async def run(self, interval: float = 0.2) -> None:
+        try:
+            while True:
+                self.update()
+                await asyncio.sleep(interval)
+        finally:
+            self.update(final=True)

@@ -53,3 +53,27 @@ def test_terminal_redraws_in_place_and_ci_prints_once() -> None:
     assert tty.getvalue().count("\x1b[1F") == 2  # moved up to redraw its one line, twice
     assert log.getvalue().count("\n") == 1 and "delivered" in log.getvalue()
     assert "\x1b" not in log.getvalue()
+
+
+def test_record_view_lists_webhooks_under_a_status_line() -> None:
+    from replayproxy.progress import RecordView
+
+    cassette = job_cassette()
+    state = {"n": 1, "w": 0}
+    tty, log = Tty(), io.StringIO()
+    views = [
+        RecordView(
+            lambda: (cassette.interactions[: state["n"]], cassette.webhooks[: state["w"]]), s
+        )
+        for s in (tty, log)
+    ]
+    for view in views:
+        view.update()
+    state.update(n=4, w=1)
+    for view in views:
+        view.update(final=True)
+    out = tty.getvalue()
+    assert "recording: 1 exchanges, 0 webhooks; last POST /v1/jobs -> 201\r" in out
+    assert "webhook job.completed  job 6238\n" in out
+    assert out.endswith("recording: 4 exchanges, 1 webhooks; last GET /v1/jobs/6238 -> 200\n")
+    assert log.getvalue() == ""
