@@ -206,6 +206,11 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds to wait at shutdown for webhooks still due.",
         ),
         click.option(
+            "--fast-forward",
+            is_flag=True,
+            help="Answer a polling loop with its final recorded state at once.",
+        ),
+        click.option(
             "--shift-time",
             is_flag=True,
             help="Move recorded timestamps in answers and webhooks to the present.",
@@ -232,6 +237,7 @@ def build_options(kw: dict[str, Any]) -> ReplayOptions:
         stale_timestamp=kw["stale_timestamp"],
         drain_timeout=kw["drain_timeout"],
         shift_time=kw["shift_time"],
+        fast_forward=kw["fast_forward"],
     )
 
 

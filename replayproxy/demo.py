@@ -22,6 +22,7 @@ from aiohttp import web
 from . import sample_app, sandbox
 from .api import ReplayProxy
 from .config import Config
+from .replayer import ReplayOptions
 from .report import Report
 from .server import Server
 
@@ -96,7 +97,8 @@ async def run_jobs(camber_url: str, webhook_secret: str, api_key: str, files: tu
 
 
 async def record_and_replay(workdir: Path, say: Say = lambda line: None,
-                            step_seconds: float = 0.05) -> DemoResult:
+                            step_seconds: float = 0.05,
+                            options: ReplayOptions | None = None) -> DemoResult:
     cassette = workdir / "camber-demo.yaml"
     api_key = "sk_demo_" + secrets.token_hex(12)
     upstream_secret = "camber_" + secrets.token_hex(16)
@@ -120,7 +122,7 @@ async def record_and_replay(workdir: Path, say: Say = lambda line: None,
     say("   jobs submitted in reverse order")
     replay_secret = "local_" + secrets.token_hex(16)
     with _environment(WEBHOOK_SECRET=replay_secret):
-        async with ReplayProxy(cassette, config=config) as proxy:
+        async with ReplayProxy(cassette, config=config, options=options) as proxy:
             replayed = await run_jobs(proxy.url, replay_secret, "sk_not_needed_offline",
                                       tuple(reversed(FILES)), say)
     return DemoResult(cassette, recorded, replayed, proxy.report)

@@ -59,3 +59,20 @@ def test_demo_command_runs_the_whole_story(tmp_path: Path) -> None:
     assert "offline, the app ended in the same states as the recorded session" in proc.stdout
     assert (keep / "camber-demo.yaml").exists()
     assert len(load(keep / "camber-demo.yaml").webhooks) == len(FILES)
+
+
+def test_fast_forward_ends_poll_loops_on_their_first_request(tmp_path: Path) -> None:
+    from replayproxy.replayer import ReplayOptions
+
+    result = run(
+        record_and_replay(tmp_path, step_seconds=0.02, options=ReplayOptions(fast_forward=True))
+    )
+    assert result.same, (result.recorded, result.replayed)
+    polls = [
+        i
+        for i in load(result.cassette).interactions
+        if i.request.method == "GET" and "/outputs/" not in i.request.uri
+    ]
+    assert len(polls) > len(FILES)  # the recording polled several times per job
+    assert result.report.served < len(load(result.cassette).interactions)
+    assert result.report.webhooks_summary()["delivered"] == 3

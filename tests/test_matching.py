@@ -229,3 +229,13 @@ def test_identical_conversations_take_recorded_order_by_content() -> None:
     assert m.match(live("POST", "/v1/jobs", {"ref": x, "command": "run b.pdf"})).number == 2
     assert m.match(live("POST", "/v1/jobs", {"ref": y, "command": "run a.pdf"})).number == 1
     assert m.bindings.live == {b: x, a: y}
+
+
+def test_fast_forward_answers_a_poll_loop_with_its_final_state() -> None:
+    m = Matcher(job_cassette(), Config(), fast_forward=True)
+    m.match(
+        live("POST", "/v1/jobs", {"engine_type": "MPI", "command": "python run.py invoice.pdf"})
+    )
+    first = m.match(live("GET", "/v1/jobs/6238"))
+    assert (first.number, first.skipped, first.repeat) == (4, (2, 3), False)
+    assert m.match(live("GET", "/v1/jobs/6238")).repeat
