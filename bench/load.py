@@ -4,8 +4,9 @@ sandbox) and then through `replayproxy replay`, checking every exchange and ever
     python bench/load.py                      # the figure: 50 clients x 2,000 requests
     python bench/load.py --clients 50 --requests 40
 
-The proxy runs as the real CLI in a subprocess (loopback only), so its peak RSS (VmHWM from
-/proc/PID/status, read just before it is stopped) is the proxy's own, not this driver's. The
+The proxy runs as the real CLI in a subprocess (loopback only), so its peak RSS is the proxy's
+own, not this driver's: for record, getrusage(RUSAGE_CHILDREN) once it has exited (writing the
+cassette included); for replay, VmHWM from /proc/PID/status just before it is stopped. The
 sandbox runs in this process. Each client is sequential (one connection); the clients run at
 once. A quarter of the requests submit a job (a unique command), the rest poll the client's
 latest job with a unique query; every answer must be the one for its own request.
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -174,6 +176,8 @@ async def run_load(workdir: Path, clients: int, requests: int,
             started = time.monotonic()
             record_rss, _ = await _stop(proc, stop_timeout)
             save_s = time.monotonic() - started
+            # the record process is the only child that has ended: its peak, saving included
+            record_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss or record_rss
     finally:
         await runner.cleanup()
     interactions = check_cassette(path, clients, requests, answers)

@@ -21,5 +21,5 @@ _spec.loader.exec_module(bench_load)
 def test_50_clients_through_record_and_replay(tmp_path: Path) -> None:
     result = run(bench_load.run_load(tmp_path, clients=50, requests=40, stop_timeout=60))
     assert result["exchanges"] == result["interactions_recorded"] == 2000
-    if result["record_peak_rss_mib"] is not None:  # /proc present
-        assert result["record_peak_rss_mib"] < 500 and result["replay_peak_rss_mib"] < 500
+    if result["replay_peak_rss_mib"] is not None:  # /proc present
+        assert result["replay_peak_rss_mib"] < 300  # 2,000 exchanges: well under, not a leak
