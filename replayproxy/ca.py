@@ -15,7 +15,6 @@ import re
 import shlex
 import socket
 import ssl
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .atomic import write_atomic
 from .errors import ReplayProxyError
 
 try:
@@ -126,8 +126,8 @@ class CertificateAuthority:
                     cert, key = _make_leaf(*self._signer(), common_name, names)
                     # key first: a reader seeing a new key with the old cert finds them
                     # mismatched and waits for the lock instead of serving a broken pair
-                    _write_atomic(paths[1], _key_pem(key), 0o600)
-                    _write_atomic(paths[0], cert.public_bytes(serialization.Encoding.PEM), 0o644)
+                    write_atomic(paths[1], _key_pem(key), 0o600)
+                    write_atomic(paths[0], cert.public_bytes(serialization.Encoding.PEM), 0o644)
         self._memo.leaves[stem] = paths
         return paths
 
@@ -165,8 +165,8 @@ class CertificateAuthority:
                 f"is missing; remove {present} to create a new CA (clients must then trust it)"
             )
         cert, key = _make_ca()
-        _write_atomic(self.key_path, _key_pem(key), 0o600)
-        _write_atomic(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(self.key_path, _key_pem(key), 0o600)
+        write_atomic(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return True
 
     def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -354,22 +354,6 @@ def _make_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
     except OSError as exc:
         raise ReplayProxyError(f"{path}: cannot create the CA folder: {exc.strerror}") from None
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same folder + os.replace: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.chmod(tmp, mode)  # before any byte is written: a key is never briefly readable
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

@@ -7,8 +7,7 @@ and `replayproxy` (session metadata and variables). Numbers shown to users start
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__, yamlload
+from .atomic import write_atomic
 from .errors import CassetteError
 
 try:
@@ -165,44 +165,52 @@ def _dump_webhook(hook: Webhook) -> dict[str, Any]:
     return out
 
 
-def to_data(cassette: Cassette) -> dict[str, Any]:
+def _meta(cassette: Cassette) -> dict[str, Any]:
     meta = {"format": FORMAT_VERSION, "tool_version": __version__, **cassette.meta}
     if cassette.variables:
         meta["variables"] = [
             {"name": v.name, "value": v.value, "shape": v.shape, "positions": v.positions}
             for v in cassette.variables
         ]
+    return meta
+
+
+def to_data(cassette: Cassette) -> dict[str, Any]:
     return {
         "version": FORMAT_VERSION,
         "interactions": [_dump_interaction(i) for i in cassette.interactions],
         "webhooks": [_dump_webhook(w) for w in cassette.webhooks],
-        "replayproxy": meta,
+        "replayproxy": _meta(cassette),
     }
 
 
+def _yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=SafeDumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def chunks(cassette: Cassette) -> Iterator[str]:
+    """The file, one entry at a time: saving 100,000 interactions never holds the whole text."""
+    yield _yaml({"version": FORMAT_VERSION})
+    for key, items, dump in (
+        ("interactions", cassette.interactions, _dump_interaction),
+        ("webhooks", cassette.webhooks, _dump_webhook),
+    ):
+        if not items:
+            yield f"{key}: []\n"
+            continue
+        yield f"{key}:\n"
+        for item in items:
+            yield _yaml([dump(item)])
+    yield _yaml({"replayproxy": _meta(cassette)})
+
+
 def dumps(cassette: Cassette) -> str:
-    return yaml.dump(
-        to_data(cassette), Dumper=SafeDumper, sort_keys=False, allow_unicode=True, width=120
-    )
+    return "".join(chunks(cassette))
 
 
 def save(cassette: Cassette, path: str | Path) -> None:
     """Write atomically: a temp file in the same folder, fsynced, then renamed over the old one."""
-    write_atomic(Path(path), dumps(cassette).encode("utf-8"))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(path), (chunk.encode("utf-8") for chunk in chunks(cassette)))
 
 
 # ---------------------------------------------------------------------------------------------

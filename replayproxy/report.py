@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cassette import write_atomic
+from .atomic import write_atomic
 
 
 @dataclass(slots=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .cassette import Cassette, Headers, Interaction, Webhook, header, write_atomic
+from .atomic import write_atomic
+from .cassette import Cassette, Headers, Interaction, Webhook, header
 from .errors import ReplayProxyError
 from .inspect import event_type
 
