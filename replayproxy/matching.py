@@ -10,7 +10,7 @@ minted positions are compared against the replay's bindings (recorded -> live).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -210,7 +210,13 @@ class NearMiss:
 def normaliser(cassette: Cassette, config: Config) -> Normaliser:
     """The normaliser for a cassette: its upstream's base path is not part of the match."""
     upstream = cassette.meta.get("upstream") or config.upstream or ""
-    return Normaliser(config.match, Rules.from_config(config.variables), urlsplit(upstream).path)
+    # what was redacted is not in the recording, so it cannot count at replay either
+    match = replace(
+        config.match,
+        ignore_query=(*config.match.ignore_query, *config.redact.query),
+        ignore_body_fields=(*config.match.ignore_body_fields, *config.redact.body_fields),
+    )
+    return Normaliser(match, Rules.from_config(config.variables), urlsplit(upstream).path)
 
 
 def ensure_variables(cassette: Cassette, normalise: Normaliser) -> None:

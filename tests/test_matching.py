@@ -239,3 +239,32 @@ def test_fast_forward_answers_a_poll_loop_with_its_final_state() -> None:
     first = m.match(live("GET", "/v1/jobs/6238"))
     assert (first.number, first.skipped, first.repeat) == (4, (2, 3), False)
     assert m.match(live("GET", "/v1/jobs/6238")).repeat
+
+
+def test_redacted_query_and_body_fields_do_not_count() -> None:
+    from replayproxy.config import RedactConfig
+
+    cassette = Cassette(
+        [
+            exchange(
+                "POST",
+                "/v1/login?token=<redacted>&page=1",
+                body={"ok": 1},
+                request_body={"user": "a", "password": "<redacted>"},
+            ),
+        ]
+    )
+    config = Config(redact=RedactConfig(query=("token",), body_fields=("password",)))
+    m = Matcher(cassette, config)
+    assert (
+        m.match(
+            live("POST", "/v1/login?page=1&token=s3cret", {"user": "a", "password": "hunter2"})
+        ).number
+        == 1
+    )
+    assert (
+        Matcher(cassette, config).match(
+            live("POST", "/v1/login?page=1&token=s3cret", {"user": "b", "password": "x"})
+        )
+        is None
+    )
