@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -53,6 +54,8 @@ async def until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     url = await start()
+    gc.collect()
+    gc.freeze()  # the loaded cassette lives as long as the process: never scan it again
     click.echo(banner.format(url=url))
     sys.stdout.flush()
     try:

@@ -12,6 +12,7 @@ only replays. Record modes first recover a journal a killed session left (`recov
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,11 +128,16 @@ class ReplayProxy:
             has_upstream=bool(self.recorder is not None and self.recorder.upstream),
             upstream_ssl=self.recorder.ssl if self.recorder is not None else None,
             allow_remote=self.allow_remote,
+            max_header_size=self.config.max_header_size,
         )
 
     async def start(self) -> str:
         self.ca = self._load_ca()
-        handler = self._handler()
+        gc.disable()  # loading makes a great many objects and no garbage: skip the collector
+        try:
+            handler = self._handler()
+        finally:
+            gc.enable()
         host, port = parse_listen(self.listen)
         try:
             self._server = self._forward_server(handler, host, port) if self.forward else Server(

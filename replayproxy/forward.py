@@ -33,7 +33,7 @@ from yarl import URL
 from .ca import CertificateAuthority
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop
-from .server import is_loopback
+from .server import DEFAULT_MAX_HEADER_SIZE, GuardedRunner, is_loopback
 from .tls import system_roots_pem
 
 log = logging.getLogger("replayproxy")
@@ -116,6 +116,7 @@ class ForwardServer:
         upstream_ssl: ssl.SSLContext | None = None,
         allow_remote: bool = False,
         timeout: float = 30.0,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ):
         if not is_loopback(host) and not allow_remote:
             raise ReplayProxyError(
@@ -135,7 +136,7 @@ class ForwardServer:
         self.refused: list[str] = []  # CONNECT targets refused while replaying
         self.tunnelled: list[str] = []  # CONNECT targets piped untouched while recording
         app.middlewares.append(self._middleware)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.runner = GuardedRunner(app, max_header_size, access_log=None, handle_signals=False)
         self._server: asyncio.AbstractServer | None = None
         self._origins: dict[asyncio.BaseTransport, str] = {}
         self._open: set[asyncio.BaseTransport] = set()  # sniffing or piping: ours to close

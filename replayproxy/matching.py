@@ -55,21 +55,35 @@ class Normaliser:
         self.ignore_body = tuple(tuple(p.split(".")) for p in match.ignore_body_fields)
         self.match_headers = tuple(h.lower() for h in match.headers)
         self.key_headers = frozenset({"content-type", *self.match_headers, *rules.headers})
-        self.cache: dict[tuple[Any, ...], Normal] = {}
+        self.known: dict[tuple[Any, ...], Normal] = {}  # the recording's requests: all of them
+        self.cache: dict[tuple[Any, ...], Normal] = {}  # live ones seen lately: bounded
 
-    def __call__(self, req: Request) -> Normal:
-        """Normalise, remembering the result: polls repeat the same request many times."""
-        key = (
+    def key(self, req: Request) -> tuple[Any, ...]:
+        """Everything a request's normal form depends on."""
+        return (
             req.method,
             req.uri,
             req.body,
             tuple((k.lower(), v) for k, v in req.headers if k.lower() in self.key_headers),
         )
-        normal = self.cache.get(key)
+
+    def __call__(self, req: Request) -> Normal:
+        """Normalise, remembering the result: polls repeat the same request many times, and a
+        live request usually has the exact bytes of a recorded one."""
+        key = self.key(req)
+        normal = self.known.get(key) or self.cache.get(key)
         if normal is None:
             if len(self.cache) >= 20_000:
                 self.cache.clear()
             normal = self.cache[key] = self.normalise(req)
+        return normal
+
+    def remember(self, req: Request) -> Normal:
+        """Normalise a recorded request and keep it for as long as the normaliser lives."""
+        key = self.key(req)
+        normal = self.known.get(key)
+        if normal is None:
+            normal = self.known[key] = self.normalise(req)
         return normal
 
     def normalise(self, req: Request) -> Normal:
@@ -88,9 +102,11 @@ class Normaliser:
                 headers.append((name, self._value(f"header.{name}", value, slots)))
         extra = {}
         for name, value in req.headers:
-            position = f"header.{name.lower()}"
-            if position not in slots and self.rules.kind(position, value):
-                extra[position] = value
+            lowered = name.lower()
+            position = f"header.{lowered}"
+            if lowered in self.rules.headers and position not in slots:
+                if self.rules.kind(position, value):
+                    extra[position] = value
         return Normal(req.method, path, template, query, body, tuple(headers), slots, extra)
 
     def _value(self, position: str, value: Any, slots: dict[str, str]) -> Any:
@@ -231,10 +247,10 @@ class Matcher:
     def __init__(self, cassette: Cassette, config: Config, *, fast_forward: bool = False):
         self.fast_forward = fast_forward
         self.normalise = normaliser(cassette, config)
+        self.normals = [self.normalise.remember(i.request) for i in cassette.interactions]
         ensure_variables(cassette, self.normalise)
         self.variables = frozenset(v.value for v in cassette.variables)
         self.cassette = cassette
-        self.normals = [self.normalise(i.request) for i in cassette.interactions]
         self.used = bytearray(len(self.normals))
         self.bindings = Bindings()
         self.groups: dict[tuple[Any, ...], list[int]] = {}

@@ -21,6 +21,7 @@ from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
+from .variables import Finder
 from .webhooks import Schedule, event_id, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
@@ -47,7 +48,7 @@ class ReplayOptions:
 class Prepared:
     status: int
     reason: str
-    headers: list[tuple[str, str]]
+    headers: CIMultiDict[str]  # built once: most answers go out as recorded
     body: bytes
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
 
@@ -89,16 +90,17 @@ class Replayer:
         )
         if self.options.shift_time:
             _shift_cassette(cassette)
-        self.prepared = [self._prepare(i.response) for i in cassette.interactions]
+        find = Finder(self.matcher.variables)
+        self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
 
-    def _prepare(self, response: Response) -> Prepared:
+    def _prepare(self, response: Response, find: Finder) -> Prepared:
         headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
-        values = frozenset(
-            v
-            for v in self.matcher.variables
-            if v.encode() in response.body or any(v in hv for _, hv in headers)
+        values = find(response.body)
+        for _, value in headers:
+            values |= find(value.encode("utf-8"))
+        return Prepared(
+            response.status, response.reason, CIMultiDict(headers), response.body, frozenset(values)
         )
-        return Prepared(response.status, response.reason, headers, response.body, values)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_size)
@@ -106,7 +108,7 @@ class Replayer:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        body = await request.read() if request.body_exists else b""
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
         return self._miss(req) if resp is None else resp
@@ -122,12 +124,11 @@ class Replayer:
         if answer.values:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
-            headers = [(k, bindings.substitute_text(v, answer.values)) for k, v in headers]
+            headers = CIMultiDict(
+                (k, bindings.substitute_text(v, answer.values)) for k, v in headers.items()
+            )
         resp = web.Response(
-            status=answer.status,
-            reason=answer.reason or None,
-            body=payload,
-            headers=CIMultiDict(headers),
+            status=answer.status, reason=answer.reason or None, body=payload, headers=headers
         )
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if due:

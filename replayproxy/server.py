@@ -73,7 +73,7 @@ class _WebServer(web.Server):
     handler_class: type[_Handler] = _Handler
 
 
-class _Runner(web.AppRunner):
+class GuardedRunner(web.AppRunner):
     """An AppRunner whose connections use `_Handler` (aiohttp has no public hook for that)."""
 
     def __init__(self, app: web.Application, max_header_size: int, **kwargs: Any):
@@ -87,17 +87,18 @@ class _Runner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _WebServer
         server.handler_class = self.handler_class  # type: ignore[attr-defined]
+        # the guard wraps the app's entry point: no middleware machinery on every request
+        server.request_handler = guarded(server.request_handler, self.handler_class.max_header_size)
         return server
 
 
-def header_limit(max_header_size: int) -> Any:
-    """Middleware: 431 when all header lines together exceed `max_header_size` bytes; 400 for a
-    path with `.` or `..` segments (plain or percent-encoded), which could climb out of the
-    upstream's base path or the webhook ingress."""
+def guarded(handler: Any, max_header_size: int) -> Any:
+    """The app's handler behind two checks: 431 when all header lines together exceed
+    `max_header_size` bytes; 400 for a path with `.` or `..` segments (plain or
+    percent-encoded), which could climb out of the upstream's base path or the webhook ingress."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if any(seg in (".", "..") for seg in request.path.split("/")):
+    async def guard(request: web.BaseRequest) -> web.StreamResponse:
+        if "." in request.path and any(seg in (".", "..") for seg in request.path.split("/")):
             text = "a path with '.' or '..' segments is refused"
             log.warning("replayproxy: refused %s %s: %s", request.method, request.raw_path, text)
             return _refusal(400, text)
@@ -110,7 +111,7 @@ def header_limit(max_header_size: int) -> Any:
             return _refusal(431, text)
         return await handler(request)
 
-    return middleware
+    return guard
 
 
 def _refusal(status: int, text: str) -> web.Response:
@@ -143,8 +144,7 @@ class Server:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        app.middlewares.insert(0, header_limit(max_header_size))
-        self.runner = _Runner(app, max_header_size, access_log=None, handle_signals=False)
+        self.runner = GuardedRunner(app, max_header_size, access_log=None, handle_signals=False)
         self.url = ""
 
     async def start(self) -> str:

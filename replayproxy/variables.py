@@ -143,13 +143,20 @@ def detect(cassette: Cassette, rules: Rules, split: Any) -> list[Variable]:
     them again and they must match as recorded.
     """
     from_upstream: set[str] = set()
+    read = 0  # responses before this index are in from_upstream; read only when needed
     found: dict[str, Variable] = {}
     counts: dict[str, int] = {}
-    for number, item in enumerate(cassette.interactions, start=1):
-        for position, value in split(item.request):
-            kind = rules.kind(position, value)
+    interactions = cassette.interactions
+    for number, item in enumerate(interactions, start=1):
+        shaped = [(p, v, k) for p, v in split(item.request) if (k := rules.kind(p, v))]
+        if not shaped:
+            continue
+        for earlier in interactions[read : number - 1]:
+            from_upstream.update(_response_values(earlier.response.body, earlier.response.headers))
+        read = max(read, number - 1)
+        for position, value, kind in shaped:
             text = str(value)
-            if kind is None or text in from_upstream:
+            if text in from_upstream:
                 continue
             var = found.get(text)
             if var is None:
@@ -158,7 +165,6 @@ def detect(cassette: Cassette, rules: Rules, split: Any) -> list[Variable]:
             where = f"{number}:{position}"
             if where not in var.positions:
                 var.positions.append(where)
-        from_upstream.update(_response_values(item.response.body, item.response.headers))
     return list(found.values())
 
 
@@ -215,6 +221,23 @@ class Bindings:
 
     def substitute_text(self, text: str, values: frozenset[str] | set[str] | None = None) -> str:
         return self.substitute(text.encode("utf-8"), values).decode("utf-8")
+
+
+class Finder:
+    """Which of a fixed set of values occur in some bytes, in any spelling, in one regex pass."""
+
+    def __init__(self, values: frozenset[str]):
+        self.spelled: dict[bytes, str] = {}
+        for value in values:
+            for spell in (_plain, _json_escaped, _url_encoded):
+                self.spelled.setdefault(spell(value), value)
+        keys = sorted(self.spelled, key=len, reverse=True)
+        self.pattern = re.compile(b"|".join(re.escape(k) for k in keys)) if keys else None
+
+    def __call__(self, data: bytes) -> set[str]:
+        if self.pattern is None or not data:
+            return set()
+        return {self.spelled[m] for m in self.pattern.findall(data)}
 
 
 def _plain(value: str) -> bytes:
