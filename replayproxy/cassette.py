@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -239,11 +240,11 @@ def load(path: str | Path) -> Cassette:
 
 def loads(text: str, source: str = "<cassette>") -> Cassette:
     try:
-        data = yamlload.load(text)
+        # each interaction becomes objects as soon as it is read: peak memory stays near the result
+        data = yamlload.load(text, {"interactions": _read_interaction})
+        return from_data(data)
     except yaml.YAMLError as exc:
         raise CassetteError(_yaml_message(exc, source)) from None
-    try:
-        return from_data(data)
     except _Invalid as exc:
         where = _dotted(exc.path)
         line = _line_of(text, exc.path)
@@ -367,7 +368,7 @@ def from_data(data: Any) -> Cassette:
     if fmt != FORMAT_VERSION:
         raise _Invalid(("replayproxy", "format"), f"unknown replayproxy format {fmt!r}")
     interactions = [
-        _interaction(item, ("interactions", n))
+        item if isinstance(item, Interaction) else _interaction(item, ("interactions", n))
         for n, item in enumerate(_need(data, "interactions", list, ()))
     ]
     hooks = data.get("webhooks") or []
@@ -382,13 +383,22 @@ def from_data(data: Any) -> Cassette:
     return Cassette(interactions, webhooks, variables, rest)
 
 
+def _read_interaction(item: Any, index: int) -> Interaction:
+    return _interaction(item, ("interactions", index))
+
+
 def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
     req = _need(item, "request", dict, path)
     res = _need(item, "response", dict, path)
     rpath, spath = (*path, "request"), (*path, "response")
+    uri = _need(req, "uri", str, rpath)
+    try:
+        urlsplit(uri)
+    except ValueError as exc:
+        raise _Invalid((*rpath, "uri"), f"not a valid URI: {exc}") from None
     request = Request(
         method=_need(req, "method", str, rpath).upper(),
-        uri=_need(req, "uri", str, rpath),
+        uri=uri,
         headers=_headers(req.get("headers"), (*rpath, "headers")),
         body=_body(req.get("body"), (*rpath, "body")),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -75,16 +76,24 @@ class LoadError(yaml.YAMLError):
         return self.problem
 
 
-def load(text: str | bytes) -> Any:
-    """The single document in `text` as plain Python data (None for an empty stream)."""
+Convert = Mapping[str, Callable[[Any, int], Any]]
+
+
+def load(text: str | bytes, convert: Convert | None = None) -> Any:
+    """The single document in `text` as plain Python data (None for an empty stream).
+
+    `convert` maps a top-level key whose value is a list to a function called on each item as
+    soon as it is read (with its index): the item's plain data never has to coexist with the
+    rest, so a large file loads in about the memory of what it becomes.
+    """
     parser = _Parser(text)
     try:
-        return _build(parser)
+        return _build(parser, convert or {})
     finally:
         parser.dispose()
 
 
-def _build(parser: Any) -> Any:
+def _build(parser: Any, convert: Convert) -> Any:
     anchors: dict[str, tuple[Any, int]] = {}
     stack: list[list[Any]] = []  # [container, pending key, size, anchor]
     expanded = 0
@@ -100,6 +109,8 @@ def _build(parser: Any) -> Any:
         top[2] += size
         container = top[0]
         if container.__class__ is list:
+            if convert and len(stack) == 2 and stack[0][1] in convert:
+                value = convert[stack[0][1]](value, len(container))
             container.append(value)
         elif top[1] is _NOTHING:
             if isinstance(value, (list, dict)):

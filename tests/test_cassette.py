@@ -99,8 +99,10 @@ def test_vcrpy_replays_a_replayproxy_cassette(tmp_path: Path) -> None:
     path = tmp_path / "ours.yaml"
     save(cassette, path)
     with vcr.use_cassette(str(path), record_mode="none"):
-        created = requests.post("https://camber.example/v1/jobs",
-                                json={"command": "python run.py invoice.pdf", "engine_type": "MPI"})
+        created = requests.post(
+            "https://camber.example/v1/jobs",
+            json={"command": "python run.py invoice.pdf", "engine_type": "MPI"},
+        )
         polled = requests.get("https://camber.example/v1/jobs/6238")
     assert created.status_code == 201 and created.json() == {"job_id": 6238, "status": "PENDING"}
     assert polled.content == BINARY
@@ -118,6 +120,7 @@ def test_replayproxy_serves_a_cassette_that_vcrpy_recorded(tmp_path: Path) -> No
         app.router.add_get("/v1/jobs/{id}", job)
         app.router.add_get("/v1/blob", blob)
         async with serving(app) as url:
+
             def record() -> None:
                 with vcr.use_cassette(str(tmp_path / "vcr.yaml"), record_mode="all"):
                     assert requests.get(f"{url}/v1/jobs/7").status_code == 200
@@ -140,3 +143,11 @@ def test_replayproxy_serves_a_cassette_that_vcrpy_recorded(tmp_path: Path) -> No
         assert proxy.report.served == 2 and not proxy.report.unmatched
 
     run(replay())
+
+
+def test_a_uri_that_cannot_be_parsed_is_named() -> None:
+    text = "version: 1\ninteractions:\n- request: {method: GET, uri: 'https://[bad/x'}\n  response: {status: {code: 200}, body: {string: ''}}\n"
+    with pytest.raises(
+        CassetteError, match=r"bad.yaml:3: interactions\[0\].request.uri: not a valid URI"
+    ):
+        loads(text, "bad.yaml")
