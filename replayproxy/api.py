@@ -16,18 +16,20 @@ import gc
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .ca import DEFAULT_CA_DIR, CertificateAuthority, check_not_inside
 from .cassette import load
 from .config import Config, parse_listen
 from .errors import ConfigError
-from .forward import ForwardServer
 from .journal import Recovered, recover
 from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
 from .report import Report
 from .server import Server
+
+if TYPE_CHECKING:  # cryptography is loaded only by runs that terminate TLS
+    from .ca import CertificateAuthority
+    from .forward import ForwardServer
 
 MODES = ("replay", "once", "new_episodes", "all", "none")
 
@@ -112,11 +114,15 @@ class ReplayProxy:
         """The local CA when this run terminates TLS (--forward, --tls); never in a cassette dir."""
         if not (self.forward or self.tls):
             return None
+        from .ca import DEFAULT_CA_DIR, CertificateAuthority, check_not_inside
+
         folder = Path(self.ca_dir).expanduser() if self.ca_dir is not None else DEFAULT_CA_DIR
         check_not_inside(folder, self.path.parent)  # before anything is created there
         return CertificateAuthority.load_or_create(folder)[0]
 
     def _forward_server(self, handler: Any, host: str, port: int) -> ForwardServer:
+        from .forward import ForwardServer
+
         assert self.ca is not None
         return ForwardServer(
             handler.app(),

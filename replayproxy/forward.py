@@ -23,18 +23,20 @@ import ssl
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .ca import CertificateAuthority
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop
 from .server import DEFAULT_MAX_HEADER_SIZE, GuardedRunner, is_loopback
 from .tls import system_roots_pem
+
+if TYPE_CHECKING:
+    from .ca import CertificateAuthority
 
 log = logging.getLogger("replayproxy")
 
