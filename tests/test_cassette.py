@@ -146,8 +146,10 @@ def test_replayproxy_serves_a_cassette_that_vcrpy_recorded(tmp_path: Path) -> No
 
 
 def test_a_uri_that_cannot_be_parsed_is_named() -> None:
-    text = "version: 1\ninteractions:\n- request: {method: GET, uri: 'https://[bad/x'}\n  response: {status: {code: 200}, body: {string: ''}}\n"
-    with pytest.raises(
-        CassetteError, match=r"bad.yaml:3: interactions\[0\].request.uri: not a valid URI"
-    ):
+    text = (
+        "version: 1\ninteractions:\n- request: {method: GET, uri: 'https://[bad/x'}\n"
+        "  response: {status: {code: 200}, body: {string: ''}}\n"
+    )
+    expected = r"bad.yaml:3: interactions\[0\].request.uri: not a valid URI"
+    with pytest.raises(CassetteError, match=expected):
         loads(text, "bad.yaml")
