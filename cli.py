@@ -108,6 +108,13 @@ config_option = click.option(
 listen_option = click.option("--listen", help="HOST:PORT to listen on (port 0 picks a free one).")
 
 
+def with_options(options: list[Callable[..., Any]], func: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply a shared list of click options, in the order they are listed."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def https_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--forward, --hosts, --ca-dir, --tls: the options of commands that serve (issue 10)."""
     options = [
@@ -134,9 +141,7 @@ def https_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Serve the proxy itself over HTTPS with a local-CA certificate for localhost.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(options, func)
 
 
 def https_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
@@ -224,9 +229,7 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Allow listening on a non-loopback address (prints a warning).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(options, func)
 
 
 def build_options(kw: dict[str, Any]) -> ReplayOptions:

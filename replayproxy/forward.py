@@ -32,7 +32,7 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop
-from .server import DEFAULT_MAX_HEADER_SIZE, GuardedRunner, is_loopback
+from .server import DEFAULT_MAX_HEADER_SIZE, GuardedRunner, check_listen, is_loopback
 from .tls import system_roots_pem
 
 if TYPE_CHECKING:
@@ -120,12 +120,7 @@ class ForwardServer:
         timeout: float = 30.0,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ):
-        if not is_loopback(host) and not allow_remote:
-            raise ReplayProxyError(
-                f"refusing to listen on {host}: only loopback by default "
-                "(pass --allow-remote to listen on another address; anyone who can reach it "
-                "can use the proxy)"
-            )
+        check_listen(host, allow_remote)
         self.ca = ca
         self.host = host
         self.port = port

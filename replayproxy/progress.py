@@ -83,7 +83,7 @@ class LiveView:
         self.drawn = 0
         self.printed: set[int] = set()
 
-    def update(self) -> None:
+    def update(self, final: bool = False) -> None:
         served, deliveries = self.state()
         lines = [line(job, served, deliveries) for job in self.jobs]
         if self.tty:
@@ -99,13 +99,7 @@ class LiveView:
         self.stream.flush()
 
     async def run(self, interval: float = 0.2) -> None:
-        """Update until cancelled, then once more so the last state is on screen."""
-        try:
-            while True:
-                self.update()
-                await asyncio.sleep(interval)
-        finally:
-            self.update()
+        await refresh(self.update, interval)
 
 
 class RecordView:
@@ -142,9 +136,15 @@ class RecordView:
         self.stream.flush()
 
     async def run(self, interval: float = 0.2) -> None:
-        try:
-            while True:
-                self.update()
-                await asyncio.sleep(interval)
-        finally:
-            self.update(final=True)
+        await refresh(self.update, interval)
+
+
+async def refresh(update: Callable[..., None], interval: float) -> None:
+    """Call `update()` every `interval` seconds until cancelled, then `update(final=True)` so
+    the last state stays on screen."""
+    try:
+        while True:
+            update()
+            await asyncio.sleep(interval)
+    finally:
+        update(final=True)

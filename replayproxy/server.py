@@ -30,6 +30,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen(host: str, allow_remote: bool) -> None:
+    """Loopback only, unless the user says otherwise: anyone who reaches the proxy can use it."""
+    if not is_loopback(host) and not allow_remote:
+        raise ReplayProxyError(
+            f"refusing to listen on {host}: only loopback by default "
+            "(pass --allow-remote to listen on another address; anyone who can reach it "
+            "can use the proxy)"
+        )
+
+
 class _Handler(RequestHandler):
     """aiohttp's connection handler, answering malformed requests with one log line, not a
     traceback: oversized request line or headers get 431, other framing errors (such as
@@ -134,12 +144,7 @@ class Server:
         allow_remote: bool = False,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ):
-        if not is_loopback(host) and not allow_remote:
-            raise ReplayProxyError(
-                f"refusing to listen on {host}: only loopback by default "
-                "(pass --allow-remote to listen on another address; anyone who can reach it "
-                "can use the proxy)"
-            )
+        check_listen(host, allow_remote)
         self.app = app
         self.host = host
         self.port = port
