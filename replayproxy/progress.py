@@ -124,14 +124,14 @@ class RecordView:
         for hook in webhooks[self.shown :]:
             ids = sorted(webhook_ids(hook.body), key=lambda i: (not i.isdigit(), i))
             job = f"job {ids[0]}" if ids else "no job id"
-            out.append(f"\x1b[2K  webhook {event_type(hook) or hook.path}  {job}\n")
+            out.append(f"\r\x1b[2K  webhook {event_type(hook) or hook.path}  {job}\n")
         self.shown = len(webhooks)
         last = "waiting for the app"
         if interactions:
             item = interactions[-1]
             last = f"last {describe(item.request)} -> {item.response.status}"
         status = f"recording: {len(interactions)} exchanges, {len(webhooks)} webhooks; {last}"
-        out.append(f"\x1b[2K{status}" + ("\n" if final else "\r"))
+        out.append(f"\r\x1b[2K{status}" + ("\n" if final else "\r"))
         self.stream.write("".join(out))
         self.stream.flush()
 
