@@ -5,7 +5,8 @@ dict keyed by method + path_qs (the last recorded answer wins) and serves them u
 SIGINT. It does what any replayer must at the least: read the request, look it up, answer the
 recorded status, headers and body bytes. Like `replayproxy replay`, its first stdout line names the
 URL. It is the limit replayproxy is measured against, not a correct replayer (POSTs to one path
-share one answer).
+share one answer). With `--count` (the upstream of the record-mode benchmark) it also counts the
+requests it answered, readable (and not counted) at `GET /__bench/count`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def answers(path: str) -> dict[tuple[str, str], tuple[int, str, dict[str, str], 
     return out
 
 
-async def serve(path: str, host: str, port: int) -> None:
+async def serve(path: str, host: str, port: int, count: bool = False) -> None:
     table = answers(path)
+    served = 0
 
     async def handle(request: web.Request) -> web.Response:
         await request.read()
@@ -51,8 +53,18 @@ async def serve(path: str, host: str, port: int) -> None:
         status, reason, headers, body = found
         return web.Response(status=status, reason=reason, headers=headers, body=body)
 
+    async def counted(request: web.Request) -> web.Response:
+        nonlocal served
+        served += 1
+        return await handle(request)
+
+    async def get_count(request: web.Request) -> web.Response:
+        return web.json_response({"served": served})
+
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
+    if count:
+        app.router.add_get("/__bench/count", get_count)
+    app.router.add_route("*", "/{tail:.*}", counted if count else handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -73,9 +85,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cassette")
     parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--count", action="store_true",
+                        help="count the requests answered (GET /__bench/count)")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
-    asyncio.run(serve(args.cassette, host, int(port)))
+    asyncio.run(serve(args.cassette, host, int(port), args.count))
     sys.exit(0)
 
 

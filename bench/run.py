@@ -24,7 +24,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,6 +36,7 @@ RESULTS = HERE / "results"
 CASSETTES = RESULTS / "cassettes"
 sys.path.insert(0, str(HERE))
 
+import extras  # noqa: E402
 import workload  # noqa: E402
 
 SMALL = 1200
@@ -448,6 +451,35 @@ def summarise_profile(raw: Path, top: int = 25, focus: str = "Replayer.handle ")
 # ---------------------------------------------------------------------------------------------
 
 
+def run_extras(result: dict, args: argparse.Namespace, quick: bool, rounds: int, seconds: float,
+               small: tuple[Path, Path], cpus: tuple[int | None, int | None]) -> None:
+    """Record mode, webhook deliveries, turnaround (bench/extras.py); a failure is a note."""
+    this = sys.modules[__name__]
+    extra_rounds = 2 if quick else min(rounds, 3)
+    hooks = max(100, min(args.webhooks or (2000 if quick else 5000), 100_000))
+    with tempfile.TemporaryDirectory(prefix="replayproxy-bench-") as tmp:
+        work = Path(tmp)
+        steps = (
+            ("record", lambda: extras.record_mode(
+                this, small, extra_rounds, 1.0 if quick else seconds, cpus,
+                min(args.quiet_wait, 5.0), work)),
+            ("webhooks", lambda: extras.webhooks(this, hooks, extra_rounds, cpus, work)),
+            ("turnaround", lambda: extras.turnaround(this, 2 if quick else 4, cpus, work)),
+        )
+        for name, step in steps:
+            log(f"{name}: starting")
+            try:
+                result[name] = step()
+            except Exception as exc:  # one broken section must not lose the others
+                result[name] = {"error": f"{type(exc).__name__}: {exc}",
+                                "traceback": traceback.format_exc()}
+                result["notes"].append(f"{name} failed: {type(exc).__name__}: {exc}")
+                log(f"{name} failed: {traceback.format_exc()}")
+            finally:
+                for server in list(Server.running):  # the replay servers are stopped by now
+                    server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="replayproxy vs a minimal aiohttp baseline")
     parser.add_argument("--quick", action="store_true",
@@ -461,6 +493,10 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float,
                         help="before each pair of runs, wait up to this many seconds for the "
                         "machine to be idle (<= 15%% busy) (default 20; quick 0)")
+    parser.add_argument("--webhooks", type=int, help="webhooks in the delivery benchmark "
+                        "(default 5000; quick 2000)")
+    parser.add_argument("--skip-extras", action="store_true",
+                        help="skip record mode, webhook delivery and turnaround")
     parser.add_argument("--launcher", type=Path,
                         help="run this script instead of the `replayproxy` console script "
                         "(it must take the same arguments), e.g. to measure a prototype")
@@ -606,6 +642,10 @@ def main() -> None:
         for name in ("baseline", "replayproxy", "big"):
             servers.pop(name).stop()
 
+        if not args.skip_extras:
+            run_extras(result, args, quick, rounds, seconds, files[SMALL][:2],
+                       (client_cpu, server_cpu))
+
         if args.profile:
             log("profiling replayproxy under wrk c32 with py-spy")
             result["profile"] = profile(files[SMALL][:2], 10 if not quick else 4,
@@ -631,6 +671,71 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
     log(f"wrote {out.relative_to(ROOT)}")
+
+
+def extra_rows(res: dict, ok) -> list[tuple]:
+    """Rows for record mode, webhook deliveries and turnaround (bench/extras.py)."""
+    rows: list[tuple] = []
+    rec = res.get("record")
+    if rec and "error" not in rec:
+        s = rec["summary"]
+        d32, r32, d1, r1 = s["direct@32"], s["record@32"], s["direct@1"], s["record@1"]
+        rows.append(("record: req/s c32 (direct | through record)", f"{d32['rps']:,.0f}",
+                     f"{r32['rps']:,.0f}", f"{rec['rps_ratio_c32_median']:.2f}", "", ">= 0.5",
+                     ok(rec["rps_ratio_c32_median"] >= 0.5)))
+        rows.append(("record: p50 ms c1 (direct | through record)", f"{d1['p50_ms']:.2f}",
+                     f"{r1['p50_ms']:.2f}", f"+{rec['added_p50_ms_c1_median']:.2f}", "",
+                     "<= +0.5 ms", ok(rec["added_p50_ms_c1_median"] <= 0.5)))
+        rows.append(("record: p50 | p99 ms c32 through record", "",
+                     f"{r32['p50_ms']:.1f} | {r32['p99_ms']:.1f}", "", "", "", ""))
+        rows.append(("record: CPU us/request c32 (upstream | proxy)",
+                     f"{d32['server_cpu_us_per_req']:.0f}",
+                     f"{r32['server_cpu_us_per_req']:.0f}",
+                     f"{r32['server_cpu_us_per_req'] / d32['server_cpu_us_per_req']:.2f}", "",
+                     "", ""))
+        checks = rec["per_run_journal_checks"]
+        journaled = sum(c["journaled"] for c in checks)
+        forwarded = sum(c["forwarded"] for c in checks)
+        rows.append(("record: exchanges journaled after each run", "", f"{journaled}/{forwarded}",
+                     "", "", "all", ok(rec["journal_complete_every_run"])))
+        rows.append((f"record: exchanges in the saved cassette (saved in "
+                     f"{rec['stop_and_save_s']:.1f} s)", "",
+                     f"{rec['interactions_in_saved_cassette']}/{rec['forwarded_total']}", "", "",
+                     "all", ok(rec["interactions_in_saved_cassette"] == rec["forwarded_total"]
+                               and rec["exit_status"] == 0)))
+    elif rec:
+        rows.append(("record mode", "", "error", "", "", "", "MISS"))
+    hooks = res.get("webhooks")
+    if hooks and "error" not in hooks:
+        n = hooks["n"]
+        labels = {"one_cause": f"webhooks/s, {n:,} due at once (1 conn)",
+                  "per_request": f"webhooks/s, 1 per request, {n:,} (32 clients)"}
+        delivered = total = 0
+        for case, label in labels.items():
+            c = hooks["cases"][case]
+            rows.append((label, f"{c['baseline_per_s']:,.0f}", f"{c['replayproxy_per_s']:,.0f}",
+                         f"{c['ratio_median']:.2f}", "", ">= 2,000/s",
+                         ok(c["replayproxy_per_s"] >= 2000)))
+            for x in c["runs"]["replayproxy"]:
+                delivered += min(x["received_ok"], x["unique_events"])
+                total += n
+        all_ok = all(hooks["cases"][k]["all_delivered"] for k in labels)
+        rows.append(("webhooks verified by the receiver (replays)", "", f"{delivered}/{total}", "",
+                     "", "none lost", ok(all_ok)))
+    elif hooks:
+        rows.append(("webhook deliveries", "", "error", "", "", "", "MISS"))
+    turn = res.get("turnaround")
+    if turn and "error" not in turn:
+        for mode, label in (("sequence", "--timing sequence"),
+                            ("fast_forward", "--fast-forward")):
+            m = turn["summary"][mode]
+            rows.append((f"turnaround ms, {label} (med | max)", "50-100*",
+                         f"{m['turnaround_ms_median']:.1f} | {m['turnaround_ms_max']:.1f}", "",
+                         "", "<= 20", ok(m["turnaround_ms_max"] <= 20 and m["all_same_outcome"]
+                                         and m["all_delivered_no_unmatched"])))
+    elif turn:
+        rows.append(("turnaround", "", "error", "", "", "", "MISS"))
+    return rows
 
 
 def render(res: dict, big: int) -> str:
@@ -702,6 +807,7 @@ def render(res: dict, big: int) -> str:
     errors = sum(v.get("errors", 0) for v in t.values())
     rows.append(("wrk errors / non-2xx (all runs)", "", str(errors), "", "", "0",
                  ok(errors == 0)))
+    rows.extend(extra_rows(res, ok))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{m['date']}  {m['cpu_model']} x{m['nproc']}  python {m['python']}  "
              f"{res['mode']}: {res['rounds']} rounds x {res['seconds_per_run']:g} s; req/s and "
@@ -718,6 +824,9 @@ def render(res: dict, big: int) -> str:
         lines.append(f"py-spy, replayproxy under wrk c32 ({prof['samples']} samples), self time:")
         for name, pct in prof["self_pct"][:12]:
             lines.append(f"  {pct:5.1f}%  {name}")
+    if res.get("turnaround") and "error" not in res["turnaround"]:
+        lines.append("* turnaround baseline: an in-process fake of Camber the users wrote before "
+                     "(issue 7); a reference, not measured here")
     for note in res["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
