@@ -59,10 +59,15 @@ class Normaliser:
         self.cache: dict[tuple[Any, ...], Normal] = {}  # live ones seen lately: bounded
 
     def key(self, req: Request) -> tuple[Any, ...]:
-        """Everything a request's normal form depends on."""
+        """Everything a request's normal form depends on (the host never counts)."""
+        uri = req.uri
+        if uri[:1] != "/" and "//" in uri:  # absolute, as recorded: keep the path and query
+            start = uri.find("/", uri.index("//") + 2)
+            if start >= 0:
+                uri = uri[start:]
         return (
             req.method,
-            req.uri,
+            uri,
             req.body,
             tuple((k.lower(), v) for k, v in req.headers if k.lower() in self.key_headers),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping
+from sys import intern
 from typing import Any
 
 import yaml
@@ -172,6 +173,8 @@ def _build(parser: Any, convert: Convert) -> Any:
 
 def _scalar(event: ScalarEvent) -> Any:
     value = event.value
+    if len(value) <= 32:
+        value = intern(value)  # header names, content types: one copy each, not one per use
     tag = event.tag
     if tag is None or tag == "!":
         if not event.implicit[0] or tag == "!":
