@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -30,15 +30,18 @@ class Job:
 
 def jobs(cassette: Cassette) -> list[Job]:
     """One job per distinct cause; labelled by the upstream's id when the webhook carries one."""
-    values = [exchange_values(i) for i in cassette.interactions]
+    carriers: dict[str, list[int]] = {}  # value -> the interactions that carry it
+    for number, item in enumerate(cassette.interactions, start=1):
+        for value in exchange_values(item):
+            carriers.setdefault(value, []).append(number)
     by_cause: dict[int, Job] = {}
     for number, hook in enumerate(cassette.webhooks, start=1):
         if not hook.cause:
             continue
-        ids = webhook_ids(hook.body)
         job = by_cause.get(hook.cause)
         if job is None:
-            members = [n for n, v in enumerate(values, start=1) if ids & v] or [hook.cause]
+            ids = webhook_ids(hook.body)
+            members = sorted({n for i in ids for n in carriers.get(i, ())}) or [hook.cause]
             numeric = sorted(i for i in ids if i.isdigit())
             label = (
                 f"job {numeric[0]}"
@@ -51,13 +54,13 @@ def jobs(cassette: Cassette) -> list[Job]:
     return list(by_cause.values())
 
 
-def line(job: Job, served: set[int], deliveries: list[Delivery]) -> tuple[str, bool]:
+def line(job: Job, served: set[int], deliveries: Mapping[int, list[Delivery]]) -> tuple[str, bool]:
     """The job's line, and whether it is over (every webhook delivered, rejected or failed)."""
     done = sum(1 for n in job.interactions if n in served)
     states = []
     over = True
     for number, event in zip(job.webhooks, job.events, strict=True):
-        mine = [d for d in deliveries if d.webhook == number]
+        mine = deliveries.get(number, [])
         outcome = mine[-1].outcome if mine else "waiting"
         if outcome in ("pending", "waiting"):
             over = False
@@ -65,6 +68,13 @@ def line(job: Job, served: set[int], deliveries: list[Delivery]) -> tuple[str, b
         states.append(f"{event} {outcome}" + (f" ({tries} attempts)" if tries > 1 else ""))
     text = f"{job.label:<28} {done:>3}/{len(job.interactions):<3} exchanges  " + ", ".join(states)
     return text, over
+
+
+def by_webhook(deliveries: list[Delivery]) -> dict[int, list[Delivery]]:
+    out: dict[int, list[Delivery]] = {}
+    for delivery in deliveries:
+        out.setdefault(delivery.webhook, []).append(delivery)
+    return out
 
 
 class LiveView:
@@ -85,7 +95,8 @@ class LiveView:
 
     def update(self, final: bool = False) -> None:
         served, deliveries = self.state()
-        lines = [line(job, served, deliveries) for job in self.jobs]
+        index = by_webhook(deliveries)
+        lines = [line(job, served, index) for job in self.jobs]
         if self.tty:
             up = f"\x1b[{self.drawn}F" if self.drawn else ""
             body = "".join(f"\x1b[2K{text}\n" for text, _ in lines)

@@ -10,6 +10,7 @@ import base64
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .cassette import Cassette, Webhook
@@ -165,6 +166,7 @@ def target(
     return fallback or hook.target
 
 
+@lru_cache(maxsize=64)
 def stale_headers(signature: SignatureConfig) -> frozenset[str]:
     """Lowercased header names never copied from a recorded webhook: hop headers, the configured
     scheme's signature/timestamp/id headers, and every named scheme's signature and timestamp

@@ -19,7 +19,7 @@ def test_a_job_is_a_webhooks_conversation() -> None:
 
 def test_line_reports_progress_and_outcome() -> None:
     (job,) = jobs(job_cassette())
-    text, over = line(job, {1, 2}, [])
+    text, over = line(job, {1, 2}, {})
     assert "2/5" in text and "job.completed waiting" in text and not over
     delivery = Delivery(
         1,
@@ -27,7 +27,7 @@ def test_line_reports_progress_and_outcome() -> None:
         outcome="delivered",
         attempts=[Attempt(500, None, 0.1), Attempt(200, None, 0.2)],
     )
-    text, over = line(job, {1, 2, 3}, [delivery])
+    text, over = line(job, {1, 2, 3}, {1: [delivery]})
     assert "job.completed delivered (2 attempts)" in text and over
 
 
