@@ -228,21 +228,24 @@ class _Invalid(Exception):
 def load(path: str | Path) -> Cassette:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()  # libyaml reads UTF-8 bytes as they are: no decoded copy
     except FileNotFoundError:
         raise CassetteError(f"{path}: no such cassette") from None
-    except UnicodeDecodeError as exc:
-        raise CassetteError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise CassetteError(f"{path}: cannot read: {exc.strerror}") from None
-    return loads(text, str(path))
+    return loads(raw, str(path))
 
 
-def loads(text: str, source: str = "<cassette>") -> Cassette:
+def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
     try:
         # each interaction becomes objects as soon as it is read: peak memory stays near the result
         data = yamlload.load(text, {"interactions": _read_interaction})
         return from_data(data)
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count(b"\n" if isinstance(text, bytes) else "\n") + 1
+        raise CassetteError(
+            f"{source}:{line}: not UTF-8 text ({exc.reason} at byte {exc.position})"
+        ) from None
     except yaml.YAMLError as exc:
         raise CassetteError(_yaml_message(exc, source)) from None
     except _Invalid as exc:
@@ -269,7 +272,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return out
 
 
-def _line_of(text: str, path: tuple[Any, ...]) -> int | None:
+def _line_of(text: str | bytes, path: tuple[Any, ...]) -> int | None:
     """1-based line of the node at `path` (or of its nearest existing parent)."""
     try:
         node = yaml.compose(text, Loader=SafeLoader)

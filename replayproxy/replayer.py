@@ -48,7 +48,7 @@ class ReplayOptions:
 class Prepared:
     status: int
     reason: str
-    headers: CIMultiDict[str]  # built once: most answers go out as recorded
+    headers: tuple[tuple[str, str], ...]
     body: bytes
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
 
@@ -99,7 +99,7 @@ class Replayer:
         for _, value in headers:
             values |= find(value.encode("utf-8"))
         return Prepared(
-            response.status, response.reason, CIMultiDict(headers), response.body, frozenset(values)
+            response.status, response.reason, tuple(headers), response.body, frozenset(values)
         )
 
     def app(self) -> web.Application:
@@ -124,11 +124,12 @@ class Replayer:
         if answer.values:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
-            headers = CIMultiDict(
-                (k, bindings.substitute_text(v, answer.values)) for k, v in headers.items()
-            )
+            headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
         resp = web.Response(
-            status=answer.status, reason=answer.reason or None, body=payload, headers=headers
+            status=answer.status,
+            reason=answer.reason or None,
+            body=payload,
+            headers=CIMultiDict(headers),
         )
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if due:

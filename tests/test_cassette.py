@@ -153,3 +153,11 @@ def test_a_uri_that_cannot_be_parsed_is_named() -> None:
     expected = r"bad.yaml:3: interactions\[0\].request.uri: not a valid URI"
     with pytest.raises(CassetteError, match=expected):
         loads(text, "bad.yaml")
+
+
+def test_bytes_that_are_not_utf8_are_named_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"version: 1\ninteractions: []\nnote: caf\xe9\n")
+    with pytest.raises(CassetteError) as err:
+        load(path)
+    assert str(err.value).startswith(f"{path}:3: not UTF-8 text")
