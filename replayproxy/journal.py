@@ -179,6 +179,7 @@ class Journal:
             raise CassetteError(
                 f"{self.path}: cannot write the recording journal: {exc.strerror or exc}"
             ) from None
+        self._size = 0  # bytes whole lines take: where a failed write is cut back to
         self._write(
             {
                 "kind": "session",
@@ -193,7 +194,7 @@ class Journal:
             raise ValueError("journal is closed")
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n"
         data = line.encode("ascii")
-        before = os.lseek(self._fd, 0, os.SEEK_END)
+        before = self._size
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # a full disk writes part, then fails
@@ -203,6 +204,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, before)
             raise
+        self._size = before + len(data)
 
     def interaction(self, item: Interaction) -> None:
         self._write(interaction_line(item))

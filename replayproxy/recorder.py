@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import brotli
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .cassette import Cassette, Interaction, Request, Response, Webhook, save
@@ -298,7 +298,7 @@ class Recorder:
 
     async def _forward(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, str, CIMultiDict[str], bytes]:
+    ) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
         async with self.upstream_session().request(
             method,
             URL(url, encoded=True),
@@ -316,7 +316,7 @@ class Recorder:
                 if size > limit:
                     raise TooLarge()
                 chunks.append(chunk)
-            return resp.status, resp.reason or "", CIMultiDict(resp.headers), b"".join(chunks)
+            return resp.status, resp.reason or "", resp.headers, b"".join(chunks)
 
     def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
         """Callback URLs the app sent become our ingress URLs, on the way upstream only."""
@@ -351,7 +351,7 @@ class Recorder:
         body: bytes,
         status: int,
         reason: str,
-        res_headers: CIMultiDict[str],
+        res_headers: CIMultiDictProxy[str],
         res_body: bytes,
         at: float,
         duration: float,
