@@ -176,15 +176,6 @@ def _meta(cassette: Cassette) -> dict[str, Any]:
     return meta
 
 
-def to_data(cassette: Cassette) -> dict[str, Any]:
-    return {
-        "version": FORMAT_VERSION,
-        "interactions": [_dump_interaction(i) for i in cassette.interactions],
-        "webhooks": [_dump_webhook(w) for w in cassette.webhooks],
-        "replayproxy": _meta(cassette),
-    }
-
-
 def _yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=SafeDumper, sort_keys=False, allow_unicode=True, width=120)
 

@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ class DemoResult:
     recorded: dict[str, Any]
     replayed: dict[str, Any]
     report: Report
-    steps: list[str] = field(default_factory=list)
 
     @property
     def same(self) -> bool:

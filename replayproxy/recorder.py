@@ -181,7 +181,6 @@ class Recorder:
         self.callbacks: list[str] = []  # original callback URLs; index + 1 is the ingress number
         self.callback_hint: dict[str, int] = {}  # callback URL -> first exchange that carried it
         self.event_ids: set[str] = set()
-        self.forwarded = 0
         self.replayed = 0
         self.refused_webhooks = 0
         self.failed = 0
@@ -280,7 +279,6 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        self.forwarded += 1
         number = self._record(
             request, url, sent_headers, body, status, reason, res_headers, res_body, at, duration
         )

@@ -205,20 +205,6 @@ class Redactor:
         )
 
 
-def _cookie_values(name: str, value: str) -> list[str]:
-    """The values of `a=b; c=d` in Cookie, the first in Set-Cookie (the rest are attributes)."""
-    lowered = name.lower()
-    if lowered not in ("cookie", "set-cookie"):
-        return []
-    parts = value.split(";")
-    out = []
-    for part in parts if lowered == "cookie" else parts[:1]:
-        _, eq, val = part.strip().partition("=")
-        if eq and val:
-            out.append(val)
-    return out
-
-
 def _fix_length(headers: Headers, length: int) -> Headers:
     return [(k, str(length) if k.lower() == "content-length" else v) for k, v in headers]
 

@@ -172,14 +172,6 @@ class Replayer:
         jobs = [self._job(d.number, d.delay) for d in order(due, self.options.shuffle_webhooks)]
         self.deliverer.submit([job for job in jobs if job is not None])
 
-    def deliver(self, number: int, delay: float = 0.0) -> list[Delivery]:
-        """Schedule webhook `number` on its own; its report entries (one per copy)."""
-        job = self._job(number, delay)
-        if job is None:
-            return self.report.deliveries[-max(1, self.options.duplicate_webhooks) :]
-        self.deliverer.submit([job])
-        return job.deliveries
-
     def _job(self, number: int, delay: float) -> Job | None:
         """Report entries for webhook `number` and how to build its attempts; None (and the
         entries failed) when it has nowhere to go."""
