@@ -36,7 +36,7 @@ from aiohttp import web
 
 from .config import SignatureConfig, parse_listen
 from .errors import ConfigError, ReplayProxyError
-from .server import is_loopback
+from .server import Server, check_listen
 from .signing import sign
 
 ENGINE_TYPES = ("MPI", "MESA", "ATHENA", "GROMACS", "LAMMPS", "OPENFOAM")
@@ -164,21 +164,21 @@ def create_app(
     return app
 
 
-async def serve(host: str = "127.0.0.1", port: int = 8090, **create_app_kwargs: Any) -> None:
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 8090,
+    *,
+    allow_remote: bool = False,
+    **create_app_kwargs: Any,
+) -> None:
     """Run the sandbox until cancelled; the first stdout line is its URL (with the real port)."""
-    runner = web.AppRunner(create_app(**create_app_kwargs))
-    await runner.setup()
+    server = Server(create_app(**create_app_kwargs), host, port, allow_remote=allow_remote)
+    url = await server.start()
     try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise ConfigError(f"listen: cannot bind {host}:{port}: {exc.strerror}") from None
-        bound_port = runner.addresses[0][1]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"sandbox listening on http://{shown}:{bound_port}", flush=True)
+        print(f"sandbox listening on {url}", flush=True)
         await asyncio.Event().wait()
     finally:
-        await runner.cleanup()
+        await server.stop()
 
 
 def main(
@@ -186,15 +186,10 @@ def main(
 ) -> None:
     """CLI entry: secrets from CAMBER_API_KEY / CAMBER_WEBHOOK_SECRET; SIGINT/SIGTERM stop it."""
     host, port = parse_listen(listen)
-    if not is_loopback(host):
-        if not allow_remote:
-            raise ConfigError(
-                f"refusing to listen on {host}: only loopback by default (pass --allow-remote "
-                "to listen on another address; anyone who can reach it can use the sandbox)"
-            )
-        print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
+    check_listen(host, allow_remote)
     create_app_kwargs["api_key"] = _require_env("CAMBER_API_KEY")
     create_app_kwargs["webhook_secret"] = _require_env("CAMBER_WEBHOOK_SECRET")
+    create_app_kwargs["allow_remote"] = allow_remote
     asyncio.run(_serve_until_signal(host, port, create_app_kwargs))
 
 
