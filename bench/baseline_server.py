@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from urllib.parse import urlsplit
 
 import yaml
 from aiohttp import web
+from serving import serve_until_signalled
 
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
@@ -65,20 +65,7 @@ async def serve(path: str, host: str, port: int, count: bool = False) -> None:
     if count:
         app.router.add_get("/__bench/count", get_count)
     app.router.add_route("*", "/{tail:.*}", counted if count else handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    sock_host, sock_port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
-    print(f"baseline serving {path} on http://{sock_host}:{sock_port}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await stopping.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(app, host, port, f"baseline serving {path}")
 
 
 def main() -> None:

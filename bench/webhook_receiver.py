@@ -15,12 +15,12 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from aiohttp import web
+from serving import serve_until_signalled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,20 +82,7 @@ async def serve(host: str, port: int, secret: str) -> None:
     app.router.add_post("/__bench/reset", reset)
     app.router.add_get("/__bench/ready", get_stats)
     app.router.add_post("/{tail:.*}", hook)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    sock_host, sock_port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
-    print(f"webhook receiver on http://{sock_host}:{sock_port}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await stopping.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(app, host, port, "webhook receiver")
 
 
 def main() -> None:
