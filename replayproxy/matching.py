@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cassette import Cassette, Request, header
 from .config import Config, MatchConfig
-from .variables import Bindings, Rules, detect
+from .variables import Bindings, Rules, detect, dotted_get
 
 _PLACEHOLDER = "\x00"
 
@@ -187,15 +187,9 @@ class Normaliser:
 
 
 def _drop(data: Any, path: tuple[str, ...]) -> None:
-    for part in path[:-1]:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return
-    if isinstance(data, dict):
-        data.pop(path[-1], None)
+    parent = dotted_get(data, path[:-1])
+    if isinstance(parent, dict):
+        parent.pop(path[-1], None)
 
 
 def _multipart_parts(raw: bytes, headers: list[tuple[str, str]]) -> tuple[tuple[str, bytes], ...]:

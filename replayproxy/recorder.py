@@ -37,7 +37,7 @@ from .cassette import Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path
-from .redact import Redactor, dotted_get, scrub_logs
+from .redact import Redactor, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
 from .signing import (
     SignatureError,
@@ -48,7 +48,7 @@ from .signing import (
     webhook_id,
 )
 from .tls import upstream_context
-from .variables import Bindings
+from .variables import Bindings, dotted_get
 from .webhooks import outgoing
 
 log = logging.getLogger("replayproxy")

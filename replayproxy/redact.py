@@ -22,13 +22,14 @@ import logging
 import os
 import re
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from .cassette import Headers, Interaction, Request, Response, Webhook
 from .config import Config
+from .variables import dotted_get
 
 MARKER = "<redacted>"
 
@@ -207,18 +208,6 @@ class Redactor:
 
 def _fix_length(headers: Headers, length: int) -> Headers:
     return [(k, str(length) if k.lower() == "content-length" else v) for k, v in headers]
-
-
-def dotted_get(data: Any, path: Sequence[str]) -> Any:
-    """The value at a JSON dotted path (list indexes as digits), or None."""
-    for part in path:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
 
 
 def _collect(data: Any, path: tuple[str, ...], found: list[Any]) -> None:

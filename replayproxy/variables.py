@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -133,6 +133,18 @@ def json_leaves(data: Any, prefix: str = "body") -> Iterator[tuple[str, Any]]:
             yield from json_leaves(item, f"{prefix}.{index}")
     else:
         yield prefix, data
+
+
+def dotted_get(data: Any, path: Sequence[str]) -> Any:
+    """The value at a JSON dotted path (list indexes as digits), or None."""
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
 
 
 def detect(cassette: Cassette, rules: Rules, split: Any) -> list[Variable]:
