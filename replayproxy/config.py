@@ -7,8 +7,11 @@ so an unknown or mistyped key is reported with its dotted name and the file it c
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +164,13 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
 
 def _kind(value: Any) -> str:
     return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def env_secrets(name: str | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret(s) in environment variable `name`: several (key rotation) split on commas or
+    white space. Secrets come only from the environment, never from flags or files."""
+    raw = (os.environ if environ is None else environ).get(name or "", "")
+    return [s for s in re.split(r"[,\s]+", raw) if s]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -17,7 +17,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import re
 import ssl
 import time
@@ -34,7 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .cassette import Cassette, Interaction, Request, Response, Webhook, save
-from .config import Config
+from .config import Config, env_secrets
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path
 from .redact import Redactor, scrub_logs
@@ -146,7 +145,7 @@ class Recorder:
         scrub_logs(self.redactor)  # nor in what is logged about requests and webhooks
         # explicit: never SSL_CERT_FILE & co., which may name only the local CA (tls.py)
         self.ssl: ssl.SSLContext = upstream_context(upstream_ca)
-        self.upstream_secrets = _env_list(config.webhooks.upstream_secret_env)
+        self.upstream_secrets = env_secrets(config.webhooks.upstream_secret_env)
         if not self.upstream_secrets:
             log.warning(
                 "replayproxy: %s (webhooks.upstream_secret_env) is not set: every incoming "
@@ -532,11 +531,6 @@ class Recorder:
                 ) from None
         self.journal.remove()
         return result
-
-
-def _env_list(name: str | None) -> list[str]:
-    raw = os.environ.get(name or "", "")
-    return [s for s in re.split(r"[,\s]+", raw) if s]
 
 
 def _body_event_id(body: bytes) -> str | None:

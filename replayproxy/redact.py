@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from .cassette import Headers, Interaction, Request, Response, Webhook
-from .config import Config
+from .config import Config, env_secrets
 from .variables import dotted_get
 
 MARKER = "<redacted>"
@@ -58,8 +58,8 @@ def secret_values(config: Config, environ: Mapping[str, str] | None = None) -> l
     ]
     values: list[str] = []
     for name in names:
-        raw = env.get(name, "") if name else ""
-        for value in [raw.strip(), *re.split(r"[,\s]+", raw)]:
+        whole = env.get(name, "").strip() if name else ""
+        for value in [whole, *env_secrets(name, env)]:
             if len(value) >= MIN_SECRET_LENGTH and value not in values:
                 values.append(value)
     return values

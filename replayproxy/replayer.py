@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -13,7 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .cassette import Cassette, Request, Response
-from .config import Config
+from .config import Config, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
 from .matching import Matcher, describe
@@ -56,8 +54,7 @@ class Prepared:
 def local_secrets(config: Config, needed: bool) -> list[str]:
     """The app's webhook secret(s) from the environment; several (rotation) split on commas."""
     name = config.webhooks.local_secret_env
-    raw = os.environ.get(name, "")
-    secrets = [s for s in re.split(r"[,\s]+", raw) if s]
+    secrets = env_secrets(name)
     if needed and not secrets:
         raise ReplayProxyError(
             f"the cassette has webhooks to sign, but the environment variable {name} "
