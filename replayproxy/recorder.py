@@ -32,7 +32,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .cassette import Cassette, Interaction, Request, Response, Webhook, save
+from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path
@@ -59,23 +59,6 @@ UPSTREAM_KEY: Any = (
     if hasattr(web, "RequestKey")
     else "replayproxy.upstream"
 )
-
-#: Hop-by-hop headers (RFC 9110 7.6.1) and those that describe one hop's body framing.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-
 
 def hop_by_hop(headers: Any) -> frozenset[str]:
     """The fixed hop-by-hop names plus any the Connection header lists."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .cassette import Cassette, Webhook
+from .cassette import HOP_BY_HOP, Cassette, Webhook
 from .config import SignatureConfig
 from .signing import SCHEMES, sign, signature_header_names, webhook_id
 from .variables import Bindings
@@ -21,20 +21,7 @@ from .variables import Bindings
 TIMINGS = ("sequence", "recorded", "immediate")
 
 #: Headers that describe one hop or one body, never copied from the recording.
-_HOP_HEADERS = frozenset(
-    {
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "host",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-    }
-)
+_HOP_HEADERS = HOP_BY_HOP | {"content-length", "host"}
 
 
 @dataclass(slots=True)
