@@ -589,8 +589,7 @@ def record(
         url = await proxy.start()
         recorder = proxy.recorder
         if recorder is not None:
-            session = recorder.session
-            view = RecordView(lambda: (session.interactions, session.webhooks))
+            view = RecordView(lambda: (recorder.recorded, recorder.last, recorder.webhooks))
             views.append(asyncio.get_running_loop().create_task(view.run()))
         if proxy.recovered is not None:
             click.echo(
@@ -622,7 +621,7 @@ def record(
     recorder = proxy.recorder
     if recorder is not None:
         click.echo(
-            f"recorded {recorder.recorded} exchanges and {len(recorder.session.webhooks)} "
+            f"recorded {recorder.recorded} exchanges and {len(recorder.webhooks)} "
             f"webhooks into {cassette}; replayed {recorder.replayed}; upstream failures "
             f"{recorder.failed}; refused webhooks {recorder.refused_webhooks}",
             err=True,

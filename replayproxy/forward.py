@@ -346,7 +346,7 @@ class ForwardServer:
                 connector=aiohttp.TCPConnector(ssl=self.upstream_ssl or True),
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
-        skip = hop_by_hop(request.headers) | {"host", "content-length"}
+        skip = hop_by_hop(request.headers, "host", "content-length")
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in skip)
         body = await request.read()
         try:
@@ -358,7 +358,7 @@ class ForwardServer:
                 allow_redirects=False,
             ) as resp:
                 payload = await resp.read()
-                skip_res = hop_by_hop(resp.headers) | {"content-length"}
+                skip_res = hop_by_hop(resp.headers, "content-length")
                 return web.Response(
                     status=resp.status,
                     reason=resp.reason or None,

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .cassette import Cassette, Interaction, Request, Response, Webhook, load, save
 from .config import Config
 from .correlate import correlate, exchange_values
@@ -165,6 +167,15 @@ def _webhook(data: dict[str, Any]) -> Webhook:
 # writing
 
 
+def _encode(record: dict[str, Any]) -> bytes:
+    """One journal line. orjson takes a few us where json takes 8 (record mode writes one line
+    per exchange); header text that held undecodable bytes (lone surrogates) needs json."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+
+
 class Journal:
     """Append-only; every record is one `os.write` of one line on an O_APPEND descriptor."""
 
@@ -192,8 +203,7 @@ class Journal:
     def _write(self, record: dict[str, Any]) -> None:
         if self._fd is None:
             raise ValueError("journal is closed")
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n"
-        data = line.encode("ascii")
+        data = _encode(record)
         before = self._size
         try:
             written = os.write(self._fd, data)

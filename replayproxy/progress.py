@@ -119,7 +119,7 @@ class RecordView:
 
     def __init__(
         self,
-        state: Callable[[], tuple[list[Interaction], list[Webhook]]],
+        state: Callable[[], tuple[int, Interaction | None, list[Webhook]]],
         stream: TextIO | None = None,
     ):
         self.state = state
@@ -130,7 +130,7 @@ class RecordView:
     def update(self, final: bool = False) -> None:
         if not self.tty:
             return
-        interactions, webhooks = self.state()
+        recorded, item, webhooks = self.state()
         out = []
         for hook in webhooks[self.shown :]:
             ids = sorted(webhook_ids(hook.body), key=lambda i: (not i.isdigit(), i))
@@ -138,10 +138,9 @@ class RecordView:
             out.append(f"\r\x1b[2K  webhook {event_type(hook) or hook.path}  {job}\n")
         self.shown = len(webhooks)
         last = "waiting for the app"
-        if interactions:
-            item = interactions[-1]
+        if item is not None:
             last = f"last {describe(item.request)} -> {item.response.status}"
-        status = f"recording: {len(interactions)} exchanges, {len(webhooks)} webhooks; {last}"
+        status = f"recording: {recorded} exchanges, {len(webhooks)} webhooks; {last}"
         out.append(f"\r\x1b[2K{status}" + ("\n" if final else "\r"))
         self.stream.write("".join(out))
         self.stream.flush()

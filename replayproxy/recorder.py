@@ -22,6 +22,7 @@ import ssl
 import time
 import zlib
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,13 +30,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import brotli
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
 from .errors import CassetteError, ConfigError
-from .journal import Journal, Session, assemble, journal_path
+from .journal import Journal, Session, assemble, journal_path, read
 from .redact import Redactor, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
 from .signing import (
@@ -47,6 +47,8 @@ from .signing import (
     webhook_id,
 )
 from .tls import upstream_context
+from .upstream import TooLarge as UpstreamTooLarge
+from .upstream import Upstream, UpstreamError
 from .variables import Bindings, dotted_get
 from .webhooks import outgoing
 
@@ -60,12 +62,20 @@ UPSTREAM_KEY: Any = (
     else "replayproxy.upstream"
 )
 
-def hop_by_hop(headers: Any) -> frozenset[str]:
-    """The fixed hop-by-hop names plus any the Connection header lists."""
-    named = set(HOP_BY_HOP)
-    for value in headers.getall("Connection", []) if hasattr(headers, "getall") else []:
+def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
+    """The fixed hop-by-hop names, any the Connection header lists, and `also`."""
+    listed = headers.getall("Connection", ()) if hasattr(headers, "getall") else ()
+    if not listed:
+        return _hop_by_hop_and(also)
+    named = set(HOP_BY_HOP).union(also)
+    for value in listed:
         named.update(t.strip().lower() for t in value.split(",") if t.strip())
     return frozenset(named)
+
+
+@lru_cache(maxsize=16)
+def _hop_by_hop_and(also: tuple[str, ...]) -> frozenset[str]:
+    return HOP_BY_HOP.union(also)
 
 
 def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
@@ -120,6 +130,7 @@ class Recorder:
             )
         validate(config.webhooks.signature)
         self.path = Path(cassette_path)
+        self.forward = forward
         self.config = config
         self.upstream = upstream.rstrip("/")
         self.public_url = public_url.rstrip("/") if public_url else None
@@ -159,6 +170,12 @@ class Recorder:
             base_webhooks=len(base.webhooks) if base else 0,
         )
         self.journal = Journal(journal_path(self.path), self.session)
+        # Exchanges live in the journal, not in memory: a long session's heap stays flat (no
+        # growing work for the garbage collector) and `cassette()` reads them back at stop.
+        self.recorded = 0
+        self.last: Interaction | None = None  # for the live view
+        self.webhooks: list[Webhook] = []
+        self.held: list[tuple[int, Interaction | Webhook, int | None]] = []  # not journaled
         self.started = time.monotonic()
         self.callbacks: list[str] = []  # original callback URLs; index + 1 is the ingress number
         self.callback_hint: dict[str, int] = {}  # callback URL -> first exchange that carried it
@@ -167,7 +184,9 @@ class Recorder:
         self.refused_webhooks = 0
         self.failed = 0
         self.unjournaled = 0  # items the journal could not take (disk full, read-only)
-        self._upstream_session: aiohttp.ClientSession | None = None
+        self.upstream_client = Upstream(
+            ssl_context=self.ssl, timeout=config.upstream_timeout, limit=config.max_body_size
+        )
         self._app_session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -175,20 +194,8 @@ class Recorder:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_size)
-        app.router.add_route("*", INGRESS, self.webhook)
-        app.router.add_route("*", INGRESS + "/{n:.*}", self.webhook)  # never forwarded upstream
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
-
-    def upstream_session(self) -> aiohttp.ClientSession:
-        if self._upstream_session is None:
-            self._upstream_session = aiohttp.ClientSession(
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout),
-                connector=aiohttp.TCPConnector(ssl=self.ssl),
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            )
-        return self._upstream_session
 
     def app_session(self) -> aiohttp.ClientSession:
         if self._app_session is None:
@@ -214,6 +221,9 @@ class Recorder:
             raise TooLarge() from None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(INGRESS) and path[len(INGRESS):len(INGRESS) + 1] in ("", "/"):
+            return await self.webhook(request)  # never forwarded upstream
         at = self.now()
         try:
             body = await self._read_request(request)
@@ -226,17 +236,19 @@ class Recorder:
             )
             if replayed is not None:
                 return replayed
-        skip = hop_by_hop(request.headers) | {"host", "content-length"}
+        skip = hop_by_hop(request.headers, "host", "content-length")
         sent_headers = [(k, v) for k, v in headers if k.lower() not in skip]
         sent_body, callbacks = self._rewrite_callbacks(body)
-        upstream = request.get(UPSTREAM_KEY, self.upstream)
-        url = upstream + str(request.rel_url)
+        # (a lookup that misses costs a KeyError inside aiohttp: only forward mode sets it)
+        upstream = request.get(UPSTREAM_KEY, self.upstream) if self.forward else self.upstream
+        target = str(request.rel_url)
+        url = upstream + target
         started = time.monotonic()
         try:
-            status, reason, res_headers, res_body = await self._forward(
-                request.method, url, sent_headers, sent_body
+            answer = await self.upstream_client.request(
+                request.method, upstream, target, sent_headers, sent_body
             )
-        except TooLarge:
+        except UpstreamTooLarge:
             self.failed += 1
             return _error(
                 502,
@@ -244,9 +256,9 @@ class Recorder:
                 f"max_body_size ({self.config.max_body_size} bytes); not recorded",
                 upstream,
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except UpstreamError as exc:
             self.failed += 1
-            cause = _cause(exc, self.config.upstream_timeout)
+            cause = str(exc)
             log.warning(
                 "replayproxy: %s %s -> upstream %s: %s",
                 request.method,
@@ -261,12 +273,15 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
+        status, reason, res_headers, res_body = (
+            answer.status, answer.reason, answer.headers, answer.body
+        )
         number = self._record(
             request, url, sent_headers, body, status, reason, res_headers, res_body, at, duration
         )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
-        skip_res = hop_by_hop(res_headers) | {"content-length"}
+        skip_res = hop_by_hop(res_headers, "content-length")
         return web.Response(
             status=status,
             reason=reason or None,
@@ -275,28 +290,6 @@ class Recorder:
                 (k, v) for k, v in res_headers.items() if k.lower() not in skip_res
             ),
         )
-
-    async def _forward(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
-        async with self.upstream_session().request(
-            method,
-            URL(url, encoded=True),
-            headers=CIMultiDict(headers),
-            data=body if body else None,
-            allow_redirects=False,
-        ) as resp:
-            limit = self.config.max_body_size
-            length = resp.content_length
-            if length is not None and length > limit:
-                raise TooLarge()
-            chunks, size = [], 0
-            async for chunk in resp.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge()
-                chunks.append(chunk)
-            return resp.status, resp.reason or "", resp.headers, b"".join(chunks)
 
     def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
         """Callback URLs the app sent become our ingress URLs, on the way upstream only."""
@@ -331,7 +324,7 @@ class Recorder:
         body: bytes,
         status: int,
         reason: str,
-        res_headers: CIMultiDictProxy[str],
+        res_headers: CIMultiDict[str],
         res_body: bytes,
         at: float,
         duration: float,
@@ -339,7 +332,7 @@ class Recorder:
         """Journal the exchange, redacted and decoded; its 1-based number in the cassette."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
         decoded, removed = decode_body(res_body, res_headers.get("Content-Encoding"))
-        skip = hop_by_hop(res_headers) | {"content-length"}
+        skip = hop_by_hop(res_headers, "content-length")
         if removed:
             skip = skip | {"content-encoding"}
             meta["content_encoding"] = removed
@@ -352,19 +345,22 @@ class Recorder:
             meta,
         )
         item = self.redactor.interaction(item)
-        number = self.session.base_interactions + len(self.session.interactions) + 1
-        self._journal(self.journal.interaction, item, what=f"exchange {number}")
-        self.session.interactions.append(item)
-        return number
+        self.recorded += 1
+        self.last = item
+        if not self._journal(self.journal.interaction, item, what=f"exchange {self.recorded}"):
+            self.held.append((self.recorded - 1, item, None))
+        return self.session.base_interactions + self.recorded
 
-    def _journal(self, write: Any, *args: Any, what: str) -> None:
+    def _journal(self, write: Any, *args: Any, what: str) -> bool:
         """Append to the journal; when the disk is full or gone read-only, say so and go on.
 
-        The app still gets its answer (the upstream has acted on the request), and the item
-        stays in memory: the cassette written at stop still has it, only a crash would lose it.
+        The app still gets its answer (the upstream has acted on the request), and the caller
+        keeps the item in memory: the cassette written at stop still has it, only a crash
+        would lose it.
         """
         try:
             write(*args)
+            return True
         except OSError as exc:
             self.unjournaled += 1
             log.error(
@@ -374,6 +370,7 @@ class Recorder:
                 exc.strerror or exc,
                 what,
             )
+            return False
 
     async def _replay(self, request: web.Request, req: Request) -> web.StreamResponse | None:
         assert self.replayer is not None
@@ -403,7 +400,7 @@ class Recorder:
             self.refused_webhooks += 1
             log.warning("replayproxy: refused a webhook on %s: %s", request.path, exc)
             return _refuse(str(exc))
-        number = request.match_info.get("n")
+        number = request.path[len(INGRESS) + 1:] if request.path != INGRESS else None
         if number is None:
             target = self.config.webhooks.forward_to
             if not target:
@@ -422,10 +419,8 @@ class Recorder:
             target = self.callbacks[int(number) - 1]
             hint = self.callback_hint.get(target)
         event_id = webhook_id(headers, signature) or _body_event_id(body)
-        skip = (
-            signature_header_names(signature)
-            | hop_by_hop(request.headers)
-            | {"host", "content-length"}
+        skip = signature_header_names(signature) | hop_by_hop(
+            request.headers, "host", "content-length"
         )
         hook = Webhook(
             body=body,
@@ -440,11 +435,10 @@ class Recorder:
         if key not in self.event_ids:  # the sender's retries of one event are recorded once
             self.event_ids.add(key)
             stored = self.redactor.webhook(hook)
-            self._journal(
-                self.journal.webhook, stored, hint, what=f"webhook {len(self.session.webhooks) + 1}"
-            )
-            self.session.webhooks.append(stored)
-            self.session.hints.append(hint)
+            self.webhooks.append(stored)
+            what = f"webhook {len(self.webhooks)}"
+            if not self._journal(self.journal.webhook, stored, hint, what=what):
+                self.held.append((len(self.webhooks) - 1, stored, hint))
         return await self._forward_webhook(hook, target)
 
     async def _forward_webhook(self, hook: Webhook, target: str) -> web.StreamResponse:
@@ -479,12 +473,18 @@ class Recorder:
 
     # -- the end -----------------------------------------------------------------------------
 
-    @property
-    def recorded(self) -> int:
-        return len(self.session.interactions)
-
     def cassette(self) -> Cassette:
-        return assemble(self.base, self.session, self.config)
+        """This session so far, on top of the base: read back from the journal (the recorder
+        keeps in memory only what the journal could not take)."""
+        session = read(self.journal.path)
+        session.meta = self.session.meta
+        for index, item, hint in self.held:
+            if isinstance(item, Webhook):
+                session.webhooks.insert(index, item)
+                session.hints.insert(index, hint)
+            else:
+                session.interactions.insert(index, item)
+        return assemble(self.base, session, self.config)
 
     async def close(self) -> Cassette | None:
         """Save the cassette (when anything was recorded) and remove the journal."""
@@ -493,18 +493,17 @@ class Recorder:
         self._closed = True
         if self.replayer is not None:
             await self.replayer.close()
-        for session in (self._upstream_session, self._app_session):
-            if session is not None:
-                await session.close()
+        await self.upstream_client.close()
+        if self._app_session is not None:
+            await self._app_session.close()
         result = None
-        if self.session.interactions or self.session.webhooks:
+        if self.recorded or self.webhooks:
             result = self.cassette()
             try:
                 save(result, self.path)
             except OSError as exc:
                 self.journal.close()
-                kept = len(self.session.interactions) + len(self.session.webhooks)
-                kept -= self.unjournaled
+                kept = self.recorded + len(self.webhooks) - self.unjournaled
                 raise CassetteError(
                     f"{self.path}: cannot save the cassette: {exc.strerror or exc}; the previous "
                     f"file is unchanged. {self.journal.path} keeps {kept} of this session's "

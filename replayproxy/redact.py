@@ -79,6 +79,7 @@ class Redactor:
         self.body_fields = tuple(tuple(p.split(".")) for p in body_fields)
         self.secrets: list[str] = []
         self._secret: re.Pattern[bytes] | None = None
+        self._header_names: dict[str, bool] = {}
         self.learn(secrets)
 
     def learn(self, values: Iterable[str], minimum: int = MIN_SECRET_LENGTH) -> None:
@@ -118,10 +119,15 @@ class Redactor:
     # -- pieces ------------------------------------------------------------------------------
 
     def is_secret_header(self, name: str) -> bool:
-        lowered = name.lower()
-        if lowered in SECRET_HEADERS or lowered in self.headers:
-            return True
-        return lowered not in NOT_SECRET and any(w in lowered for w in SECRET_WORDS)
+        known = self._header_names.get(name)
+        if known is None:
+            lowered = name.lower()
+            known = lowered in SECRET_HEADERS or lowered in self.headers or (
+                lowered not in NOT_SECRET and any(w in lowered for w in SECRET_WORDS)
+            )
+            if len(self._header_names) < 4096:  # names are few; a flood of odd ones is not
+                self._header_names[name] = known
+        return known
 
     def bytes(self, data: bytes) -> bytes:
         """Every secret value in `data` (any spelling) replaced by the marker."""
@@ -132,10 +138,17 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._secret is None:
             return value
-        return self.bytes(value.encode("utf-8")).decode("utf-8", "replace")
+        return self.bytes(value.encode("utf-8", "surrogateescape")).decode(
+            "utf-8", "surrogateescape"
+        )
 
     def header_list(self, headers: Headers) -> Headers:
-        return [(k, MARKER if self.is_secret_header(k) else self.text(v)) for k, v in headers]
+        secret = self.is_secret_header
+        if self._secret is None or not self._secret.search(
+            "\n".join(v for _, v in headers).encode("utf-8", "surrogateescape")
+        ):  # one search over all values; the usual answer is "none here"
+            return [(k, MARKER if secret(k) else v) for k, v in headers]
+        return [(k, MARKER if secret(k) else self.text(v)) for k, v in headers]
 
     def uri(self, uri: str) -> str:
         if self.query:
@@ -178,12 +191,12 @@ class Redactor:
 
     def interaction(self, item: Interaction) -> Interaction:
         req, res = item.request, item.response
-        # First pass learns the values under redacted names; the second scrubs them everywhere.
-        self.header_list(req.headers)
-        self.header_list(res.headers)
-        self.uri(req.uri)
-        self.body(req.body)
-        self.body(res.body)
+        # First learn the values under redacted names, then scrub them everywhere.
+        if self.query:
+            self.uri(req.uri)
+        if self.body_fields:
+            self.body(req.body)
+            self.body(res.body)
         request = Request(
             req.method, self.uri(req.uri), self.header_list(req.headers), self.body(req.body)
         )

@@ -63,7 +63,12 @@ def test_record_view_lists_webhooks_under_a_status_line() -> None:
     tty, log = Tty(), io.StringIO()
     views = [
         RecordView(
-            lambda: (cassette.interactions[: state["n"]], cassette.webhooks[: state["w"]]), s
+            lambda: (
+                state["n"],
+                cassette.interactions[state["n"] - 1],
+                cassette.webhooks[: state["w"]],
+            ),
+            s,
         )
         for s in (tty, log)
     ]
