@@ -16,6 +16,7 @@ import contextlib
 import json
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -249,19 +250,15 @@ def prepare(items: list, work: Path, logs: Path) -> dict[str, Peer | str]:
     return out
 
 
-def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], rounds: int,
-            seconds: float, cpus: tuple[int | None, int | None]) -> dict:
-    """wrk on each available peer, c32 then c1 per round, alternating with a fresh baseline;
-    the ratios are per round (peer / the baseline run of the same round and connections)."""
+def _drive(run, ready: dict[str, Peer], small: tuple[Path, Path, list], rounds: int,
+           seconds: float, cpus: tuple[int | None, int | None], quiet_wait: float,
+           servers: dict, result: dict, runs: dict[str, list[dict]]) -> None:
+    """Start the baseline and the peers (into `servers`, which the caller stops), check the
+    peers' answers, then the wrk rounds (into `runs`)."""
     client_cpu, server_cpu = cpus
     cassette, requests, items = small
-    result: dict = {"skipped": {k: v for k, v in peers.items() if isinstance(v, str)},
-                    "peers": {}}
-    ready = {k: v for k, v in peers.items() if isinstance(v, Peer)}
-    if not ready:
-        return result
-    servers = {"baseline": run.Server("peers-baseline-1200", run.baseline_cmd(cassette),
-                                      server_cpu)}
+    servers["baseline"] = run.Server("peers-baseline-1200", run.baseline_cmd(cassette),
+                                     server_cpu)
     for name, peer in ready.items():
         try:
             servers[name] = run.Server(f"peer-{name}", peer.cmd, server_cpu, timeout=120)
@@ -277,9 +274,12 @@ def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], r
     names = [n for n in ready if n in result["peers"]]
     for name in ["baseline", *names]:  # warm up
         run.wrk(servers[name].url, requests, 32, 1, client_cpu)
-    runs: dict[str, list[dict]] = collections.defaultdict(list)
     for r in range(rounds):
         for conns in (32, 1):
+            if quiet_wait > 0:
+                idle = run.wait_quiet(quiet_wait)
+                if idle > 15:
+                    run.log(f"machine still {idle:.0f}% busy after {quiet_wait:g} s: going on")
             order = ["baseline", *names]
             if r % 2:
                 order.reverse()
@@ -292,11 +292,28 @@ def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], r
                         f"cpu {data.get('server_cpu_us_per_req', 0):5.0f} us/req "
                         f"errors {data['errors']} "
                         f"(other processes: {data['foreign_cpu_pct']:.0f}% of the cpus)")
-    for name, server in servers.items():
-        if name in result["peers"]:
-            result["peers"][name]["peak_rss_mib"] = server.memory().get("VmHWM")
-        server.stop()
+
+
+def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], rounds: int,
+            seconds: float, cpus: tuple[int | None, int | None], quiet_wait: float = 0.0) -> dict:
+    """wrk on each available peer, c32 then c1 per round, alternating with a fresh baseline;
+    the ratios are per round (peer / the baseline run of the same round and connections)."""
+    result: dict = {"skipped": {k: v for k, v in peers.items() if isinstance(v, str)},
+                    "peers": {}}
+    ready = {k: v for k, v in peers.items() if isinstance(v, Peer)}
+    if not ready:
+        return result
+    runs: dict[str, list[dict]] = collections.defaultdict(list)
+    servers: dict = {}
+    try:
+        _drive(run, ready, small, rounds, seconds, cpus, quiet_wait, servers, result, runs)
+    finally:
+        for name, server in servers.items():
+            if name in result["peers"]:
+                result["peers"][name]["peak_rss_mib"] = server.memory().get("VmHWM")
+            server.stop()
     median = run.median
+    names = [n for n in ready if n in result["peers"]]
     for key, items_ in runs.items():
         result.setdefault("summary", {})[key] = {
             "rps": median([d["rps"] for d in items_]),
@@ -336,6 +353,10 @@ def rows(res: dict) -> list[tuple]:
                     f"{p32['rps']:,.0f}", f"{q32['rps_ratio_median']:.2f}", quiet, "", ""))
         out.append((f"p99 ms c32 (baseline | {name})", f"{b32['p99_ms']:.2f}",
                     f"{p32['p99_ms']:.2f}", f"{q32['p99_ratio_median']:.2f}", "", "", ""))
+        out.append((f"server CPU us per request c32 (baseline | {name})",
+                    f"{b32['server_cpu_us_per_req']:.0f}", f"{p32['server_cpu_us_per_req']:.0f}",
+                    f"{p32['server_cpu_us_per_req'] / b32['server_cpu_us_per_req']:.2f}", "", "",
+                    ""))
         out.append((f"req/s c1 (baseline | {name})", f"{b1['rps']:,.0f}", f"{p1['rps']:,.0f}",
                     f"{p['c1']['rps_ratio_median']:.2f}", "", "", ""))
         check = p["bytes"]
@@ -348,7 +369,12 @@ def rows(res: dict) -> list[tuple]:
 
 
 def notes(res: dict) -> list[str]:
-    return [f"{name} column skipped: {why}" for name, why in res.get("skipped", {}).items()]
+    out = [f"{name} column skipped: {why}" for name, why in res.get("skipped", {}).items()]
+    foreign = [d["foreign_cpu_pct"] for items in res.get("wrk_runs", {}).values() for d in items]
+    if foreign and max(foreign) > 10:
+        out.append(f"peer columns: other processes used up to {max(foreign):.0f}% of the cpus "
+                   f"(median {statistics.median(foreign):.0f}%); read the paired ratios")
+    return out
 
 
 if __name__ == "__main__":  # install and convert only: `python bench/peers.py`
