@@ -25,7 +25,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers"
-NAMES = ("mitmproxy", "talkback")
 INSTALL_TIMEOUT = 900.0  # seconds for one install step (venv, pip, npm)
 TALKBACK_SPEC = "talkback@4"  # the major whose requestHandler/tape format talkback_server.js uses
 # Replayed requests keep whatever target the flows name; this loopback address is never contacted
@@ -44,7 +43,7 @@ class Peer:
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 right now (for a tool that cannot bind port 0 and say so)."""
+    """A port free on 127.0.0.1 right now, for a tool that does not print the URL it listens on."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
