@@ -37,6 +37,7 @@ CASSETTES = RESULTS / "cassettes"
 sys.path.insert(0, str(HERE))
 
 import extras  # noqa: E402
+import peers  # noqa: E402
 import workload  # noqa: E402
 
 SMALL = 1200
@@ -480,6 +481,27 @@ def run_extras(result: dict, args: argparse.Namespace, quick: bool, rounds: int,
                     server.stop()
 
 
+def run_peers(result: dict, small: tuple[Path, Path, list[workload.Exchange]], rounds: int,
+              seconds: float, cpus: tuple[int | None, int | None], quiet_wait: float) -> None:
+    """The optional mitmproxy and talkback columns (bench/peers.py); a failure is a note."""
+    log("peers: installing (first run only) and converting the 1,200 interactions")
+    try:
+        with tempfile.TemporaryDirectory(prefix="replayproxy-bench-peers-") as tmp:
+            found = peers.prepare(small[2], Path(tmp), RESULTS / "logs")
+            result["peers"] = peers.measure(sys.modules[__name__], found, small, rounds,
+                                            seconds, cpus, quiet_wait)
+    except Exception as exc:
+        result["peers"] = {"error": f"{type(exc).__name__}: {exc}",
+                           "traceback": traceback.format_exc()}
+        result["notes"].append(f"peers failed: {type(exc).__name__}: {exc}")
+        log(f"peers failed: {traceback.format_exc()}")
+    finally:
+        for server in list(Server.running):
+            if server.name.startswith("peer"):
+                server.stop()
+    result["notes"].extend(peers.notes(result.get("peers", {})))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="replayproxy vs a minimal aiohttp baseline")
     parser.add_argument("--quick", action="store_true",
@@ -497,6 +519,12 @@ def main() -> None:
                         "(default 5000; quick 2000)")
     parser.add_argument("--skip-extras", action="store_true",
                         help="skip record mode, webhook delivery and turnaround")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--peers", action="store_true",
+                       help="also run the mitmproxy and talkback columns with --quick")
+    group.add_argument("--skip-peers", action="store_true",
+                       help="skip the mitmproxy and talkback columns (installed on first use "
+                       "into bench/.peers/)")
     parser.add_argument("--launcher", type=Path,
                         help="run this script instead of the `replayproxy` console script "
                         "(it must take the same arguments), e.g. to measure a prototype")
@@ -642,6 +670,14 @@ def main() -> None:
         for name in ("baseline", "replayproxy", "big"):
             servers.pop(name).stop()
 
+        if args.skip_peers or (quick and not args.peers):
+            result["notes"].append("mitmproxy and talkback columns not run ("
+                                   + ("--skip-peers" if args.skip_peers else
+                                      "--quick without --peers") + ")")
+        else:
+            run_peers(result, files[SMALL], rounds, seconds, (client_cpu, server_cpu),
+                      args.quiet_wait)
+
         if not args.skip_extras:
             run_extras(result, args, quick, rounds, seconds, files[SMALL][:2],
                        (client_cpu, server_cpu))
@@ -662,8 +698,6 @@ def main() -> None:
             f"other processes used up to {max(foreign):.0f}% of the cpus during the wrk runs "
             f"(median {median(foreign):.0f}%, load at start {info['loadavg_at_start']}): "
             "absolute figures are depressed and noisy; the paired ratios are the figures to read")
-    result["notes"].append("mitmproxy and talkback columns skipped: not part of this suite yet "
-                           "(issue 7 quotes their figures from an earlier run)")
     table = render(result, big)
     print(table)
     result["table"] = table
@@ -808,6 +842,7 @@ def render(res: dict, big: int) -> str:
     rows.append(("wrk errors / non-2xx (all runs)", "", str(errors), "", "", "0",
                  ok(errors == 0)))
     rows.extend(extra_rows(res, ok))
+    rows.extend(peers.rows(res.get("peers", {})))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{m['date']}  {m['cpu_model']} x{m['nproc']}  python {m['python']}  "
              f"{res['mode']}: {res['rounds']} rounds x {res['seconds_per_run']:g} s; req/s and "
