@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from replayproxy import __version__
+from replayproxy import __version__, eventloop
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import load
 from replayproxy.config import Config, load_config
@@ -269,7 +269,7 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
     )
     shown = " (forward proxy)" if https["forward"] else ""
     start, stop = with_live_view(proxy)
-    report = asyncio.run(
+    report = eventloop.run(
         until_signalled(start, stop, f"replayproxy replaying {cassette} on {{url}}{shown}")
     )
     if report.unmatched:
@@ -327,7 +327,7 @@ def demo(keep: str | None) -> None:
     with tempfile.TemporaryDirectory(prefix="replayproxy-demo-") as tmp:
         workdir = Path(keep) if keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(record_and_replay(workdir, say=click.echo))
+        result = eventloop.run(record_and_replay(workdir, say=click.echo))
         click.echo("")
         click.echo(render_inspect(load(result.cassette)))
         summary = result.report.webhooks_summary()
@@ -419,7 +419,7 @@ def run(
         verb = "recording" if record else "replaying"
         click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
 
-    returncode, report = asyncio.run(run_command(proxy, command, names, started))
+    returncode, report = eventloop.run(run_command(proxy, command, names, started))
     diverged = bool(getattr(report, "diverged", False))
     if diverged:
         if report.unmatched:
@@ -511,7 +511,7 @@ def send_webhook(
     tape = load(cassette)
     numbers = pick(tape, index, send_all)
     secrets = local_secrets(config, needed=True)
-    results = asyncio.run(
+    results = eventloop.run(
         send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
     )
     for sent in results:
@@ -617,7 +617,7 @@ def record(
         await asyncio.gather(*views, return_exceptions=True)
         return await proxy.stop()
 
-    asyncio.run(until_signalled(start, stop, Banner()))  # type: ignore[arg-type]
+    eventloop.run(until_signalled(start, stop, Banner()))  # type: ignore[arg-type]
     recorder = proxy.recorder
     if recorder is not None:
         click.echo(

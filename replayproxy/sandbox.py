@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from . import eventloop
 from .config import SignatureConfig, parse_listen
 from .errors import ConfigError, ReplayProxyError
 from .server import Server, check_listen
@@ -190,7 +191,7 @@ def main(
     create_app_kwargs["api_key"] = _require_env("CAMBER_API_KEY")
     create_app_kwargs["webhook_secret"] = _require_env("CAMBER_WEBHOOK_SECRET")
     create_app_kwargs["allow_remote"] = allow_remote
-    asyncio.run(_serve_until_signal(host, port, create_app_kwargs))
+    eventloop.run(_serve_until_signal(host, port, create_app_kwargs))
 
 
 def _require_env(name: str) -> str:
