@@ -114,7 +114,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(TooLarge("the answer is larger than max_body_size"))
         elif lower == "transfer-encoding":
             self.framed = True
-        self.header_list.append((key, value.decode("utf-8", "surrogateescape")))
+        # llhttp drops the OWS before a value but keeps the OWS after it (RFC 9112 5.1)
+        self.header_list.append((key, value.decode("utf-8", "surrogateescape").strip(" \t")))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -122,7 +123,8 @@ class _Connection(asyncio.Protocol):
         if status in (204, 304) or self.head:
             self.framed = True
             if self.head and status >= 200:
-                self._finish(keep=True)  # no body follows; the next exchange gets a new parser
+                # no body follows; the next exchange gets a new parser
+                self._finish(keep=self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
