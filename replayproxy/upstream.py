@@ -58,7 +58,7 @@ def origin(url: str) -> Origin:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(f"not an http(s) origin: {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Origin(parts.scheme, parts.hostname, port, parts.netloc)
+    return Origin(parts.scheme, parts.hostname, port, parts.netloc.rpartition("@")[2])
 
 
 class _Connection(asyncio.Protocol):

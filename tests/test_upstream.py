@@ -21,7 +21,7 @@ from aiohttp import web
 from helpers import run, serving
 
 from replayproxy.ca import CertificateAuthority
-from replayproxy.upstream import Answer, TooLarge, Upstream, UpstreamError
+from replayproxy.upstream import Answer, TooLarge, Upstream, UpstreamError, origin
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 BOUND = 2.0  # seconds: an upper bound on waits for events that should come at once
@@ -658,3 +658,10 @@ def test_https_get_trusting_a_local_ca(tmp_path: Path) -> None:
             assert len(server.received) == 2
 
     run(go())
+
+
+def test_credentials_in_the_upstream_url_never_reach_the_host_header() -> None:
+    """`http://user:pw@host` names the host; the Host header carries no userinfo."""
+    assert origin("http://user:pw@127.0.0.1:8080").authority == "127.0.0.1:8080"
+    assert origin("https://[::1]:8443").authority == "[::1]:8443"
+    assert origin("https://camber.example").port == 443
