@@ -125,7 +125,7 @@ class ReplayProxy:
 
         assert self.ca is not None
         return ForwardServer(
-            handler.app(),
+            handler.handle,
             self.ca,
             host,
             port,
@@ -135,6 +135,7 @@ class ReplayProxy:
             upstream_ssl=self.recorder.ssl if self.recorder is not None else None,
             allow_remote=self.allow_remote,
             max_header_size=self.config.max_header_size,
+            client_max_size=self.config.max_body_size,
         )
 
     async def start(self) -> str:
@@ -147,12 +148,13 @@ class ReplayProxy:
         host, port = parse_listen(self.listen)
         try:
             self._server = self._forward_server(handler, host, port) if self.forward else Server(
-                handler.app(),
+                handler.handle,
                 host,
                 port,
                 ssl_context=self.ca.listener_context() if self.ca is not None else None,
                 allow_remote=self.allow_remote,
                 max_header_size=self.config.max_header_size,
+                client_max_size=self.config.max_body_size,
             )
             self.url = await self._server.start()
         except BaseException:

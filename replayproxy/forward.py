@@ -32,7 +32,7 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop
-from .server import DEFAULT_MAX_HEADER_SIZE, GuardedRunner, check_listen, is_loopback
+from .server import DEFAULT_MAX_HEADER_SIZE, Handler, HandlerRunner, check_listen, is_loopback
 from .tls import system_roots_pem
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class ForwardServer:
 
     def __init__(
         self,
-        app: web.Application,
+        handler: Handler,
         ca: CertificateAuthority,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -119,8 +119,10 @@ class ForwardServer:
         allow_remote: bool = False,
         timeout: float = 30.0,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+        client_max_size: int = 1024**2,
     ):
         check_listen(host, allow_remote)
+        self.handler = handler
         self.ca = ca
         self.host = host
         self.port = port
@@ -132,8 +134,7 @@ class ForwardServer:
         self.url = ""
         self.refused: list[str] = []  # CONNECT targets refused while replaying
         self.tunnelled: list[str] = []  # CONNECT targets piped untouched while recording
-        app.middlewares.append(self._middleware)
-        self.runner = GuardedRunner(app, max_header_size, access_log=None, handle_signals=False)
+        self.runner = HandlerRunner(self._dispatch, max_header_size, client_max_size)
         self._server: asyncio.AbstractServer | None = None
         self._origins: dict[asyncio.BaseTransport, str] = {}
         self._open: set[asyncio.BaseTransport] = set()  # sniffing or piping: ours to close
@@ -294,8 +295,7 @@ class ForwardServer:
 
     # -- every HTTP request on a handed-over connection --------------------------------------
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         transport = request.transport
         upstream = self._origins.get(transport) if transport is not None else None
         raw = request.raw_path
@@ -323,10 +323,10 @@ class ForwardServer:
                 },
                 status=400,
             )
-        return await handler(request)
+        return await self.handler(request)
 
     async def _not_intercepted(
-        self, request: web.Request, upstream: str, host: str
+        self, request: web.BaseRequest, upstream: str, host: str
     ) -> web.StreamResponse:
         """A plain HTTP request for a host outside --hosts: passed on unrecorded, or refused."""
         if not self.recording:

@@ -109,13 +109,13 @@ def interaction_line(item: Interaction) -> dict[str, Any]:
         "request": {
             "method": req.method,
             "uri": req.uri,
-            "headers": [list(h) for h in req.headers],
+            "headers": req.headers,  # pairs: JSON arrays
             "body": _b(req.body),
         },
         "response": {
             "status": res.status,
             "reason": res.reason,
-            "headers": [list(h) for h in res.headers],
+            "headers": res.headers,
             "body": _b(res.body),
         },
         "meta": item.meta,

@@ -192,11 +192,6 @@ class Recorder:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_size)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
     def app_session(self) -> aiohttp.ClientSession:
         if self._app_session is None:
             self._app_session = aiohttp.ClientSession(
@@ -214,13 +209,13 @@ class Recorder:
 
     # -- app -> upstream ---------------------------------------------------------------------
 
-    async def _read_request(self, request: web.Request) -> bytes:
+    async def _read_request(self, request: web.BaseRequest) -> bytes:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge() from None
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path.startswith(INGRESS) and path[len(INGRESS):len(INGRESS) + 1] in ("", "/"):
             return await self.webhook(request)  # never forwarded upstream
@@ -318,7 +313,7 @@ class Recorder:
 
     def _record(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         url: str,
         sent_headers: list[tuple[str, str]],
         body: bytes,
@@ -372,7 +367,7 @@ class Recorder:
             )
             return False
 
-    async def _replay(self, request: web.Request, req: Request) -> web.StreamResponse | None:
+    async def _replay(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         assert self.replayer is not None
         resp = await self.replayer.answer(request, req)
         if resp is not None:
@@ -381,7 +376,7 @@ class Recorder:
 
     # -- upstream -> app: webhooks -----------------------------------------------------------
 
-    async def webhook(self, request: web.Request) -> web.StreamResponse:
+    async def webhook(self, request: web.BaseRequest) -> web.StreamResponse:
         at = self.now()
         try:
             body = await self._read_request(request)

@@ -142,12 +142,22 @@ class Redactor:
             "utf-8", "surrogateescape"
         )
 
-    def header_list(self, headers: Headers) -> Headers:
+    def found(self, *texts: str, data: tuple[bytes, ...] = ()) -> bool:
+        """Whether any secret value appears in these: one search each, usually answered no."""
+        if self._secret is None:
+            return False
+        joined = "\n".join(texts).encode("utf-8", "surrogateescape")
+        return any(self._secret.search(d) for d in (joined, *data) if d)
+
+    def header_names(self, headers: Headers) -> Headers:
+        """Only the headers redacted by name."""
         secret = self.is_secret_header
-        if self._secret is None or not self._secret.search(
-            "\n".join(v for _, v in headers).encode("utf-8", "surrogateescape")
-        ):  # one search over all values; the usual answer is "none here"
-            return [(k, MARKER if secret(k) else v) for k, v in headers]
+        return [(k, MARKER if secret(k) else v) for k, v in headers]
+
+    def header_list(self, headers: Headers) -> Headers:
+        if not self.found(*(v for _, v in headers)):
+            return self.header_names(headers)
+        secret = self.is_secret_header
         return [(k, MARKER if secret(k) else self.text(v)) for k, v in headers]
 
     def uri(self, uri: str) -> str:
@@ -191,6 +201,15 @@ class Redactor:
 
     def interaction(self, item: Interaction) -> Interaction:
         req, res = item.request, item.response
+        if not (self.query or self.body_fields) and not self.found(
+            req.uri, *(v for _, v in req.headers), *(v for _, v in res.headers),
+            data=(req.body, res.body),
+        ):  # the usual exchange: no secret value anywhere, only header names to mask
+            return Interaction(
+                Request(req.method, req.uri, self.header_names(req.headers), req.body),
+                Response(res.status, res.reason, self.header_names(res.headers), res.body),
+                dict(item.meta),
+            )
         # First learn the values under redacted names, then scrub them everywhere.
         if self.query:
             self.uri(req.uri)

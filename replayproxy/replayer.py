@@ -99,18 +99,13 @@ class Replayer:
             response.status, response.reason, tuple(headers), response.body, frozenset(values)
         )
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_size)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read() if request.body_exists else b""
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
         return self._miss(req) if resp is None else resp
 
-    async def answer(self, request: web.Request, req: Request) -> web.StreamResponse | None:
+    async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
         match = self.matcher.match(req)
         if match is None:

@@ -1,12 +1,16 @@
-"""Running an aiohttp application on a host and port, and stopping it cleanly."""
+"""Serving on a host and port, and stopping cleanly: an aiohttp application (the sandbox, the
+sample app), or one handler that answers every path (record and replay) on aiohttp's low-level
+server, with no router or middleware chain between the connection and the handler."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +20,9 @@ from aiohttp.web_protocol import RequestHandler
 from .errors import ReplayProxyError
 
 log = logging.getLogger("replayproxy")
+
+#: What record and replay serve: every request, whatever its path.
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 #: Default for `max_header_size`: the request line, any one header, and all headers together.
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
@@ -83,6 +90,12 @@ class _WebServer(web.Server):
     handler_class: type[_Handler] = _Handler
 
 
+def _limited(max_header_size: int) -> type[_Handler]:
+    handler_class = type("_LimitedHandler", (_Handler,), {"__slots__": ()})
+    handler_class.max_header_size = max_header_size
+    return handler_class
+
+
 class GuardedRunner(web.AppRunner):
     """An AppRunner whose connections use `_Handler` (aiohttp has no public hook for that)."""
 
@@ -90,8 +103,7 @@ class GuardedRunner(web.AppRunner):
         super().__init__(
             app, max_line_size=max_header_size, max_field_size=max_header_size, **kwargs
         )
-        self.handler_class = type("_LimitedHandler", (_Handler,), {"__slots__": ()})
-        self.handler_class.max_header_size = max_header_size
+        self.handler_class = _limited(max_header_size)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -99,6 +111,37 @@ class GuardedRunner(web.AppRunner):
         server.handler_class = self.handler_class  # type: ignore[attr-defined]
         # the guard wraps the app's entry point: no middleware machinery on every request
         server.request_handler = guarded(server.request_handler, self.handler_class.max_header_size)
+        return server
+
+
+class HandlerRunner(web.ServerRunner):
+    """One handler for every request, behind the same guard and `_Handler`."""
+
+    __slots__ = ("handler", "max_header_size", "client_max_size")
+
+    def __init__(self, handler: Handler, max_header_size: int, client_max_size: int):
+        super().__init__(None, handle_signals=False)  # type: ignore[arg-type]  # made in setup()
+        self.handler = handler
+        self.max_header_size = max_header_size
+        self.client_max_size = client_max_size
+
+    async def _make_server(self) -> web.Server:
+        loop = asyncio.get_running_loop()
+        limit = self.client_max_size
+
+        def request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> Any:
+            return web.BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=limit
+            )
+
+        server = _WebServer(
+            guarded(self.handler, self.max_header_size),
+            request_factory=request,
+            max_line_size=self.max_header_size,
+            max_field_size=self.max_header_size,
+            access_log=None,
+        )
+        server.handler_class = _limited(self.max_header_size)
         return server
 
 
@@ -131,25 +174,35 @@ def _refusal(status: int, text: str) -> web.Response:
     return resp
 
 
+def runner(
+    app: web.Application | Handler, max_header_size: int, client_max_size: int
+) -> web.BaseRunner:
+    """An application's runner, or a lone handler's (`client_max_size` bounds its bodies)."""
+    if isinstance(app, web.Application):
+        return GuardedRunner(app, max_header_size, access_log=None, handle_signals=False)
+    return HandlerRunner(app, max_header_size, client_max_size)
+
+
 class Server:
-    """An aiohttp app bound to one address; `url` is known once started (port 0 picks one)."""
+    """An app or a handler bound to one address; `url` is known once started (port 0 picks one)."""
 
     def __init__(
         self,
-        app: web.Application,
+        app: web.Application | Handler,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
         ssl_context: ssl.SSLContext | None = None,
         allow_remote: bool = False,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+        client_max_size: int = 1024**2,
     ):
         check_listen(host, allow_remote)
         self.app = app
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.runner = GuardedRunner(app, max_header_size, access_log=None, handle_signals=False)
+        self.runner = runner(app, max_header_size, client_max_size)
         self.url = ""
 
     async def start(self) -> str:
