@@ -47,8 +47,8 @@ from .signing import (
     webhook_id,
 )
 from .tls import upstream_context
+from .upstream import Answer, Upstream, UpstreamError
 from .upstream import TooLarge as UpstreamTooLarge
-from .upstream import Upstream, UpstreamError
 from .variables import Bindings, dotted_get
 from .webhooks import outgoing
 
@@ -224,15 +224,15 @@ class Recorder:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("request body", self.config.max_body_size)
-        headers = [(str(k), v) for k, v in request.headers.items()]
         if self.replayer is not None:
+            headers = [(str(k), v) for k, v in request.headers.items()]
             replayed = await self._replay(
                 request, Request(request.method, str(request.rel_url), headers, body)
             )
             if replayed is not None:
                 return replayed
         skip = hop_by_hop(request.headers, "host", "content-length")
-        sent_headers = [(k, v) for k, v in headers if k.lower() not in skip]
+        sent_headers = [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]
         sent_body, callbacks = self._rewrite_callbacks(body)
         # (a lookup that misses costs a KeyError inside aiohttp: only forward mode sets it)
         upstream = request.get(UPSTREAM_KEY, self.upstream) if self.forward else self.upstream
@@ -268,22 +268,16 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        status, reason, res_headers, res_body = (
-            answer.status, answer.reason, answer.headers, answer.body
-        )
+        answer_headers = answer.headers
+        skip = hop_by_hop(answer_headers, "content-length")
+        passed = [(k, v) for k, v in answer.pairs if k.lower() not in skip]
         number = self._record(
-            request, url, sent_headers, body, status, reason, res_headers, res_body, at, duration
+            request, url, sent_headers, body, answer, answer_headers, passed, at, duration
         )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
-        skip_res = hop_by_hop(res_headers, "content-length")
         return web.Response(
-            status=status,
-            reason=reason or None,
-            body=res_body,
-            headers=CIMultiDict(
-                (k, v) for k, v in res_headers.items() if k.lower() not in skip_res
-            ),
+            status=answer.status, reason=answer.reason or None, body=answer.body, headers=passed
         )
 
     def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
@@ -317,26 +311,27 @@ class Recorder:
         url: str,
         sent_headers: list[tuple[str, str]],
         body: bytes,
-        status: int,
-        reason: str,
-        res_headers: CIMultiDict[str],
-        res_body: bytes,
+        answer: Answer,
+        answer_headers: CIMultiDict[str],
+        passed: list[tuple[str, str]],
         at: float,
         duration: float,
     ) -> int:
-        """Journal the exchange, redacted and decoded; its 1-based number in the cassette."""
+        """Journal the exchange, redacted and decoded; its 1-based number in the cassette.
+
+        `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
+        Content-Length); the cassette's say how long the body it stores is."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
-        decoded, removed = decode_body(res_body, res_headers.get("Content-Encoding"))
-        skip = hop_by_hop(res_headers, "content-length")
+        decoded, removed = decode_body(answer.body, answer_headers.get("Content-Encoding"))
+        stored_headers = passed
         if removed:
-            skip = skip | {"content-encoding"}
+            stored_headers = [(k, v) for k, v in passed if k.lower() != "content-encoding"]
             meta["content_encoding"] = removed
-        stored_headers = [(str(k), v) for k, v in res_headers.items() if k.lower() not in skip]
         if request.method != "HEAD":
-            stored_headers.append(("Content-Length", str(len(decoded))))
+            stored_headers = [*stored_headers, ("Content-Length", str(len(decoded)))]
         item = Interaction(
             Request(request.method, url, sent_headers, body),
-            Response(status, reason, stored_headers, decoded),
+            Response(answer.status, answer.reason, stored_headers, decoded),
             meta,
         )
         item = self.redactor.interaction(item)

@@ -40,8 +40,12 @@ class _Stale(UpstreamError):
 class Answer:
     status: int
     reason: str
-    headers: CIMultiDict[str]
+    pairs: list[tuple[str, str]]  # the headers in order, as plain strings
     body: bytes
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return CIMultiDict(self.pairs)
 
 
 class Origin(NamedTuple):
@@ -173,7 +177,7 @@ class _Connection(asyncio.Protocol):
             Answer(
                 self.parser.get_status_code(),
                 self.reason,
-                CIMultiDict(self.header_list),
+                self.header_list,
                 b"".join(self.chunks),
             )
         )
