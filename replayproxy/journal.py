@@ -239,28 +239,36 @@ class Journal:
 def read(path: str | Path) -> Session:
     """The session a journal holds; a torn last line (the write in flight at a crash) is skipped."""
     session = Session()
-    with open(path, "rb") as fh:
-        lines = fh.read().split(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-            kind = record["kind"]
-            if kind == "session":
-                session.meta = dict(record.get("meta") or {})
-                session.base_interactions = int(record.get("base_interactions") or 0)
-                session.base_webhooks = int(record.get("base_webhooks") or 0)
-            elif kind == "interaction":
-                session.interactions.append(_interaction(record))
-            elif kind == "webhook":
-                session.webhooks.append(_webhook(record))
-                session.hints.append(record.get("hint"))
-        except (ValueError, KeyError, TypeError) as exc:
-            if number >= len(lines) - 1:
-                continue  # the line in flight when the process died
-            raise CassetteError(f"{path}:{number}: damaged journal line: {exc}") from None
+    damaged: CassetteError | None = None
+    with open(path, "rb") as fh:  # line by line: the file can be as large as the cassette
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            if damaged is not None:
+                raise damaged  # a damaged line that is not the last one
+            try:
+                record = _decode(raw)
+                kind = record["kind"]
+                if kind == "session":
+                    session.meta = dict(record.get("meta") or {})
+                    session.base_interactions = int(record.get("base_interactions") or 0)
+                    session.base_webhooks = int(record.get("base_webhooks") or 0)
+                elif kind == "interaction":
+                    session.interactions.append(_interaction(record))
+                elif kind == "webhook":
+                    session.webhooks.append(_webhook(record))
+                    session.hints.append(record.get("hint"))
+            except (ValueError, KeyError, TypeError) as exc:
+                # the last line may be the one in flight when the process died: skipped
+                damaged = CassetteError(f"{path}:{number}: damaged journal line: {exc}")
     return session
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)  # what only json wrote: escaped lone surrogates in header text
 
 
 @dataclass(frozen=True, slots=True)
