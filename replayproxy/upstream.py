@@ -79,6 +79,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # kept: each get_running_loop() costs a getpid() system call (CPython checks for forks)
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         if self.waiter is None or self.waiter.done():
@@ -162,7 +164,7 @@ class _Connection(asyncio.Protocol):
         self.keep = False
         self.head = is_head
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.transport.write(body)
@@ -237,7 +239,7 @@ class Upstream:
         fresh = conn is None
         if conn is None:
             conn = await self._connect(where)
-        conn.deadline = asyncio.get_running_loop().time() + self.timeout
+        conn.deadline = conn.loop.time() + self.timeout
         self.inflight.add(conn)
         if self.sweeper is None:
             self._sweep()
