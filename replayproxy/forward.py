@@ -25,15 +25,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop
 from .server import DEFAULT_MAX_HEADER_SIZE, Handler, HandlerRunner, check_listen, is_loopback
-from .tls import system_roots_pem
+from .tls import system_roots_pem, upstream_context
+from .upstream import Upstream, UpstreamError
 
 if TYPE_CHECKING:
     from .ca import CertificateAuthority
@@ -123,6 +122,7 @@ class ForwardServer:
     ):
         check_listen(host, allow_remote)
         self.handler = handler
+        self.client_max_size = client_max_size
         self.ca = ca
         self.host = host
         self.port = port
@@ -139,7 +139,7 @@ class ForwardServer:
         self._origins: dict[asyncio.BaseTransport, str] = {}
         self._open: set[asyncio.BaseTransport] = set()  # sniffing or piping: ours to close
         self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Upstream | None = None  # plain HTTP to hosts outside --hosts
 
     def intercepts(self, host: str) -> bool:
         """Every host without --hosts; else a named host, or a subdomain of a `*.name` entry."""
@@ -186,9 +186,9 @@ class ForwardServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -339,39 +339,30 @@ class ForwardServer:
                 },
                 status=403,
             )
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(ssl=self.upstream_ssl or True),
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        if self._client is None:
+            self._client = Upstream(
+                ssl_context=self.upstream_ssl or upstream_context(),
+                timeout=self.timeout,
+                limit=self.client_max_size,
             )
         skip = hop_by_hop(request.headers, "host", "content-length")
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in skip)
+        headers = [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]
         body = await request.read()
         try:
-            async with self._session.request(
-                request.method,
-                URL(upstream + str(request.rel_url), encoded=True),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-            ) as resp:
-                payload = await resp.read()
-                skip_res = hop_by_hop(resp.headers, "content-length")
-                return web.Response(
-                    status=resp.status,
-                    reason=resp.reason or None,
-                    body=payload,
-                    headers=CIMultiDict(
-                        (k, v) for k, v in resp.headers.items() if k.lower() not in skip_res
-                    ),
-                )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return web.json_response(
-                {"error": f"{upstream} failed: {type(exc).__name__}: {exc}", "upstream": upstream},
-                status=502,
+            answer = await self._client.request(
+                request.method, upstream, str(request.rel_url), headers, body
             )
+        except UpstreamError as exc:
+            return web.json_response(
+                {"error": f"{upstream} failed: {exc}", "upstream": upstream}, status=502
+            )
+        skip_res = hop_by_hop(answer.headers, "content-length")
+        return web.Response(
+            status=answer.status,
+            reason=answer.reason or None,
+            body=answer.body,
+            headers=[(k, v) for k, v in answer.pairs if k.lower() not in skip_res],
+        )
 
 
 class _Front(asyncio.Protocol):

@@ -403,6 +403,38 @@ def test_plain_http_proxy_requests_record_and_replay(
         assert with_requests(proxy.url, None, True) == recorded
 
 
+def test_plain_http_to_a_host_outside_hosts_passes_unrecorded_while_recording(
+    clean_env: None, loops: LoopThread, local_ca: CertificateAuthority, cassettes: Path,
+) -> None:
+    """Recording with --hosts: plain HTTP for another host goes through the proxy's upstream
+    client untouched (status, headers, body) and stays out of the cassette."""
+    hits: list[str] = []
+
+    async def start() -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(upstream_app(hits), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner, runner.addresses[0][1]
+
+    runner, port = loops.call(start())
+    other = f"http://127.0.0.1:{port}"
+    path = cassettes / "outside.yaml"
+    try:
+        with SyncReplayProxy(path, mode="all", forward=True, hosts="camber.example",
+                             ca_dir=local_ca.directory) as proxy:
+            passed = with_requests(other, proxy.url, True)
+            got = requests.get(f"{other}/v1/jobs/7", proxies={"http": proxy.url}, timeout=10)
+            assert got.headers["X-Upstream"] == "camber"
+            assert got.json()["job_id"] == 7
+            missing = requests.get(f"{other}/nowhere", proxies={"http": proxy.url}, timeout=10)
+            assert missing.status_code == 404  # the upstream's own answer, passed on
+    finally:
+        loops.call(runner.cleanup())
+    assert [s for s, _ in passed] == [201, 200]
+    assert hits == ["POST /v1/jobs", "GET /v1/jobs/8238", "GET /v1/jobs/7"]
+    assert not path.exists()  # nothing was recorded, so no cassette
+
+
 def test_a_reverse_mode_cassette_replays_in_forward_mode(
     clean_env: None, loops: LoopThread, local_ca: CertificateAuthority,
     upstream_ca: CertificateAuthority, cassettes: Path,
