@@ -172,15 +172,7 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
     med = h.median
     pairs32 = list(zip(runs["record@32"], runs["direct@32"], strict=True))
     pairs1 = list(zip(runs["record@1"], runs["direct@1"], strict=True))
-    summary = {
-        key: {"rps": med([d["rps"] for d in items]),
-              "p50_ms": med([d["p50_us"] / 1000 for d in items]),
-              "p99_ms": med([d["p99_us"] / 1000 for d in items]),
-              "errors": sum(d["errors"] for d in items),
-              "server_cpu_us_per_req": med([d.get("server_cpu_us_per_req", float("nan"))
-                                            for d in items])}
-        for key, items in runs.items()
-    }
+    summary = {key: h.summarise(items) for key, items in runs.items()}
     return {
         "runs": runs,
         "summary": summary,

@@ -314,16 +314,7 @@ def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], r
     median = run.median
     names = [n for n in ready if n in result["peers"]]
     for key, items_ in runs.items():
-        result.setdefault("summary", {})[key] = {
-            "rps": median([d["rps"] for d in items_]),
-            "p50_ms": median([d["p50_us"] / 1000 for d in items_]),
-            "p99_ms": median([d["p99_us"] / 1000 for d in items_]),
-            "errors": sum(d["errors"] for d in items_),
-            "rps_runs": [round(d["rps"]) for d in items_],
-            "foreign_cpu_pct_median": median([d["foreign_cpu_pct"] for d in items_]),
-            "server_cpu_us_per_req": median([d.get("server_cpu_us_per_req", float("nan"))
-                                             for d in items_]),
-        }
+        result.setdefault("summary", {})[key] = run.summarise(items_)
     for name in names:
         for conns in (32, 1):
             both = list(zip(runs[f"{name}@{conns}"], runs[f"baseline@{conns}"], strict=True))

@@ -374,6 +374,20 @@ print(json.dumps({{"import_s": t1 - t0, "yaml_load_s": t2 - t1, "replayer_build_
 """
 
 
+def summarise(items: list[dict]) -> dict:
+    """Medians (and the error total) of one server's wrk runs."""
+    return {
+        "rps": median([d["rps"] for d in items]),
+        "p50_ms": median([d["p50_us"] / 1000 for d in items]),
+        "p99_ms": median([d["p99_us"] / 1000 for d in items]),
+        "errors": sum(d["errors"] for d in items),
+        "rps_runs": [round(d["rps"]) for d in items],
+        "foreign_cpu_pct_median": median([d["foreign_cpu_pct"] for d in items]),
+        "server_cpu_us_per_req": median([d.get("server_cpu_us_per_req", float("nan"))
+                                         for d in items]),
+    }
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -633,18 +647,7 @@ def main() -> None:
                         f"cpu {data.get('server_cpu_us_per_req', 0):4.0f} us/req "
                         f"errors {data['errors']} "
                         f"(other processes: {data['foreign_cpu_pct']:.0f}% of the cpus)")
-        summary = {}
-        for key, items in runs.items():
-            summary[key] = {
-                "rps": median([d["rps"] for d in items]),
-                "p50_ms": median([d["p50_us"] / 1000 for d in items]),
-                "p99_ms": median([d["p99_us"] / 1000 for d in items]),
-                "errors": sum(d["errors"] for d in items),
-                "rps_runs": [round(d["rps"]) for d in items],
-                "foreign_cpu_pct_median": median([d["foreign_cpu_pct"] for d in items]),
-                "server_cpu_us_per_req": median([d.get("server_cpu_us_per_req", float("nan"))
-                                                 for d in items]),
-            }
+        summary = {key: summarise(items) for key, items in runs.items()}
         # Paired ratios: each round's two runs are back to back, so background load on a
         # shared machine moves both; the median of the per-round ratios is the robust figure.
         for key, (num, den) in {"replayproxy/baseline@32": ("replayproxy@32", "baseline@32"),

@@ -104,6 +104,14 @@ def upstream_app(hits: list[str]) -> web.Application:
     return app
 
 
+async def plain_upstream(hits: list[str]) -> tuple[web.AppRunner, int]:
+    """upstream_app over plain HTTP on 127.0.0.1: its runner (to clean up) and port."""
+    runner = web.AppRunner(upstream_app(hits), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in PROXY_VARS:
@@ -372,13 +380,7 @@ def test_plain_http_proxy_requests_record_and_replay(
 ) -> None:
     hits: list[str] = []
 
-    async def start() -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(upstream_app(hits), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner, runner.addresses[0][1]
-
-    runner, port = loops.call(start())
+    runner, port = loops.call(plain_upstream(hits))
     base = f"http://localhost:{port}"
     path = cassettes / "plain.yaml"
     try:
@@ -410,13 +412,7 @@ def test_plain_http_to_a_host_outside_hosts_passes_unrecorded_while_recording(
     client untouched (status, headers, body) and stays out of the cassette."""
     hits: list[str] = []
 
-    async def start() -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(upstream_app(hits), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner, runner.addresses[0][1]
-
-    runner, port = loops.call(start())
+    runner, port = loops.call(plain_upstream(hits))
     other = f"http://127.0.0.1:{port}"
     path = cassettes / "outside.yaml"
     try:
