@@ -65,7 +65,7 @@ def assemble(base: Cassette | None, session: Session, config: Config) -> Cassett
         meta=meta,
     )
     first = len(old_interactions)
-    values = [exchange_values(i) for i in cassette.interactions]
+    values = [exchange_values(i) for i in cassette.interactions] if session.webhooks else []
     for hook, hint in zip(session.webhooks, session.hints, strict=True):
         found = correlate(
             cassette.interactions, hook.body, hook.at, first=first, hint=hint, values=values
