@@ -29,7 +29,7 @@ from aiohttp import web
 from yarl import URL
 
 from .errors import ReplayProxyError
-from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop
+from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop, hop_by_hop_listed
 from .server import DEFAULT_MAX_HEADER_SIZE, Handler, HandlerRunner, check_listen, is_loopback
 from .tls import system_roots_pem, upstream_context
 from .upstream import Upstream, UpstreamError
@@ -356,7 +356,7 @@ class ForwardServer:
             return web.json_response(
                 {"error": f"{upstream} failed: {exc}", "upstream": upstream}, status=502
             )
-        skip_res = hop_by_hop(answer.headers, "content-length")
+        skip_res = hop_by_hop_listed(answer.connection, "content-length")
         return web.Response(
             status=answer.status,
             reason=answer.reason or None,

@@ -21,6 +21,7 @@ import re
 import ssl
 import time
 import zlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +31,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import brotli
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
@@ -65,6 +65,11 @@ UPSTREAM_KEY: Any = (
 def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
     """The fixed hop-by-hop names, any the Connection header lists, and `also`."""
     listed = headers.getall("Connection", ()) if hasattr(headers, "getall") else ()
+    return hop_by_hop_listed(listed, *also)
+
+
+def hop_by_hop_listed(listed: Iterable[str], *also: str) -> frozenset[str]:
+    """The same, from the Connection header values themselves."""
     if not listed:
         return _hop_by_hop_and(also)
     named = set(HOP_BY_HOP).union(also)
@@ -268,11 +273,10 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        answer_headers = answer.headers
-        skip = hop_by_hop(answer_headers, "content-length")
+        skip = hop_by_hop_listed(answer.connection, "content-length")
         passed = [(k, v) for k, v in answer.pairs if k.lower() not in skip]
         number = self._record(
-            request, url, sent_headers, body, answer, answer_headers, passed, at, duration
+            request, url, sent_headers, body, answer, passed, at, duration
         )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
@@ -312,7 +316,6 @@ class Recorder:
         sent_headers: list[tuple[str, str]],
         body: bytes,
         answer: Answer,
-        answer_headers: CIMultiDict[str],
         passed: list[tuple[str, str]],
         at: float,
         duration: float,
@@ -322,7 +325,7 @@ class Recorder:
         `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
         Content-Length); the cassette's say how long the body it stores is."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
-        decoded, removed = decode_body(answer.body, answer_headers.get("Content-Encoding"))
+        decoded, removed = decode_body(answer.body, answer.content_encoding)
         stored_headers = passed
         if removed:
             stored_headers = [(k, v) for k, v in passed if k.lower() != "content-encoding"]

@@ -42,6 +42,10 @@ class Answer:
     reason: str
     pairs: list[tuple[str, str]]  # the headers in order, as plain strings
     body: bytes
+    # what a proxy needs without building a multidict: the names Connection lists, and the
+    # codings the body is in ("gzip, br"), comma-joined across repeated headers
+    connection: list[str]
+    content_encoding: str | None
 
     @property
     def headers(self) -> CIMultiDict[str]:
@@ -113,6 +117,8 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("utf-8", "surrogateescape")
+        # llhttp drops the OWS before a value but keeps the OWS after it (RFC 9112 5.1)
+        text = value.decode("utf-8", "surrogateescape").strip(" \t")
         lower = key.lower()
         if lower == "content-length":
             self.framed = True
@@ -120,8 +126,12 @@ class _Connection(asyncio.Protocol):
                 self._fail(TooLarge("the answer is larger than max_body_size"))
         elif lower == "transfer-encoding":
             self.framed = True
-        # llhttp drops the OWS before a value but keeps the OWS after it (RFC 9112 5.1)
-        self.header_list.append((key, value.decode("utf-8", "surrogateescape").strip(" \t")))
+        elif lower == "connection":
+            self.connection.append(text)
+        elif lower == "content-encoding":
+            known = self.content_encoding
+            self.content_encoding = f"{known}, {text}" if known else text
+        self.header_list.append((key, text))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -152,6 +162,8 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.reason = ""
         self.header_list: list[tuple[str, str]] = []
+        self.connection: list[str] = []
+        self.content_encoding: str | None = None
         self.chunks: list[bytes] = []
         self.size = 0
         self.headers_done = False
@@ -181,6 +193,8 @@ class _Connection(asyncio.Protocol):
                 self.reason,
                 self.header_list,
                 b"".join(self.chunks),
+                self.connection,
+                self.content_encoding,
             )
         )
 

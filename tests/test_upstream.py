@@ -665,3 +665,23 @@ def test_credentials_in_the_upstream_url_never_reach_the_host_header() -> None:
     assert origin("http://user:pw@127.0.0.1:8080").authority == "127.0.0.1:8080"
     assert origin("https://[::1]:8443").authority == "[::1]:8443"
     assert origin("https://camber.example").port == 443
+
+
+def test_connection_tokens_and_content_codings_are_collected_for_the_proxy() -> None:
+    """What the recorder strips (names Connection lists) and decodes (every coding, in order)
+    comes with the answer, so it needs no header lookup of its own."""
+    answer = (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nContent-Encoding: gzip\r\n"
+              b"X-Hop: 1\r\ncontent-encoding: br\r\nContent-Length: 2\r\n\r\nok")
+
+    async def go() -> None:
+        async with Raw(answering(answer)) as server:
+            up = client()
+            try:
+                got = await up.request("GET", server.base, "/", [], b"")
+            finally:
+                await up.close()
+            assert got.connection == ["keep-alive, X-Hop"]
+            assert got.content_encoding == "gzip, br"
+            assert got.headers.getall("Content-Encoding") == ["gzip", "br"]
+
+    run(go())
