@@ -59,14 +59,20 @@ class Origin(NamedTuple):
     authority: str  # the Host header
 
 
-@lru_cache(maxsize=256)
 def origin(url: str) -> Origin:
-    """`http(s)://host[:port]` split once."""
+    """Where `http(s)://host[:port][/base]` connects to."""
+    return split_base(url)[0]
+
+
+@lru_cache(maxsize=256)
+def split_base(url: str) -> tuple[Origin, str]:
+    """The origin, and the base path every request target goes under ("" or "/api")."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(f"not an http(s) origin: {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Origin(parts.scheme, parts.hostname, port, parts.netloc.rpartition("@")[2])
+    where = Origin(parts.scheme, parts.hostname, port, parts.netloc.rpartition("@")[2])
+    return where, parts.path.rstrip("/")
 
 
 class _Connection(asyncio.Protocol):
@@ -228,9 +234,10 @@ class Upstream:
     async def request(
         self, method: str, base: str, target: str, headers: list[tuple[str, str]], body: bytes
     ) -> Answer:
-        """Send `method target` to the origin `base`; the answer, or UpstreamError."""
-        where = origin(base)
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {where.authority}\r\n"]
+        """Send `method target` to `base` (an origin, perhaps with a base path that `target`
+        goes under); the answer, or UpstreamError."""
+        where, prefix = split_base(base)
+        lines = [f"{method} {prefix}{target} HTTP/1.1\r\nHost: {where.authority}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
         if body or method in WITH_BODY:
             lines.append(f"Content-Length: {len(body)}\r\n")

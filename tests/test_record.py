@@ -577,3 +577,31 @@ def test_concurrent_exchanges_are_recorded_whole(tmp_path: Path) -> None:
     for item in items:
         assert json.loads(item.request.body) == json.loads(json.loads(item.response.body)["got"])
     assert sorted(json.loads(i.request.body)["n"] for i in items) == list(range(40))
+
+
+def test_an_upstream_with_a_base_path_gets_it_on_every_request(tmp_path: Path) -> None:
+    """`--upstream http://host/api`: the app asks for /v1/jobs, the upstream sees /api/v1/jobs,
+    and the cassette records the full URL; replaying it answers the app's own paths."""
+    path = tmp_path / "based.yaml"
+    seen: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.json_response({"path": request.path_qs})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+
+    async def session() -> list[Any]:
+        async with serving(app) as up, aiohttp.ClientSession() as s:
+            async with ReplayProxy(path, mode="all", upstream=f"{up}/api") as proxy:
+                async with s.get(f"{proxy.url}/v1/jobs/7?full=1") as r:
+                    recorded = await r.json()
+            async with ReplayProxy(path) as proxy:
+                async with s.get(f"{proxy.url}/v1/jobs/7?full=1") as r:
+                    return [recorded, r.status, await r.json(), up]
+
+    recorded, status, replayed, up = run(session())
+    assert seen == ["/api/v1/jobs/7?full=1"]
+    assert recorded == replayed == {"path": "/api/v1/jobs/7?full=1"} and status == 200
+    assert load(path).interactions[0].request.uri == f"{up}/api/v1/jobs/7?full=1"

@@ -685,3 +685,21 @@ def test_connection_tokens_and_content_codings_are_collected_for_the_proxy() -> 
             assert got.headers.getall("Content-Encoding") == ["gzip", "br"]
 
     run(go())
+
+
+def test_an_upstream_base_path_prefixes_every_target() -> None:
+    """`--upstream https://host/api`: the app's `/v1/jobs` goes out as `/api/v1/jobs`."""
+
+    async def go() -> None:
+        async with Raw(answering(b"HTTP/1.1 204 No Content\r\n\r\n")) as server:
+            up = client()
+            try:
+                await up.request("GET", f"{server.base}/api/", "/v1/jobs?x=1", [], b"")
+                await up.request("GET", server.base, "/v1/jobs", [], b"")
+            finally:
+                await up.close()
+            lines = [r.split(b"\r\n", 1)[0] for r in server.received]
+            assert lines == [b"GET /api/v1/jobs?x=1 HTTP/1.1", b"GET /v1/jobs HTTP/1.1"]
+            assert server.accepted == 1  # one origin, one kept-alive connection
+
+    run(go())
