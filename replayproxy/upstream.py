@@ -121,7 +121,13 @@ class _Connection(asyncio.Protocol):
     def on_status(self, reason: bytes) -> None:
         self.reason += reason.decode("latin-1")
 
+    def on_message_begin(self) -> None:
+        if self.waiter is not None and self.waiter.done():
+            self._close()  # a second answer to one request: the connection cannot be trusted
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a chunked answer's trailer fields: dropped, as aiohttp's client did
         key = name.decode("utf-8", "surrogateescape")
         # llhttp drops the OWS before a value but keeps the OWS after it (RFC 9112 5.1)
         text = value.decode("utf-8", "surrogateescape").strip(" \t")
@@ -193,16 +199,16 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         self.keep = keep and not self.closed
-        waiter.set_result(
-            Answer(
-                self.parser.get_status_code(),
-                self.reason,
-                self.header_list,
-                b"".join(self.chunks),
-                self.connection,
-                self.content_encoding,
-            )
+        answer = Answer(
+            self.parser.get_status_code(),
+            self.reason,
+            self.header_list,
+            b"".join(self.chunks),
+            self.connection,
+            self.content_encoding,
         )
+        self._reset()  # whatever the parser still sees cannot reach the answer handed out
+        waiter.set_result(answer)
 
     def _fail(self, exc: UpstreamError) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -230,6 +236,8 @@ class Upstream:
         self.inflight: set[_Connection] = set()
         self.sweep_every = min(1.0, max(0.01, timeout / 10))
         self.sweeper: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once known
+        self.closed = False
 
     async def request(
         self, method: str, base: str, target: str, headers: list[tuple[str, str]], body: bytes
@@ -246,21 +254,26 @@ class Upstream:
         if not head.count("\r") == head.count("\n") == len(lines) + 1:
             raise UpstreamError("a header carries a line break; not sent")
         raw = head.encode("utf-8", "surrogateescape")
+        if self.closed:
+            raise UpstreamError("the proxy is stopping")
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()  # once: each call costs a getpid()
+        deadline = self.loop.time() + self.timeout  # one for connecting, sending and a retry
         try:
-            return await self._exchange(where, raw, body, method, reuse=True)
+            return await self._exchange(where, raw, body, method, deadline, reuse=True)
         except _Stale:
             if method not in IDEMPOTENT:
                 raise
-            return await self._exchange(where, raw, body, method, reuse=False)
+            return await self._exchange(where, raw, body, method, deadline, reuse=False)
 
     async def _exchange(
-        self, where: Origin, head: bytes, body: bytes, method: str, reuse: bool
+        self, where: Origin, head: bytes, body: bytes, method: str, deadline: float, reuse: bool
     ) -> Answer:
         conn = self._idle(where) if reuse else None
         fresh = conn is None
         if conn is None:
-            conn = await self._connect(where)
-        conn.deadline = conn.loop.time() + self.timeout
+            conn = await self._connect(where, deadline)
+        conn.deadline = deadline
         self.inflight.add(conn)
         if self.sweeper is None:
             self._sweep()
@@ -276,7 +289,7 @@ class Upstream:
             raise
         finally:
             self.inflight.discard(conn)
-        if conn.keep:
+        if conn.keep and not self.closed:
             pool = self.idle.setdefault(where, [])
             if len(pool) < self.keep:
                 pool.append(conn)
@@ -304,11 +317,11 @@ class Upstream:
             else None
         )
 
-    async def _connect(self, where: Origin) -> _Connection:
+    async def _connect(self, where: Origin, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
         tls = self.ssl if where.scheme == "https" else None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self.limit), where.host, where.port,
                     ssl=tls, server_hostname=where.host if tls else None,
@@ -324,6 +337,11 @@ class Upstream:
         return conn
 
     async def close(self) -> None:
+        """Close every connection; exchanges still in flight fail (none do once the server
+        that uses this client has drained)."""
+        self.closed = True
+        for conn in list(self.inflight):
+            conn._fail(UpstreamError("the proxy is stopping"))
         if self.sweeper is not None:
             self.sweeper.cancel()
             self.sweeper = None

@@ -703,3 +703,96 @@ def test_an_upstream_base_path_prefixes_every_target() -> None:
             assert server.accepted == 1  # one origin, one kept-alive connection
 
     run(go())
+
+
+def test_chunked_trailers_are_not_headers() -> None:
+    """Trailer fields after the last chunk are dropped, as aiohttp's client dropped them."""
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+              b"2\r\nok\r\n0\r\nX-Checksum: abc\r\nSet-Cookie: t=1\r\n\r\n")
+
+    async def go() -> None:
+        async with Raw(answering(answer)) as server:
+            up = client()
+            try:
+                got = await up.request("GET", server.base, "/", [], b"")
+            finally:
+                await up.close()
+            assert got.body == b"ok"
+            assert [k for k, _ in got.pairs] == ["Transfer-Encoding", "Trailer"]
+
+    run(go())
+
+
+def test_a_second_answer_to_one_request_changes_nothing_and_ends_the_connection() -> None:
+    """An upstream that answers twice: the first answer stays as it was, the connection goes."""
+    twice = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+             b"HTTP/1.1 200 OK\r\nX-Injected: yes\r\nContent-Length: 0\r\n\r\n")
+
+    async def go() -> None:
+        async with Raw(answering(twice)) as server:
+            up = client()
+            try:
+                first = await up.request("GET", server.base, "/1", [], b"")
+                second = await up.request("GET", server.base, "/2", [], b"")
+            finally:
+                await up.close()
+            assert first.pairs == [("Content-Length", "2")] and first.body == b"ok"
+            assert second.body == b"ok"  # a fresh connection's first answer
+            assert server.accepted == 2
+
+    run(go())
+
+
+def test_one_deadline_covers_a_retry() -> None:
+    """A GET whose kept-alive connection died is retried once, on the same deadline: a retry
+    that never answers fails at the timeout, not at twice the timeout."""
+
+    async def handle(server: Raw, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if server.accepted == 1:  # answer the first request, then drop the second unanswered
+            await server.read(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await server.read(reader)
+            await asyncio.sleep(0.8)  # the first attempt uses most of the time, then dies
+            return
+        await server.read(reader)  # the retry's connection: never answered
+        await asyncio.sleep(BOUND)
+
+    async def go() -> float:
+        async with Raw(handle) as server:
+            up = client(timeout=1.0)
+            try:
+                await up.request("GET", server.base, "/1", [], b"")
+                took = time.monotonic()
+                why = await fails(asyncio.wait_for(up.request("GET", server.base, "/2", [], b""),
+                                                   2 * BOUND))
+                took = time.monotonic() - took
+            finally:
+                await up.close()
+            assert "timed out after 1s" in why
+            assert server.accepted == 2
+            return took
+
+    assert run(go()) < 1.5  # one 1 s deadline (plus a sweep), not 0.8 s + 1 s
+
+
+def test_close_fails_exchanges_in_flight_and_pools_nothing_after() -> None:
+    """Stopping while an exchange waits: it fails at once, and its connection is not kept."""
+
+    async def handle(server: Raw, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await server.read(reader)
+        await asyncio.sleep(BOUND)  # never answers
+
+    async def go() -> None:
+        async with Raw(handle) as server:
+            up = client(timeout=30)
+            pending = asyncio.ensure_future(up.request("GET", server.base, "/", [], b""))
+            while not server.received:
+                await asyncio.sleep(0.01)
+            await up.close()
+            why = await fails(asyncio.wait_for(pending, BOUND))
+            assert "stopping" in why
+            assert not up.idle and not up.inflight
+            assert "stopping" in await fails(up.request("GET", server.base, "/", [], b""))
+
+    run(go())
