@@ -112,7 +112,7 @@ class TooLarge(Exception):
 
 
 class Recorder:
-    """One recording session; `app()` serves it, `close()` writes the cassette."""
+    """One recording session; `handle` serves every request, `close()` writes the cassette."""
 
     def __init__(
         self,
@@ -126,6 +126,12 @@ class Recorder:
         options: ReplayOptions | None = None,
         forward: bool = False,
     ):
+        if upstream and "@" in urlsplit(upstream).netloc:
+            raise ConfigError(  # the URL itself is not echoed: it holds a password
+                "the upstream URL carries credentials (user:password@host): they would end up "
+                "in the command line, the logs and the cassette. Leave them out; the app's own "
+                "Authorization header goes upstream as sent"
+            )
         if forward and not upstream:
             upstream = ""  # forward mode: each request names its own upstream
         elif not upstream or urlsplit(upstream).scheme not in ("http", "https"):

@@ -29,7 +29,7 @@ from helpers import run, serving
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import load
 from replayproxy.config import Config, RedactConfig, WebhooksConfig
-from replayproxy.errors import CassetteError
+from replayproxy.errors import CassetteError, ConfigError
 from replayproxy.journal import journal_path
 from replayproxy.signing import sign
 
@@ -605,3 +605,15 @@ def test_an_upstream_with_a_base_path_gets_it_on_every_request(tmp_path: Path) -
     assert seen == ["/api/v1/jobs/7?full=1"]
     assert recorded == replayed == {"path": "/api/v1/jobs/7?full=1"} and status == 200
     assert load(path).interactions[0].request.uri == f"{up}/api/v1/jobs/7?full=1"
+
+
+def test_an_upstream_url_with_credentials_is_refused_without_echoing_them(
+    tmp_path: Path,
+) -> None:
+    """user:password@ in --upstream would reach argv, logs and the cassette: refused at start."""
+    with pytest.raises(ConfigError) as caught:
+        run(ReplayProxy(tmp_path / "x.yaml", mode="all",
+                        upstream="http://alice:s3cret@127.0.0.1:9").start())
+    assert "carries credentials" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "x.yaml.journal").exists()
