@@ -83,6 +83,23 @@ def _hop_by_hop_and(also: tuple[str, ...]) -> frozenset[str]:
     return HOP_BY_HOP.union(also)
 
 
+def storable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header text a cassette can hold. Bytes that are not UTF-8 (kept by aiohttp and httptools
+    as lone surrogates) are read as Latin-1, HTTP's historical charset, so `filename="r\xe9sum\xe9"`
+    is stored, answered and replayed as "résumé" rather than making the cassette unwritable."""
+    if all(k.isascii() and v.isascii() for k, v in headers):
+        return headers
+    return [(_text(k), _text(v)) for k, v in headers]
+
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
     """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
     if not encoding:
@@ -280,7 +297,7 @@ class Recorder:
             )
         duration = round(time.monotonic() - started, 6)
         skip = hop_by_hop_listed(answer.connection, "content-length")
-        passed = [(k, v) for k, v in answer.pairs if k.lower() not in skip]
+        passed = storable([(k, v) for k, v in answer.pairs if k.lower() not in skip])
         number = self._record(
             request, url, sent_headers, body, answer, passed, at, duration
         )
@@ -339,7 +356,7 @@ class Recorder:
         if request.method != "HEAD":
             stored_headers = [*stored_headers, ("Content-Length", str(len(decoded)))]
         item = Interaction(
-            Request(request.method, url, sent_headers, body),
+            Request(request.method, url, storable(sent_headers), body),
             Response(answer.status, answer.reason, stored_headers, decoded),
             meta,
         )
@@ -423,7 +440,9 @@ class Recorder:
         )
         hook = Webhook(
             body=body,
-            headers=[(str(k), v) for k, v in request.headers.items() if k.lower() not in skip],
+            headers=storable(
+                [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]
+            ),
             method=request.method,
             path=request.path,
             target=target,

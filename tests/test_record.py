@@ -617,3 +617,50 @@ def test_an_upstream_url_with_credentials_is_refused_without_echoing_them(
     assert "carries credentials" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "x.yaml.journal").exists()
+
+
+def test_header_bytes_that_are_not_utf8_are_kept_as_latin1_and_the_session_is_saved(
+    tmp_path: Path,
+) -> None:
+    """A Latin-1 filename in the upstream's Content-Disposition and a Latin-1 request header:
+    stored (and answered) as text read as Latin-1, and the cassette is written at stop."""
+    path = tmp_path / "latin.yaml"
+    seen: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                     b'Content-Disposition: attachment; filename="r\xe9sum\xe9.pdf"\r\n\r\nok')
+        await writer.drain()
+        writer.close()
+
+    async def raw_get(url: str) -> bytes:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /files/1 HTTP/1.1\r\nHost: x\r\nX-Name: Jos\xe9\r\n"
+                     b"Connection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    async def session() -> tuple[bytes, bytes]:
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        up = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            async with ReplayProxy(path, mode="all", upstream=up) as proxy:
+                recorded = await raw_get(proxy.url)
+        finally:
+            server.close()
+            await server.wait_closed()
+        async with ReplayProxy(path) as proxy:
+            replayed = await raw_get(proxy.url)
+        return recorded, replayed
+
+    recorded, replayed = run(session())
+    assert b"X-Name: Jos\xe9\r\n" in seen[0]  # the upstream got the app's bytes unchanged
+    item = load(path).interactions[0]
+    assert ("X-Name", "José") in item.request.headers
+    assert ('Content-Disposition', 'attachment; filename="résumé.pdf"') in item.response.headers
+    for answer in (recorded, replayed):
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+        assert 'filename="résumé.pdf"'.encode() in answer
