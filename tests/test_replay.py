@@ -267,3 +267,37 @@ def test_cli_prints_one_line_per_finished_job_when_not_on_a_tty(tmp_path: Path) 
     lines = [line for line in err.splitlines() if line.startswith("job 6238")]
     assert len(lines) == 1 and "1/5" in lines[0] and "job.completed delivered" in lines[0]
     assert "\x1b" not in err
+
+
+def test_expect_100_continue_is_answered_before_the_body(tmp_path: Path) -> None:
+    """A client that sends `Expect: 100-continue` waits for `100 Continue` before its body
+    (curl does, for a second, on large POSTs); an unknown expectation is ignored."""
+    path = cassette_file(tmp_path)
+
+    async def exchange(url: str, expect: str) -> tuple[bytes, bytes]:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                         f"Expect: {expect}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            interim = b""
+            if expect == "100-continue":  # nothing more is sent until the proxy says go on
+                interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            writer.write(b"{}")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            final = head + await asyncio.wait_for(reader.readexactly(length), 5)
+        finally:
+            writer.close()
+        return interim, final
+
+    async def main_() -> None:
+        async with ReplayProxy(path) as proxy:
+            interim, final = await exchange(proxy.url, "100-continue")
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            assert final.startswith(b"HTTP/1.1 ")  # the answer proper follows
+            _, ignored = await exchange(proxy.url, "something-else")
+            assert ignored.startswith(b"HTTP/1.1 502 ")  # answered as without it (a miss)
+
+    run(main_())
