@@ -494,7 +494,15 @@ class Recorder:
     def cassette(self) -> Cassette:
         """This session so far, on top of the base: read back from the journal (the recorder
         keeps in memory only what the journal could not take)."""
-        session = read(self.journal.path)
+        try:
+            session = read(self.journal.path)
+        except OSError as exc:
+            kept = self.recorded + len(self.webhooks) - len(self.held)
+            raise CassetteError(
+                f"{self.journal.path}: cannot read the recording journal back "
+                f"({exc.strerror or exc}); it held {kept} of this session's items, which are "
+                f"lost; {self.path} is unchanged"
+            ) from None
         session.meta = self.session.meta
         for index, item, hint in self.held:
             if isinstance(item, Webhook):

@@ -664,3 +664,28 @@ def test_header_bytes_that_are_not_utf8_are_kept_as_latin1_and_the_session_is_sa
     for answer in (recorded, replayed):
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
         assert 'filename="résumé.pdf"'.encode() in answer
+
+
+def test_a_journal_removed_while_recording_is_a_clear_error_at_stop(tmp_path: Path) -> None:
+    """The journal is the recording: if something deletes it mid-session, stop says what was
+    lost in one line (no traceback) and leaves the previous cassette alone."""
+    path = tmp_path / "gone.yaml"
+
+    async def session() -> tuple[str, int]:
+        async with serving(counting_upstream([])) as up, aiohttp.ClientSession() as s:
+            proc, url = await _start_cli("record", str(path), "--upstream", up,
+                                         "--listen", "127.0.0.1:0")
+            try:
+                for p in ("/a", "/b"):
+                    async with s.get(url + p) as r:
+                        assert r.status == 200
+                journal_path(path).unlink()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                _, err = await proc.communicate()
+            return err.decode(), proc.returncode
+
+    err, code = run(session())
+    assert code != 0 and "Traceback" not in err, err
+    assert "cannot read the recording journal back" in err and "2 of this session's" in err
+    assert not path.exists()
