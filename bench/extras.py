@@ -103,8 +103,13 @@ def _count_items(path: Path) -> int:
 
 
 def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: float,
-                cpus: tuple[int | None, int | None], quiet_wait: float, workdir: Path) -> dict:
-    client_cpu, server_cpu = cpus
+                cpus: tuple[int | None, int | None], quiet_wait: float, workdir: Path,
+                pinned: bool = False) -> dict:
+    """Direct and through `record`, alternating. Three processes share two cpus here (wrk,
+    the upstream, the proxy), so by default none is pinned and the OS places them, in the
+    direct runs as in the record runs; `pinned` puts wrk and the upstream on a cpu each, as
+    the replay runs do, which leaves the proxy the scraps of both (reported for comparison)."""
+    client_cpu, server_cpu = cpus if pinned else (None, None)
     cassette_in, requests = small
     upstream = h.Server("upstream-1200", h.baseline_cmd(cassette_in) + ["--count"], server_cpu)
     count_url = upstream.url + "/__bench/count"
@@ -119,7 +124,7 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
     before_start = served()
     cmd = _script(h) + ["record", str(out_path), "--upstream", upstream.url, "--mode", "all",
                         "--listen", "127.0.0.1:0"]
-    # unpinned: on two cpus wrk has one and the upstream the other (as in the direct runs)
+    # the proxy is never pinned (with `pinned`, it competes with both pinned processes)
     recorder = h.Server("record-1200", cmd, None)
     direct_total = 0
     _, journal_offset = _count_lines(journal, 0, b"")  # past the ready probe's exchange
@@ -153,7 +158,8 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
                 for name in order:
                     data = run(name, conns, seconds)
                     runs[f"{name}@{conns}"].append(data)
-                    h.log(f"record round {r + 1}/{rounds} {name:<6} c{conns:<2} "
+                    h.log(f"record{' (pinned)' if pinned else ''} round {r + 1}/{rounds} "
+                          f"{name:<6} c{conns:<2} "
                           f"{data['rps']:>8,.0f} req/s p50 {data['p50_us'] / 1000:5.2f} ms "
                           f"p99 {data['p99_us'] / 1000:6.2f} ms errors {data['errors']} "
                           f"(other processes: {data['foreign_cpu_pct']:.0f}% of the cpus)")
@@ -174,6 +180,7 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
     pairs1 = list(zip(runs["record@1"], runs["direct@1"], strict=True))
     summary = {key: h.summarise(items) for key, items in runs.items()}
     return {
+        "pinned": pinned,
         "runs": runs,
         "summary": summary,
         "rps_ratio_c32_median": med([a["rps"] / b["rps"] for a, b in pairs32]),

@@ -478,6 +478,9 @@ def run_extras(result: dict, args: argparse.Namespace, quick: bool, rounds: int,
             ("record", lambda: extras.record_mode(
                 this, small, extra_rounds, 1.0 if quick else seconds, cpus,
                 min(args.quiet_wait, 5.0), work)),
+            ("record_pinned", lambda: extras.record_mode(
+                this, small, extra_rounds, 1.0 if quick else seconds, cpus,
+                min(args.quiet_wait, 5.0), work, pinned=True)),
             ("webhooks", lambda: extras.webhooks(this, hooks, extra_rounds, cpus, work)),
             ("turnaround", lambda: extras.turnaround(this, 2 if quick else 4, cpus, work)),
         )
@@ -717,7 +720,7 @@ def extra_rows(res: dict, ok) -> list[tuple]:
     if rec and "error" not in rec:
         s = rec["summary"]
         d32, r32, d1, r1 = s["direct@32"], s["record@32"], s["direct@1"], s["record@1"]
-        rows.append(("record: req/s c32 (direct | through record)", f"{d32['rps']:,.0f}",
+        rows.append(("record: req/s c32, none pinned (direct | record)", f"{d32['rps']:,.0f}",
                      f"{r32['rps']:,.0f}", f"{rec['rps_ratio_c32_median']:.2f}", "", ">= 0.5",
                      ok(rec["rps_ratio_c32_median"] >= 0.5)))
         rows.append(("record: p50 ms c1 (direct | through record)", f"{d1['p50_ms']:.2f}",
@@ -742,6 +745,12 @@ def extra_rows(res: dict, ok) -> list[tuple]:
                                and rec["exit_status"] == 0)))
     elif rec:
         rows.append(("record mode", "", "error", "", "", "", "MISS"))
+    pin = res.get("record_pinned")
+    if pin and "error" not in pin:
+        d32, r32 = pin["summary"]["direct@32"], pin["summary"]["record@32"]
+        rows.append(("record, wrk + upstream pinned: req/s c32 (direct | record)",
+                     f"{d32['rps']:,.0f}", f"{r32['rps']:,.0f}",
+                     f"{pin['rps_ratio_c32_median']:.2f}", "", "(for comparison)", ""))
     hooks = res.get("webhooks")
     if hooks and "error" not in hooks:
         n = hooks["n"]
