@@ -59,11 +59,6 @@ class Origin(NamedTuple):
     authority: str  # the Host header
 
 
-def origin(url: str) -> Origin:
-    """Where `http(s)://host[:port][/base]` connects to."""
-    return split_base(url)[0]
-
-
 @lru_cache(maxsize=256)
 def split_base(url: str) -> tuple[Origin, str]:
     """The origin, and the base path every request target goes under ("" or "/api")."""
@@ -225,11 +220,11 @@ class Upstream:
     """Kept-alive connections per origin; `request()` is one whole exchange."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None, timeout: float, limit: int,
-                 keep: int = 64):
+                 max_idle: int = 64):
         self.ssl = ssl_context
         self.timeout = timeout
         self.limit = limit
-        self.keep = keep
+        self.max_idle = max_idle  # kept-alive connections per origin
         self.idle: dict[Origin, list[_Connection]] = {}
         # One timer for all exchanges in flight rather than one per exchange (asyncio.timeout
         # costs a few us each): a sweep every tenth of the timeout fails the overdue ones.
@@ -291,7 +286,7 @@ class Upstream:
             self.inflight.discard(conn)
         if conn.keep and not self.closed:
             pool = self.idle.setdefault(where, [])
-            if len(pool) < self.keep:
+            if len(pool) < self.max_idle:
                 pool.append(conn)
             else:
                 conn._close()

@@ -21,7 +21,7 @@ from aiohttp import web
 from helpers import run, serving
 
 from replayproxy.ca import CertificateAuthority
-from replayproxy.upstream import Answer, TooLarge, Upstream, UpstreamError, origin
+from replayproxy.upstream import Answer, TooLarge, Upstream, UpstreamError, split_base
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 BOUND = 2.0  # seconds: an upper bound on waits for events that should come at once
@@ -662,9 +662,9 @@ def test_https_get_trusting_a_local_ca(tmp_path: Path) -> None:
 
 def test_credentials_in_the_upstream_url_never_reach_the_host_header() -> None:
     """`http://user:pw@host` names the host; the Host header carries no userinfo."""
-    assert origin("http://user:pw@127.0.0.1:8080").authority == "127.0.0.1:8080"
-    assert origin("https://[::1]:8443").authority == "[::1]:8443"
-    assert origin("https://camber.example").port == 443
+    assert split_base("http://user:pw@127.0.0.1:8080")[0].authority == "127.0.0.1:8080"
+    assert split_base("https://[::1]:8443")[0].authority == "[::1]:8443"
+    assert split_base("https://camber.example")[0].port == 443
 
 
 def test_connection_tokens_and_content_codings_are_collected_for_the_proxy() -> None:
