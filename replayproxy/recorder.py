@@ -211,7 +211,6 @@ class Recorder:
         self.replayed = 0
         self.refused_webhooks = 0
         self.failed = 0
-        self.unjournaled = 0  # items the journal could not take (disk full, read-only)
         self.upstream_client = Upstream(
             ssl_context=self.ssl, timeout=config.upstream_timeout, limit=config.max_body_size
         )
@@ -378,7 +377,6 @@ class Recorder:
             write(*args)
             return True
         except OSError as exc:
-            self.unjournaled += 1
             log.error(
                 "replayproxy: cannot write the journal %s: %s; %s kept in memory only (a crash "
                 "now would lose it; the cassette is written at stop)",
@@ -491,13 +489,18 @@ class Recorder:
 
     # -- the end -----------------------------------------------------------------------------
 
+    @property
+    def journaled(self) -> int:
+        """This session's items the journal holds: all but those the disk refused (held)."""
+        return self.recorded + len(self.webhooks) - len(self.held)
+
     def cassette(self) -> Cassette:
         """This session so far, on top of the base: read back from the journal (the recorder
         keeps in memory only what the journal could not take)."""
         try:
             session = read(self.journal.path)
         except OSError as exc:
-            kept = self.recorded + len(self.webhooks) - len(self.held)
+            kept = self.journaled
             raise CassetteError(
                 f"{self.journal.path}: cannot read the recording journal back "
                 f"({exc.strerror or exc}); it held {kept} of this session's items, which are "
@@ -529,13 +532,12 @@ class Recorder:
                 save(result, self.path)
             except OSError as exc:
                 self.journal.close()
-                kept = self.recorded + len(self.webhooks) - self.unjournaled
+                kept, lost = self.journaled, len(self.held)
                 raise CassetteError(
                     f"{self.path}: cannot save the cassette: {exc.strerror or exc}; the previous "
                     f"file is unchanged. {self.journal.path} keeps {kept} of this session's "
                     f"items: the next `record` in this folder recovers them"
-                    + (f" ({self.unjournaled} could not be journaled and are lost)"
-                       if self.unjournaled else "")
+                    + (f" ({lost} could not be journaled and are lost)" if lost else "")
                 ) from None
         self.journal.remove()
         return result
