@@ -30,7 +30,7 @@ from aiohttp import web
 from yarl import URL
 
 from .errors import ReplayProxyError
-from .recorder import INGRESS, UPSTREAM_KEY, hop_by_hop, hop_by_hop_listed
+from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
 from .server import DEFAULT_MAX_HEADER_SIZE, Handler, HandlerRunner, check_listen, is_loopback
 from .tls import system_roots_pem, upstream_context
 from .upstream import Upstream, UpstreamError
@@ -345,8 +345,7 @@ class ForwardServer:
                 timeout=self.timeout,
                 limit=sys.maxsize,
             )
-        skip = hop_by_hop(request.headers, "host", "content-length")
-        headers = [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]
+        headers = upstream_headers(request.headers)
         body = await request.read()
         try:
             answer = await self._client.request(
@@ -356,12 +355,11 @@ class ForwardServer:
             return web.json_response(
                 {"error": f"{upstream} failed: {exc}", "upstream": upstream}, status=502
             )
-        skip_res = hop_by_hop_listed(answer.connection, "content-length")
         return web.Response(
             status=answer.status,
             reason=answer.reason or None,
             body=answer.body,
-            headers=[(k, v) for k, v in answer.pairs if k.lower() not in skip_res],
+            headers=app_headers(answer),
         )
 
 

@@ -83,6 +83,20 @@ def _hop_by_hop_and(also: tuple[str, ...]) -> frozenset[str]:
     return HOP_BY_HOP.union(also)
 
 
+def upstream_headers(headers: Any) -> list[tuple[str, str]]:
+    """The app's request headers as they go upstream: no hop-by-hop ones; the client writes
+    Host and Content-Length anew."""
+    skip = hop_by_hop(headers, "host", "content-length")
+    return [(str(k), v) for k, v in headers.items() if k.lower() not in skip]
+
+
+def app_headers(answer: Answer) -> list[tuple[str, str]]:
+    """The upstream's answer headers as the app gets them: no hop-by-hop ones; aiohttp writes
+    Content-Length anew."""
+    skip = hop_by_hop_listed(answer.connection, "content-length")
+    return [(k, v) for k, v in answer.pairs if k.lower() not in skip]
+
+
 def storable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Header text a cassette can hold. Bytes that are not UTF-8 (kept by aiohttp and httptools
     as lone surrogates) are read as Latin-1, HTTP's historical charset, so `filename="r\xe9sum\xe9"`
@@ -258,8 +272,7 @@ class Recorder:
             )
             if replayed is not None:
                 return replayed
-        skip = hop_by_hop(request.headers, "host", "content-length")
-        sent_headers = [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]
+        sent_headers = upstream_headers(request.headers)
         sent_body, callbacks = self._rewrite_callbacks(body)
         # (a lookup that misses costs a KeyError inside aiohttp: only forward mode sets it)
         upstream = request.get(UPSTREAM_KEY, self.upstream) if self.forward else self.upstream
@@ -295,8 +308,7 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        skip = hop_by_hop_listed(answer.connection, "content-length")
-        passed = storable([(k, v) for k, v in answer.pairs if k.lower() not in skip])
+        passed = storable(app_headers(answer))
         number = self._record(
             request, url, sent_headers, body, answer, passed, at, duration
         )
