@@ -303,17 +303,17 @@ class Upstream:
         return None
 
     def _sweep(self) -> None:
-        now = asyncio.get_running_loop().time()
+        assert self.loop is not None  # set by request(), the only way in
+        now = self.loop.time()
         for conn in [c for c in self.inflight if c.deadline <= now]:
             conn._fail(UpstreamError(f"timed out after {self.timeout:g}s"))
-        self.sweeper = (
-            asyncio.get_running_loop().call_later(self.sweep_every, self._sweep)
-            if self.inflight
-            else None
-        )
+        self.sweeper = None
+        if self.inflight:
+            self.sweeper = self.loop.call_later(self.sweep_every, self._sweep)
 
     async def _connect(self, where: Origin, deadline: float) -> _Connection:
-        loop = asyncio.get_running_loop()
+        assert self.loop is not None
+        loop = self.loop
         tls = self.ssl if where.scheme == "https" else None
         try:
             async with asyncio.timeout_at(deadline):
