@@ -33,7 +33,7 @@ import brotli
 from aiohttp import web
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
-from .config import Config, env_secrets
+from .config import Config, env_names, env_secrets
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path, read
 from .redact import Redactor, scrub_logs
@@ -171,6 +171,7 @@ class Recorder:
                 f"got {upstream!r}"
             )
         validate(config.webhooks.signature)
+        validate(config.webhooks.upstream_scheme)
         self.path = Path(cassette_path)
         self.forward = forward
         self.config = config
@@ -181,24 +182,25 @@ class Recorder:
         scrub_logs(self.redactor)  # nor in what is logged about requests and webhooks
         # explicit: never SSL_CERT_FILE & co., which may name only the local CA (tls.py)
         self.ssl: ssl.SSLContext = upstream_context(upstream_ca)
-        self.upstream_secrets = env_secrets(config.webhooks.upstream_secret_env)
+        hooks = config.webhooks
+        self.upstream_secrets = env_secrets(hooks.upstream_secret_env)
         if not self.upstream_secrets:
             log.warning(
                 "replayproxy: %s (webhooks.upstream_secret_env) is not set: every incoming "
                 "webhook will be refused with 401",
-                config.webhooks.upstream_secret_env,
+                env_names(hooks.upstream_secret_env),
             )
         self.local_secrets = local_secrets(config, needed=False)
         # a malformed secret (e.g. not whsec_<base64>) fails now, not with a 500 per webhook
-        for what, keys in (
-            (config.webhooks.upstream_secret_env, self.upstream_secrets),
-            (config.webhooks.local_secret_env, self.local_secrets),
+        for names, keys, scheme in (
+            (hooks.upstream_secret_env, self.upstream_secrets, hooks.upstream_scheme),
+            (hooks.local_secret_env, self.local_secrets, hooks.signature),
         ):
             if keys:
                 try:
-                    sign(b"", keys, config.webhooks.signature, timestamp=0)
+                    sign(b"", keys, scheme, timestamp=0)
                 except ConfigError as exc:
-                    raise ConfigError(f"{what}: {exc}") from None
+                    raise ConfigError(f"{env_names(names)}: {exc}") from None
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
         self.replayer = Replayer(base, config, options) if base is not None else None
@@ -413,12 +415,11 @@ class Recorder:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("webhook body", self.config.max_body_size)
-        signature = self.config.webhooks.signature
+        signature = self.config.webhooks.upstream_scheme
         if not self.upstream_secrets:
             self.refused_webhooks += 1
-            return _refuse(
-                f"{self.config.webhooks.upstream_secret_env} is not set: cannot verify webhooks"
-            )
+            names = env_names(self.config.webhooks.upstream_secret_env)
+            return _refuse(f"{names} is not set: cannot verify webhooks")
         headers = {str(k): v for k, v in request.headers.items()}
         try:
             verify(body, request.headers, self.upstream_secrets, signature)
@@ -473,8 +474,8 @@ class Recorder:
         if not self.local_secrets:
             return _error(
                 502,
-                f"{self.config.webhooks.local_secret_env} (webhooks.local_secret_env) is not set: "
-                "cannot sign the webhook for the app",
+                f"{env_names(self.config.webhooks.local_secret_env)} (webhooks.local_secret_env) "
+                "is not set: cannot sign the webhook for the app",
                 None,
             )
         out = outgoing(

@@ -9,7 +9,7 @@ Pure: given a `Redactor` (built from the config and the environment), `interacti
 - query parameters named in `redact.query`, JSON body fields at the dotted paths in
   `redact.body_fields` (request and response bodies);
 - the value of every secret environment variable the config names (`secret_env`,
-  `webhooks.upstream_secret_env`, `webhooks.local_secret_env`, comma-separated lists split),
+  `webhooks.upstream_secret_env`, `webhooks.local_secret_env`), whole and exactly as set,
   wherever it appears: URI, any header, any body, in plain, JSON-escaped and URL-encoded spellings.
 
 Every redacted value becomes `MARKER`.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import weakref
 from collections.abc import Iterable, Mapping
@@ -49,20 +48,14 @@ LEARNED_MIN = 8
 
 
 def secret_values(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The values of every secret env var the config names; comma lists give each part too."""
-    env = os.environ if environ is None else environ
+    """The value of every secret env var the config names, each whole and exactly as set (a
+    secret with spaces or commas is one secret: its words are ordinary text)."""
     names = [
         *config.secret_env,
-        config.webhooks.upstream_secret_env,
-        config.webhooks.local_secret_env,
+        *config.webhooks.upstream_secret_env,
+        *config.webhooks.local_secret_env,
     ]
-    values: list[str] = []
-    for name in names:
-        whole = env.get(name, "").strip() if name else ""
-        for value in [whole, *env_secrets(name, env)]:
-            if len(value) >= MIN_SECRET_LENGTH and value not in values:
-                values.append(value)
-    return values
+    return [v for v in env_secrets(names, environ) if len(v) >= MIN_SECRET_LENGTH]
 
 
 class Redactor:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .cassette import Cassette, Request, Response
-from .config import Config, env_secrets
+from .config import Config, env_names, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
 from .matching import Matcher, describe
@@ -20,7 +20,7 @@ from .report import Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
-from .webhooks import Schedule, event_id, order, outgoing, target
+from .webhooks import Schedule, event_id, faults, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
 
@@ -52,12 +52,13 @@ class Prepared:
 
 
 def local_secrets(config: Config, needed: bool) -> list[str]:
-    """The app's webhook secret(s) from the environment; several (rotation) split on commas."""
-    name = config.webhooks.local_secret_env
-    secrets = env_secrets(name)
+    """The app's webhook secrets: one per variable `webhooks.local_secret_env` lists (rotation:
+    current first), each exactly as set."""
+    names = config.webhooks.local_secret_env
+    secrets = env_secrets(names)
     if needed and not secrets:
         raise ReplayProxyError(
-            f"the cassette has webhooks to sign, but the environment variable {name} "
+            f"the cassette has webhooks to sign, but the environment variable {env_names(names)} "
             "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
         )
     return secrets
@@ -71,6 +72,14 @@ class Replayer:
         self.config = config
         self.options = options or ReplayOptions()
         validate(config.webhooks.signature)
+        opts = self.options
+        self.faults = faults(
+            config.webhooks.signature,
+            bad_signature=opts.bad_signature,
+            stale_timestamp=opts.stale_timestamp,
+            duplicates=opts.duplicate_webhooks,
+            shuffle_seed=opts.shuffle_webhooks,
+        )
         self.secrets = local_secrets(config, needed=bool(cassette.webhooks))
         if self.secrets:  # a malformed key (e.g. not whsec_<base64>) fails now, not per webhook
             sign(b"", self.secrets, config.webhooks.signature, timestamp=0)
@@ -79,7 +88,12 @@ class Replayer:
         self.redactor = Redactor.from_config(config)
         scrub_logs(self.redactor)
         self.schedule = Schedule(cassette, self.options.timing, self.options.speed)
-        self.report = Report(interactions_total=len(cassette.interactions))
+        self.report = Report(
+            interactions_total=len(cassette.interactions),
+            faults=[asdict(f) for f in self.faults],
+        )
+        for fault in self.faults:
+            log.warning("replayproxy: %s", fault.line())
         self.deliverer = Deliverer(
             attempts=config.webhooks.attempts,
             backoff=config.webhooks.backoff,

@@ -59,6 +59,7 @@ class Report:
     unused: list[int] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     webhooks_never_due: list[int] = field(default_factory=list)
+    faults: list[dict[str, str]] = field(default_factory=list)  # deliberate, as asked for
 
     @property
     def diverged(self) -> bool:
@@ -75,6 +76,7 @@ class Report:
         return {
             **count,
             "never_due": self.webhooks_never_due,
+            "faults": self.faults,
             "deliveries": [
                 {**asdict(d), "rejected_as_expected": d.rejected_as_expected}
                 for d in self.deliveries

@@ -520,14 +520,17 @@ def test_bad_webhooks_are_rejected_and_reported(
 def test_key_rotation_signs_with_every_local_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WEBHOOK_SECRET", f"old-secret-1234, {PLAIN}")
+    monkeypatch.setenv("WEBHOOK_SECRET_NEXT", "next-secret-1234")
+    monkeypatch.setenv("WEBHOOK_SECRET", PLAIN)
+    cfg = config("stripe", local_secret_env=["WEBHOOK_SECRET_NEXT", "WEBHOOK_SECRET"])
 
     async def main() -> None:
-        rx = receiver_for("stripe")  # knows only the second (new) secret
+        rx = receiver_for("stripe")  # knows only the second (current) secret
         async with serving(rx.app()) as hook_base:
-            async with replaying(
-                job_cassette(), tmp_path, config("stripe"), webhook_url=hook_base
-            ) as (proxy, http):
+            async with replaying(job_cassette(), tmp_path, cfg, webhook_url=hook_base) as (
+                proxy,
+                http,
+            ):
                 await submit_and_poll(http)
                 await until(lambda: rx.got, "the webhook")
         (got,) = rx.got
