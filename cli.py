@@ -671,18 +671,35 @@ def ca_command(directory: str | None) -> None:
     show_default=True,
     help="Seconds between a job's statuses.",
 )
+@config_option
+@click.option(
+    "--scheme",
+    type=click.Choice(SCHEMES),
+    help="Signature scheme of its webhooks (default: config webhooks.upstream_signature, "
+    "else webhooks.signature).",
+)
 @click.option(
     "--allow-remote",
     is_flag=True,
     help="Allow listening on a non-loopback address (prints a warning).",
 )
 @friendly
-def sandbox(listen: str, step_seconds: float, allow_remote: bool) -> None:
-    """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in
-    CAMBER_WEBHOOK_SECRET), for the demo, the docs and tests."""
+def sandbox(
+    listen: str, step_seconds: float, config_path: str | None, scheme: str | None,
+    allow_remote: bool,
+) -> None:
+    """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in the variables
+    webhooks.upstream_secret_env names, default CAMBER_WEBHOOK_SECRET), for the demo, the docs
+    and tests."""
     from replayproxy import sandbox as sandbox_module
 
-    sandbox_module.main(listen, allow_remote=allow_remote, step_seconds=step_seconds)
+    sandbox_module.main(
+        listen,
+        allow_remote=allow_remote,
+        config=settings(config_path),
+        scheme=scheme,
+        step_seconds=step_seconds,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
