@@ -209,6 +209,11 @@ class Recorder:
                 "upstream": self.upstream or None,
                 "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "signature_scheme": config.webhooks.signature.scheme,
+                **(
+                    {"upstream_signature_scheme": config.webhooks.upstream_scheme.scheme}
+                    if config.webhooks.upstream_signature is not None
+                    else {}
+                ),
             },
             base_interactions=len(base.interactions) if base else 0,
             base_webhooks=len(base.webhooks) if base else 0,

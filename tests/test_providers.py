@@ -403,7 +403,12 @@ def test_record_replay_and_send_webhook_with_awkward_secrets(
             for secret in (*session.upstream_secrets, *session.local_secrets):
                 assert secret not in text and json.dumps(secret)[1:-1] not in text
             assert "Secret to Everybody" in text  # words of a secret are ordinary text
-            assert len(load(path).webhooks) == 2
+            recorded = load(path)
+            assert len(recorded.webhooks) == 2
+            assert recorded.meta["signature_scheme"] == session.local
+            assert recorded.meta.get("upstream_signature_scheme") == (
+                None if session.default_upstream else session.upstream
+            )
 
             # replay: the app (new secrets) submits again; the webhooks come signed for it
             monkeypatch.setenv("APP_SECRET", session.replay_secrets[0])

@@ -4,14 +4,19 @@ a recording may sign differently; deliberate faults say what they did and what a
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
-from helpers import job_cassette
+from aiohttp import web
+from helpers import job_cassette, run, serving
 
 from replayproxy.cassette import Interaction, Request, Response, Webhook, save
 from replayproxy.config import Config, SignatureConfig, WebhooksConfig, env_secrets, load_config
@@ -151,3 +156,65 @@ def test_cli_refuses_stale_timestamp_in_one_line_and_describes_every_fault(
     assert "answers 4xx" in faults[0]["correct_app"] and "tolerance" in faults[1]["correct_app"]
     assert "webhook-id" in faults[2]["applied"] and "once" in faults[2]["correct_app"]
     assert "seed 7" in faults[3]["applied"]
+
+
+def test_sandbox_command_signs_in_the_configured_scheme_with_the_exact_secret(
+    tmp_path: Path,
+) -> None:
+    """`replayproxy sandbox --config` signs as `webhooks.upstream_signature` says, with the
+    secrets of `webhooks.upstream_secret_env`; `--scheme` overrides the scheme's name."""
+    (tmp_path / "sandbox.yaml").write_text(
+        "webhooks:\n"
+        "  upstream_secret_env: [SANDBOX_SECRET]\n"
+        "  upstream_signature: {scheme: slack}\n"
+    )
+    got: list[tuple[bytes, dict[str, str]]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append((await request.read(), dict(request.headers)))
+        return web.json_response({"ok": True})
+
+    async def main() -> None:
+        receiver = web.Application()
+        receiver.router.add_post("/hooks", hook)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CAMBER_API_KEY": "sk_cli_sandbox",
+               "SANDBOX_SECRET": SPACES, "PYTHONUNBUFFERED": "1"}
+        env.pop("CAMBER_WEBHOOK_SECRET", None)
+        async with serving(receiver) as hook_url:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "cli.py"), "sandbox", "--listen", "127.0.0.1:0",
+                "--config", str(tmp_path / "sandbox.yaml"), "--scheme", "github",
+                "--step-seconds", "0.01", env=env, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+                assert line.startswith("sandbox listening on "), line
+                url = line.split()[-1]
+                job = {"command": "run", "engine_type": "MPI", "node_size": "MICRO",
+                       "callback_url": f"{hook_url}/hooks"}
+                async with aiohttp.ClientSession() as s, s.post(
+                    f"{url}/v1/jobs", json=job, headers={"X-Api-Key": "sk_cli_sandbox"}
+                ) as r:
+                    assert r.status == 201
+                for _ in range(1000):
+                    if got:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                proc.terminate()
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err.decode()
+            assert SPACES not in err.decode()
+
+    run(main())
+    ((body, headers),) = got
+    expected = "sha256=" + hmac.new(SPACES.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-Hub-Signature-256"] == expected  # the whole secret: spaces and quote
+    assert "X-Slack-Signature" not in headers
+
+    missing = _cli("sandbox", "--config", str(tmp_path / "sandbox.yaml"), cwd=tmp_path,
+                   CAMBER_API_KEY="k", SANDBOX_SECRET="")
+    assert missing.returncode == 2
+    assert "SANDBOX_SECRET (webhooks.upstream_secret_env" in missing.stderr
+    assert "Traceback" not in missing.stderr
