@@ -191,8 +191,19 @@ def env_secrets(
     environment, never from flags or files."""
     env = os.environ if environ is None else environ
     listed = [names] if isinstance(names, str) else list(names or ())
-    values = (env.get(name, "") for name in listed if name)
-    return list(dict.fromkeys(v for v in values if v))
+    values = {}
+    for name in listed:
+        value = env.get(name, "") if name else ""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # os.environ's stand-ins for bytes that are not UTF-8
+            raise ConfigError(
+                f"the environment variable {name} is not valid UTF-8: a secret is text, signed "
+                "and verified as its UTF-8 bytes, as the providers do"
+            ) from None
+        if value:
+            values[value] = None
+    return list(values)
 
 
 def env_names(names: str | Sequence[str] | None) -> str:

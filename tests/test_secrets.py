@@ -33,6 +33,9 @@ def test_a_secret_is_the_variables_exact_value() -> None:
     assert env_secrets("A", env) == [" spaced, and,commas "]
     assert env_secrets(["B", "MISSING", "EMPTY", "C", "B"], env) == [SPACES, "ключ=="]
     assert env_secrets([], env) == [] and env_secrets(None, env) == []
+    not_utf8 = os.fsdecode(b"\xff\xfe-latin-1")  # how os.environ shows such bytes
+    with pytest.raises(ConfigError, match="environment variable BAD is not valid UTF-8"):
+        env_secrets(["B", "BAD"], {"B": SPACES, "BAD": not_utf8})
 
 
 def test_secret_env_takes_a_name_or_a_list(tmp_path: Path) -> None:
