@@ -493,9 +493,9 @@ def send_webhook(
 ) -> None:
     """Send recorded webhooks from CASSETTE to --to, re-signed now with the local secret.
 
-    The secret comes from the environment variable that webhooks.local_secret_env names
-    (default WEBHOOK_SECRET). Prints the receiver's status and body for each; exits 1 when any
-    answer is not 2xx.
+    The secrets come from the environment variables webhooks.local_secret_env lists (default
+    WEBHOOK_SECRET), each exactly as set. Prints the receiver's status and body for each; exits
+    1 when any answer is not 2xx.
     """
     import dataclasses
 

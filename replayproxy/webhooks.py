@@ -177,11 +177,11 @@ def faults(
         ))
     if duplicates > 1:
         carrier = id_header(signature)
-        where = f"the same {carrier} header" if carrier else "the same event id in the body"
+        same = f"the same body and the same {carrier} header" if carrier else "the same body"
         out.append(Fault(
             "duplicate-webhooks", scheme,
-            f"every webhook is sent {duplicates} times with the same body and {where}, "
-            f"each copy signed anew in {how}",
+            f"every webhook is sent {duplicates} times with {same} (the event id in it "
+            f"unchanged), each copy signed anew in {how}",
             "answers 2xx to every copy and acts on the event once",
         ))
     if shuffle_seed is not None:
