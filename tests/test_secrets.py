@@ -15,9 +15,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import stripe
 from aiohttp import web
 from helpers import job_cassette, run, serving
 
+from replayproxy import sandbox
+from replayproxy.api import ReplayProxy
 from replayproxy.cassette import Interaction, Request, Response, Webhook, save
 from replayproxy.config import Config, SignatureConfig, WebhooksConfig, env_secrets, load_config
 from replayproxy.errors import ConfigError
@@ -221,3 +224,47 @@ def test_sandbox_command_signs_in_the_configured_scheme_with_the_exact_secret(
     assert missing.returncode == 2
     assert "SANDBOX_SECRET (webhooks.upstream_secret_env" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_upstream_custom_scheme_app_stripe_needs_no_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox signs in a custom scheme; the recorder verifies that at the ingress and the
+    app gets Stripe signatures that stripe's own library accepts. Only the config differs."""
+    custom = SignatureConfig(scheme="custom", header="X-Camber-Signature",
+                             format="t={timestamp},v1={signature}",
+                             signed_payload="{id}.{timestamp}.{body}", id_header="X-Camber-Id")
+    config = Config(webhooks=WebhooksConfig(signature=SignatureConfig(scheme="stripe"),
+                                            upstream_signature=custom))
+    monkeypatch.setenv("CAMBER_WEBHOOK_SECRET", "camber, with comma")
+    monkeypatch.setenv("WEBHOOK_SECRET", SPACES)
+    got: list[tuple[bytes, dict[str, str]]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append((await request.read(), dict(request.headers)))
+        return web.json_response({"ok": True})
+
+    async def main() -> int:
+        receiver = web.Application()
+        receiver.router.add_post("/hooks", hook)
+        upstream = sandbox.create_app(api_key="k", webhook_secret="camber, with comma",
+                                      signature=custom, step_seconds=0.001)
+        async with serving(receiver) as app_url, serving(upstream) as up_url:
+            async with ReplayProxy(tmp_path / "c.yaml", mode="all", upstream=up_url,
+                                   config=config) as proxy, aiohttp.ClientSession() as s:
+                job = {"command": "run", "engine_type": "MPI", "node_size": "MICRO",
+                       "callback_url": f"{app_url}/hooks"}
+                async with s.post(f"{proxy.url}/v1/jobs", json=job,
+                                  headers={"Authorization": "Bearer k"}) as r:
+                    assert r.status == 201
+                for _ in range(1000):
+                    if got:
+                        break
+                    await asyncio.sleep(0.01)
+                return proxy.recorder.refused_webhooks
+
+    assert run(main()) == 0
+    ((body, headers),) = got
+    assert "X-Camber-Signature" not in headers
+    event = stripe.Webhook.construct_event(body, headers["Stripe-Signature"], SPACES)
+    assert event["type"] == "job.completed"
