@@ -204,17 +204,15 @@ class Recorder:
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
         self.replayer = Replayer(base, config, options) if base is not None else None
+        meta = {
+            "upstream": self.upstream or None,
+            "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "signature_scheme": hooks.signature.scheme,
+        }
+        if hooks.upstream_signature is not None:
+            meta["upstream_signature_scheme"] = hooks.upstream_signature.scheme
         self.session = Session(
-            meta={
-                "upstream": self.upstream or None,
-                "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "signature_scheme": config.webhooks.signature.scheme,
-                **(
-                    {"upstream_signature_scheme": config.webhooks.upstream_scheme.scheme}
-                    if config.webhooks.upstream_signature is not None
-                    else {}
-                ),
-            },
+            meta=meta,
             base_interactions=len(base.interactions) if base else 0,
             base_webhooks=len(base.webhooks) if base else 0,
         )
