@@ -38,6 +38,7 @@ from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path, read
 from .redact import Redactor, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
+from .server import UPSTREAM_KEY, Verbatim
 from .signing import (
     SignatureError,
     sign,
@@ -55,12 +56,6 @@ from .webhooks import outgoing
 log = logging.getLogger("replayproxy")
 
 INGRESS = "/__replayproxy/webhooks"
-#: Set on a request by forward mode (forward.py): the origin it goes to, e.g. https://host:8443.
-UPSTREAM_KEY: Any = (
-    web.RequestKey("replayproxy.upstream", str)  # aiohttp >= 3.12 warns about plain str keys
-    if hasattr(web, "RequestKey")
-    else "replayproxy.upstream"
-)
 
 def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
     """The fixed hop-by-hop names, any the Connection header lists, and `also`."""
@@ -90,10 +85,10 @@ def upstream_headers(headers: Any) -> list[tuple[str, str]]:
     return [(str(k), v) for k, v in headers.items() if k.lower() not in skip]
 
 
-def app_headers(answer: Answer) -> list[tuple[str, str]]:
+def app_headers(answer: Answer, head: bool = False) -> list[tuple[str, str]]:
     """The upstream's answer headers as the app gets them: no hop-by-hop ones; aiohttp writes
-    Content-Length anew."""
-    skip = hop_by_hop_listed(answer.connection, "content-length")
+    Content-Length anew, except for a HEAD answer (no body to count), whose own is kept."""
+    skip = hop_by_hop_listed(answer.connection, *(() if head else ("content-length",)))
     return [(k, v) for k, v in answer.pairs if k.lower() not in skip]
 
 
@@ -201,7 +196,9 @@ class Recorder:
                     raise ConfigError(f"{what}: {exc}") from None
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
-        self.replayer = Replayer(base, config, options) if base is not None else None
+        self.replayer = (
+            Replayer(base, config, options, forward=forward) if base is not None else None
+        )
         self.session = Session(
             meta={
                 "upstream": self.upstream or None,
@@ -308,14 +305,14 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        passed = storable(app_headers(answer))
+        passed = storable(app_headers(answer, head=request.method == "HEAD"))
         number = self._record(
             request, url, sent_headers, body, answer, passed, at, duration
         )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
-        return web.Response(
-            status=answer.status, reason=answer.reason or None, body=answer.body, headers=passed
+        return Verbatim(
+            status=answer.status, reason=answer.reason, body=answer.body, headers=passed
         )
 
     def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
@@ -357,9 +354,12 @@ class Recorder:
         """Journal the exchange, redacted and decoded; its 1-based number in the cassette.
 
         `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
-        Content-Length); the cassette's say how long the body it stores is."""
+        Content-Length but a HEAD answer's); the cassette's say how long the body it stores is.
+        An empty body (HEAD, 204, 304) has nothing to decode: its Content-Encoding stays."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
-        decoded, removed = decode_body(answer.body, answer.content_encoding)
+        decoded, removed = (
+            decode_body(answer.body, answer.content_encoding) if answer.body else (b"", None)
+        )
         stored_headers = passed
         if removed:
             stored_headers = [(k, v) for k, v in passed if k.lower() != "content-encoding"]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .cassette import Cassette, Request, Response
 from .config import Config, env_secrets
@@ -17,6 +16,7 @@ from .errors import ReplayProxyError
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
+from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
@@ -24,7 +24,8 @@ from .webhooks import Schedule, event_id, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
 
-#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own.
+#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own
+#: (but a HEAD answer's Content-Length, which counts a body never sent, is served as recorded).
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -64,10 +65,19 @@ def local_secrets(config: Config, needed: bool) -> list[str]:
 
 
 class Replayer:
-    """Stateful for one replay run; `app()` is the aiohttp application that serves it."""
+    """Stateful for one replay run; `handle()` answers every request. `forward`: requests come
+    through forward mode, which names each one's origin, and the host takes part in matching."""
 
-    def __init__(self, cassette: Cassette, config: Config, options: ReplayOptions | None = None):
+    def __init__(
+        self,
+        cassette: Cassette,
+        config: Config,
+        options: ReplayOptions | None = None,
+        *,
+        forward: bool = False,
+    ):
         self.cassette = cassette
+        self.forward = forward
         self.config = config
         self.options = options or ReplayOptions()
         validate(config.webhooks.signature)
@@ -88,26 +98,37 @@ class Replayer:
         if self.options.shift_time:
             _shift_cassette(cassette)
         find = Finder(self.matcher.variables)
-        self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
+        self.prepared = [
+            self._prepare(i.response, find, i.request.method == "HEAD")
+            for i in cassette.interactions
+        ]
 
-    def _prepare(self, response: Response, find: Finder) -> Prepared:
-        headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
+    def _prepare(self, response: Response, find: Finder, head: bool) -> Prepared:
+        headers = [
+            (k, v)
+            for k, v in response.headers
+            if k.lower() not in _HOP or (head and k.lower() == "content-length" and v.isdigit())
+        ]
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
-        return Prepared(
-            response.status, response.reason, tuple(headers), response.body, frozenset(values)
-        )
+        reason = response.reason
+        if "\r" in reason or "\n" in reason:  # not sendable: a status line is one line
+            reason = " ".join(reason.split())
+        return Prepared(response.status, reason, tuple(headers), response.body, frozenset(values))
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read() if request.body_exists else b""
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
-        return self._miss(req) if resp is None else resp
+        if resp is None:
+            return self._miss(req, request.get(UPSTREAM_KEY) if self.forward else None)
+        return resp
 
     async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
-        match = self.matcher.match(req)
+        origin = request.get(UPSTREAM_KEY) if self.forward else None
+        match = self.matcher.match(req, origin)
         if match is None:
             return None
         self.report.served += 1
@@ -117,12 +138,7 @@ class Replayer:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
-        resp = web.Response(
-            status=answer.status,
-            reason=answer.reason or None,
-            body=payload,
-            headers=CIMultiDict(headers),
-        )
+        resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if due:
             # The app must have its answer before the webhook that follows it arrives; if the
@@ -134,8 +150,8 @@ class Replayer:
                 self._send(due)
         return resp
 
-    def _miss(self, req: Request) -> web.Response:
-        misses = self.matcher.near_misses(req)
+    def _miss(self, req: Request, origin: str | None = None) -> web.Response:
+        misses = self.matcher.near_misses(req, origin=origin)
         scrub = self.redactor.text
         near = [
             {

@@ -1,0 +1,207 @@
+"""What goes on the wire in replay, read as raw bytes: the recorded status line and headers and
+nothing else but framing; several hosts on one path; a CONNECT tunnel that carries plain HTTP.
+(tests/test_clients.py runs real clients over all of this; these pin the bytes themselves.)"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from cli import main
+from replayproxy.api import ReplayProxy, SyncReplayProxy
+from replayproxy.ca import CertificateAuthority
+from replayproxy.cassette import Cassette, Interaction, Request, Response, load, save
+
+HOST_A, HOST_B = "https://api.a.example", "https://files.b.example"
+
+
+def raw_exchange(url: str, data: bytes, tunnel: str | None = None) -> bytes:
+    """Send `data` to the proxy at `url` (through a CONNECT to `tunnel` first) and read until
+    it closes (Connection: close)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        if tunnel:
+            sock.sendall(f"CONNECT {tunnel} HTTP/1.1\r\nHost: {tunnel}\r\n\r\n".encode())
+            assert sock.recv(4096) == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def head_of(answer: bytes) -> tuple[bytes, list[tuple[str, str]]]:
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    return head[0].encode("latin-1"), [tuple(h.split(": ", 1)) for h in head[1:]]  # type: ignore
+
+
+def test_replay_sends_the_recorded_status_line_and_headers_only(tmp_path: Path) -> None:
+    """An empty reason stays empty, a custom one stays; no Content-Type, Date or Server is
+    added; a HEAD answer keeps its Content-Length (of the body it does not send)."""
+    path = tmp_path / "wire.yaml"
+    save(Cassette(interactions=[
+        Interaction(Request("GET", "https://camber.example/bare"),
+                    Response(200, "", [("Content-Length", "6")], b"plain\n")),
+        Interaction(Request("HEAD", "https://camber.example/file"),
+                    Response(200, "Totally Fine", [("Content-Type", "application/pdf"),
+                                                   ("Content-Length", "123456"),
+                                                   ("ETag", '"v9"')])),
+        Interaction(Request("GET", "https://camber.example/gone"),
+                    Response(410, "Long Gone", [("X-Why", "moved")], b"")),
+    ]), path)
+    close = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with SyncReplayProxy(path) as proxy:
+        bare = raw_exchange(proxy.url, b"GET /bare" + close)
+        head = raw_exchange(proxy.url, b"HEAD /file" + close)
+        gone = raw_exchange(proxy.url, b"GET /gone" + close)
+    status, headers = head_of(bare)
+    assert status == b"HTTP/1.1 200 "
+    assert sorted(headers) == [("Connection", "close"), ("Content-Length", "6")]
+    assert bare.endswith(b"\r\n\r\nplain\n")
+    status, headers = head_of(head)
+    assert status == b"HTTP/1.1 200 Totally Fine"
+    assert sorted(headers) == [("Connection", "close"), ("Content-Length", "123456"),
+                               ("Content-Type", "application/pdf"), ("ETag", '"v9"')]
+    assert head.endswith(b"\r\n\r\n")  # and no body
+    status, headers = head_of(gone)
+    assert status == b"HTTP/1.1 410 Long Gone"
+    assert sorted(headers) == [("Connection", "close"), ("Content-Length", "0"), ("X-Why", "moved")]
+
+
+def two_hosts(path: Path) -> None:
+    """What a vcrpy cassette that followed a redirect to another domain looks like."""
+    save(Cassette(interactions=[
+        Interaction(Request("GET", f"{HOST_A}/v1/report"),
+                    Response(200, "OK", [("Content-Type", "text/plain")], b"from a\n")),
+        Interaction(Request("GET", f"{HOST_B}/v1/report"),
+                    Response(200, "OK", [("Content-Type", "text/plain")], b"from b\n")),
+    ]), path)
+
+
+def test_several_hosts_on_one_path_forward_matches_the_host(tmp_path: Path) -> None:
+    path = tmp_path / "cassettes" / "hosts.yaml"
+    path.parent.mkdir()
+    two_hosts(path)
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")[0]
+    with SyncReplayProxy(path, forward=True, ca_dir=ca.directory) as proxy:
+        with requests.Session() as s:
+            s.trust_env = False
+            s.proxies = {"https": proxy.url, "http": proxy.url}
+            s.verify = str(ca.cert_path)
+            # asked in the other order than recorded: each host gets its own answer
+            assert s.get(f"{HOST_B}/v1/report", timeout=10).text == "from b\n"
+            assert s.get(f"{HOST_A}/v1/report", timeout=10).text == "from a\n"
+            # plain HTTP forward names the host too; a host not in the cassette at all is
+            # matched as before, in recorded order (a cassette replays against any host)
+            assert s.get("https://elsewhere.example/v1/report", timeout=10).status_code == 200
+    assert not proxy.report.unmatched
+    with SyncReplayProxy(path) as proxy:  # reverse mode: no host, the recorded order decides
+        first = requests.get(f"{proxy.url}/v1/report", timeout=10)
+        second = requests.get(f"{proxy.url}/v1/report", timeout=10)
+    assert (first.text, second.text) == ("from a\n", "from b\n")
+
+
+def test_plain_http_forward_matches_the_host_and_a_miss_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "cassettes" / "hosts.yaml"
+    path.parent.mkdir()
+    save(Cassette(interactions=[
+        Interaction(Request("POST", f"{HOST_A}/v1/jobs"), Response(201, "Created", [], b"a")),
+        Interaction(Request("POST", "http://files.b.example/v1/jobs"),
+                    Response(201, "Created", [], b"b")),
+        Interaction(Request("GET", f"{HOST_A}/v1/only-a"), Response(200, "OK", [], b"a")),
+    ]), path)
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")[0]
+    with SyncReplayProxy(path, forward=True, ca_dir=ca.directory) as proxy:
+        proxies = {"http": proxy.url, "https": proxy.url}
+        plain = requests.post("http://files.b.example/v1/jobs", proxies=proxies, timeout=10)
+        assert plain.text == "b"
+        again = requests.post("http://files.b.example/v1/jobs", proxies=proxies, timeout=10)
+        assert again.text == "b"  # the last fitting answer plays again, never host a's
+        tls = requests.post(f"{HOST_A}/v1/jobs", proxies=proxies, verify=str(ca.cert_path),
+                            timeout=10)
+        assert tls.text == "a"
+        # host b asks for what only host a answered: a miss, and the near miss names the host
+        miss = requests.get("http://files.b.example/v1/only-a", proxies=proxies, timeout=10)
+        assert miss.status_code == 502
+        differences = miss.json()["near_misses"][0]["differences"]
+        assert differences == ["host: http://files.b.example:80 vs https://api.a.example:443"]
+
+
+def test_inspect_says_the_cassette_has_several_hosts(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.yaml"
+    two_hosts(path)
+    out = CliRunner().invoke(main, ["inspect", str(path)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[1].split() == ["#", "method", "path", "host", "status", "body", "time"]
+    assert lines[2].split()[:5] == ["1", "GET", "/v1/report", "https://api.a.example:443", "200"]
+    assert any(line.startswith("several hosts (2): https://api.a.example:443, "
+                               "https://files.b.example:443.") for line in lines), out.output
+    one = tmp_path / "one.yaml"
+    save(load(path).__class__(interactions=load(path).interactions[:1]), one)
+    single = CliRunner().invoke(main, ["inspect", str(one)])
+    assert "host" not in single.output.splitlines()[1] and "several hosts" not in single.output
+
+
+@contextmanager
+def proxy_on(loop: asyncio.AbstractEventLoop, cassette: Path, **kwargs: Any) -> Iterator[str]:
+    """A ReplayProxy on `loop` (asyncio's or uvloop's), run by a thread."""
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = ReplayProxy(cassette, **kwargs)
+    try:
+        yield asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(30)
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def loops() -> list[Any]:
+    found = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - not on Windows
+        return found
+    return [*found, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+@pytest.mark.parametrize("new_loop", loops())
+def test_a_connect_tunnel_may_carry_plain_http(tmp_path: Path, new_loop: Any) -> None:
+    """undici's ProxyAgent tunnels http:// URLs with CONNECT and then speaks plain HTTP: the
+    proxy sees no TLS handshake and serves the tunnel as http://host:port."""
+    path = tmp_path / "cassettes" / "plain.yaml"
+    path.parent.mkdir()
+    save(Cassette(interactions=[
+        Interaction(Request("GET", "http://127.0.0.1:8080/v1/ping"),
+                    Response(200, "OK", [("Content-Type", "text/plain")], b"pong\n")),
+        Interaction(Request("GET", "https://127.0.0.1:8080/v1/ping"),
+                    Response(200, "OK", [("Content-Type", "text/plain")], b"secure pong\n")),
+    ]), path)
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")[0]
+    with proxy_on(new_loop(), path, forward=True, ca_dir=ca.directory) as url:
+        answer = raw_exchange(url, b"GET /v1/ping HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+                              b"Connection: close\r\n\r\n", tunnel="127.0.0.1:8080")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert answer.endswith(b"\r\n\r\npong\n")  # the http:// answer, not the https:// one
+        # ... and TLS through the same kind of tunnel still works
+        secure = requests.get("https://127.0.0.1:8080/v1/ping", proxies={"https": url},
+                              verify=str(ca.cert_path), timeout=10)
+        assert secure.text == "secure pong\n"
+        # a tunnel closed before its first byte is simply closed
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"CONNECT 127.0.0.1:8080 HTTP/1.1\r\n\r\n")
+            assert sock.recv(4096) == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(4096) == b""
