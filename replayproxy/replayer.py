@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .cassette import Cassette, Request, Response
+from .cassette import Cassette, Interaction, Request
+from .coding import accepts, encode_body
 from .config import Config, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
@@ -49,6 +50,8 @@ class Prepared:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
+    coding: str | None = None  # the Content-Encoding it was recorded in (the body is decoded)
+    coded: bytes | None = None  # the body in that coding, made at its first use
 
 
 def local_secrets(config: Config, needed: bool) -> list[str]:
@@ -88,15 +91,22 @@ class Replayer:
         if self.options.shift_time:
             _shift_cassette(cassette)
         find = Finder(self.matcher.variables)
-        self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
+        self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
-    def _prepare(self, response: Response, find: Finder) -> Prepared:
+    def _prepare(self, item: Interaction, find: Finder) -> Prepared:
+        response = item.response
+        coding = item.meta.get("content_encoding")
         headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
         return Prepared(
-            response.status, response.reason, tuple(headers), response.body, frozenset(values)
+            response.status,
+            response.reason,
+            tuple(headers),
+            response.body,
+            frozenset(values),
+            coding if isinstance(coding, str) and response.body else None,
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -117,6 +127,8 @@ class Replayer:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
+        if answer.coding and _accepts(req, answer.coding):
+            headers, payload = _coded(answer, headers, payload)
         resp = web.Response(
             status=answer.status,
             reason=answer.reason or None,
@@ -209,6 +221,26 @@ class Replayer:
         self.report.unused = self.matcher.unused()
         self.report.webhooks_never_due = self.schedule.pending()
         return self.report
+
+
+def _accepts(req: Request, coding: str) -> bool:
+    asked = ", ".join(v for k, v in req.headers if k.lower() == "accept-encoding")
+    return accepts(asked, coding)
+
+
+def _coded(answer: Prepared, headers: tuple, payload: bytes) -> tuple[tuple, bytes]:
+    """The answer in the coding it was recorded in, as the upstream sent it to a client that
+    accepts it. A body without live values is coded once and kept."""
+    try:
+        if payload is answer.body:
+            if answer.coded is None:
+                answer.coded = encode_body(payload, answer.coding)
+            coded = answer.coded
+        else:
+            coded = encode_body(payload, answer.coding)
+    except ValueError:  # a coding replayproxy cannot make: the readable body, unlabelled
+        return headers, payload
+    return (*headers, ("Content-Encoding", answer.coding)), coded
 
 
 def _shift_cassette(cassette: Cassette) -> None:

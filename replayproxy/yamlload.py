@@ -3,7 +3,8 @@
 PyYAML's CSafeLoader parses in C but composes a Node (with two Mark objects) per value and then
 constructs in Python: ten times the parse itself. Cassettes are plain data, so we build Python
 objects straight from libyaml's events. It is as safe as the safe loader: only the standard
-scalar tags and `!!binary` are known; any other tag (`!!python/...`) is refused, never run.
+scalar tags, `!!binary` and Python 2's string tags (`!!python/unicode`, `!!python/str`, read as
+text) are known; any other tag (`!!python/object...`) is refused, never run.
 Aliases are resolved by reference, and a document whose aliases would expand past a bound (a
 "billion laughs" bomb) is refused.
 """
@@ -58,6 +59,8 @@ _SCALAR_TAGS = frozenset(
         "!",
     }
 )
+#: Python 2's string tags, in cassettes that vcrpy wrote under Python 2: plain text, nothing run.
+_PY_STR_TAGS = frozenset({"tag:yaml.org,2002:python/unicode", "tag:yaml.org,2002:python/str"})
 _CONTAINER_TAGS = frozenset({None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 _resolver = yaml.resolver.Resolver()
@@ -185,6 +188,8 @@ def _scalar(event: ScalarEvent) -> Any:
         tag = _resolver.resolve(ScalarNode, value, (True, False))
         if tag == _STR:
             return value
+    elif tag in _PY_STR_TAGS:
+        return value
     elif tag not in _SCALAR_TAGS:
         raise LoadError(_refused(tag), event.start_mark)
     if tag == _STR:
@@ -208,11 +213,23 @@ def _scalar(event: ScalarEvent) -> Any:
 
 
 def _refused(tag: str) -> str:
+    if tag.startswith(_PRE_1_0_TAGS):
+        return (
+            f"the tag {tag!r} is vcrpy's pre-1.0 layout; convert the cassette with "
+            "`python -m vcr.migration FILE` (it rewrites FILE in place), then load it again"
+        )
     return (
         f"could not determine a constructor for the tag {tag!r} "
         "(only plain YAML is allowed in a cassette; tags are never executed)"
     )
 
+
+#: Tags only vcrpy before 1.0 wrote (its Request object and its header frozensets).
+_PRE_1_0_TAGS = (
+    "tag:yaml.org,2002:python/object:vcr.",
+    "tag:yaml.org,2002:python/object/apply:__builtin__.frozenset",
+    "tag:yaml.org,2002:python/object/apply:builtins.frozenset",
+)
 
 #: First characters with which a plain scalar may resolve to something other than a string.
 _MAYBE_TYPED = frozenset(k for k in _resolver.yaml_implicit_resolvers if k)
