@@ -174,9 +174,10 @@ def _response_body(body: dict, path: tuple[Any, ...]) -> Any:
 
 
 def _headers(data: Any, path: tuple[Any, ...]) -> Any:
-    """Headers as a mapping of name to values; tornado's list of `[name, values]` pairs too."""
+    """Headers as a mapping of name to values; tornado's list of `[name, values]` pairs too.
+    Values recorded as bytes (botocore sends some) are their text."""
     if isinstance(data, dict):
-        return dict(data)  # a copy: a false coding is taken out of it
+        return {k: _header_text(v) for k, v in data.items()}  # a copy: a false coding goes
     if not isinstance(data, list):
         return data
     out: dict[str, list] = {}
@@ -186,8 +187,25 @@ def _headers(data: Any, path: tuple[Any, ...]) -> Any:
                 (*path, n), "must be a [name, value] or [name, [values]] pair, or headers a mapping"
             )
         name, values = pair
-        out.setdefault(name, []).extend(values if isinstance(values, list) else [values])
+        values = values if isinstance(values, list) else [values]
+        out.setdefault(name, []).extend(_header_text(values))
     return out
+
+
+def _header_text(values: Any) -> Any:
+    if isinstance(values, bytes):
+        return _latin(values)
+    if isinstance(values, list) and any(isinstance(v, bytes) for v in values):
+        return [_latin(v) if isinstance(v, bytes) else v for v in values]
+    return values
+
+
+def _latin(value: bytes) -> str:
+    """UTF-8 when it is, else Latin-1, HTTP's historical charset (as the recorder stores it)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _false_coding(body: bytes, headers: dict) -> tuple[bytes, str | None]:
