@@ -13,14 +13,12 @@ webhooks); anything else is forwarded and recorded.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import re
 import ssl
 import time
-import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -29,10 +27,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import brotli
 from aiohttp import web
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
+from .coding import decode_body
 from .config import Config, env_secrets
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path, read
@@ -107,30 +105,6 @@ def _text(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
-def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
-    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
-    if not encoding:
-        return body, None
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    out = body
-    try:
-        for coding in reversed(codings):
-            if coding in ("gzip", "x-gzip"):
-                out = gzip.decompress(out)
-            elif coding == "deflate":
-                try:
-                    out = zlib.decompress(out)
-                except zlib.error:
-                    out = zlib.decompress(out, -zlib.MAX_WBITS)  # raw deflate, as some servers send
-            elif coding == "br":
-                out = brotli.decompress(out)
-            elif coding != "identity":
-                return body, None
-    except (OSError, EOFError, zlib.error, brotli.error):
-        return body, None
-    return out, ", ".join(codings)
 
 
 class TooLarge(Exception):

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from .cassette import Cassette, Request, Response
+from .cassette import Cassette, Interaction, Request
+from .coding import accepts, encode_body
 from .config import Config, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
@@ -50,6 +51,8 @@ class Prepared:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
+    coding: str | None = None  # the Content-Encoding it was recorded in (the body is decoded)
+    coded: bytes | None = None  # the body in that coding, made at its first use
 
 
 def local_secrets(config: Config, needed: bool) -> list[str]:
@@ -98,12 +101,12 @@ class Replayer:
         if self.options.shift_time:
             _shift_cassette(cassette)
         find = Finder(self.matcher.variables)
-        self.prepared = [
-            self._prepare(i.response, find, i.request.method == "HEAD")
-            for i in cassette.interactions
-        ]
+        self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
-    def _prepare(self, response: Response, find: Finder, head: bool) -> Prepared:
+    def _prepare(self, item: Interaction, find: Finder) -> Prepared:
+        response = item.response
+        coding = item.meta.get("content_encoding")
+        head = item.request.method == "HEAD"
         headers = [
             (k, v)
             for k, v in response.headers
@@ -115,7 +118,14 @@ class Replayer:
         reason = response.reason
         if "\r" in reason or "\n" in reason:  # not sendable: a status line is one line
             reason = " ".join(reason.split())
-        return Prepared(response.status, reason, tuple(headers), response.body, frozenset(values))
+        return Prepared(
+            response.status,
+            reason,
+            tuple(headers),
+            response.body,
+            frozenset(values),
+            coding if isinstance(coding, str) and response.body else None,
+        )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read() if request.body_exists else b""
@@ -138,6 +148,8 @@ class Replayer:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
+        if answer.coding and _accepts(req, answer.coding):
+            headers, payload = _coded(answer, headers, payload)
         resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if due:
@@ -225,6 +237,26 @@ class Replayer:
         self.report.unused = self.matcher.unused()
         self.report.webhooks_never_due = self.schedule.pending()
         return self.report
+
+
+def _accepts(req: Request, coding: str) -> bool:
+    asked = ", ".join(v for k, v in req.headers if k.lower() == "accept-encoding")
+    return accepts(asked, coding)
+
+
+def _coded(answer: Prepared, headers: tuple, payload: bytes) -> tuple[tuple, bytes]:
+    """The answer in the coding it was recorded in, as the upstream sent it to a client that
+    accepts it. A body without live values is coded once and kept."""
+    try:
+        if payload is answer.body:
+            if answer.coded is None:
+                answer.coded = encode_body(payload, answer.coding)
+            coded = answer.coded
+        else:
+            coded = encode_body(payload, answer.coding)
+    except ValueError:  # a coding replayproxy cannot make: the readable body, unlabelled
+        return headers, payload
+    return (*headers, ("Content-Encoding", answer.coding)), coded
 
 
 def _shift_cassette(cassette: Cassette) -> None:
