@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +25,16 @@ from replayproxy.cassette import Cassette, Interaction, Request, Response, load,
 HOST_A, HOST_B = "https://api.a.example", "https://files.b.example"
 
 
-def raw_exchange(url: str, data: bytes, tunnel: str | None = None) -> bytes:
-    """Send `data` to the proxy at `url` (through a CONNECT to `tunnel` first) and read until
-    it closes (Connection: close)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+def raw_exchange(url: str, data: bytes, tunnel: str | None = None,
+                 ca: CertificateAuthority | None = None) -> bytes:
+    """Send `data` to the proxy at `url` (through a CONNECT to `tunnel` first; over TLS
+    trusting `ca` for an https:// url) and read until it closes (Connection: close)."""
+    host, port = url.split("://")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        sock = raw
+        if ca is not None:
+            context = ssl.create_default_context(cafile=str(ca.cert_path))
+            sock = context.wrap_socket(raw, server_hostname=host)
         if tunnel:
             sock.sendall(f"CONNECT {tunnel} HTTP/1.1\r\nHost: {tunnel}\r\n\r\n".encode())
             assert sock.recv(4096) == b"HTTP/1.1 200 Connection Established\r\n\r\n"
@@ -44,10 +50,14 @@ def head_of(answer: bytes) -> tuple[bytes, list[tuple[str, str]]]:
     return head[0].encode("latin-1"), [tuple(h.split(": ", 1)) for h in head[1:]]  # type: ignore
 
 
-def test_replay_sends_the_recorded_status_line_and_headers_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["reverse", "reverse-tls"])
+def test_replay_sends_the_recorded_status_line_and_headers_only(tmp_path: Path,
+                                                                tls: bool) -> None:
     """An empty reason stays empty, a custom one stays; no Content-Type, Date or Server is
     added; a HEAD answer keeps its Content-Length (of the body it does not send)."""
-    path = tmp_path / "wire.yaml"
+    path = tmp_path / "cassettes" / "wire.yaml"
+    path.parent.mkdir()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")[0] if tls else None
     save(Cassette(interactions=[
         Interaction(Request("GET", "https://camber.example/bare"),
                     Response(200, "", [("Content-Length", "6")], b"plain\n")),
@@ -59,10 +69,11 @@ def test_replay_sends_the_recorded_status_line_and_headers_only(tmp_path: Path) 
                     Response(410, "Long Gone", [("X-Why", "moved")], b"")),
     ]), path)
     close = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    with SyncReplayProxy(path) as proxy:
-        bare = raw_exchange(proxy.url, b"GET /bare" + close)
-        head = raw_exchange(proxy.url, b"HEAD /file" + close)
-        gone = raw_exchange(proxy.url, b"GET /gone" + close)
+    tls_options: dict[str, Any] = {"tls": True, "ca_dir": ca.directory} if ca else {}
+    with SyncReplayProxy(path, **tls_options) as proxy:
+        bare = raw_exchange(proxy.url, b"GET /bare" + close, ca=ca)
+        head = raw_exchange(proxy.url, b"HEAD /file" + close, ca=ca)
+        gone = raw_exchange(proxy.url, b"GET /gone" + close, ca=ca)
     status, headers = head_of(bare)
     assert status == b"HTTP/1.1 200 "
     assert sorted(headers) == [("Connection", "close"), ("Content-Length", "6")]
@@ -205,3 +216,56 @@ def test_a_connect_tunnel_may_carry_plain_http(tmp_path: Path, new_loop: Any) ->
             assert sock.recv(4096) == b"HTTP/1.1 200 Connection Established\r\n\r\n"
             sock.shutdown(socket.SHUT_WR)
             assert sock.recv(4096) == b""
+
+
+def test_a_host_outside_hosts_gets_its_answer_as_sent_while_recording(tmp_path: Path) -> None:
+    """Plain HTTP to a host outside --hosts is passed on unrecorded, as the upstream sent it:
+    the reason phrase, a HEAD answer's Content-Length, no header added."""
+    answers = {
+        b"HEAD": b"HTTP/1.1 200 \r\nContent-Length: 4096\r\nX-Kind: report\r\n\r\n",
+        b"GET": b"HTTP/1.1 299 Odd But Fine\r\nContent-Length: 3\r\n\r\nodd",
+    }
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            method = line.split(b" ", 1)[0]
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            writer.write(answers[method])
+            await writer.drain()
+        writer.close()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(
+        asyncio.start_server(serve, "127.0.0.1", 0), loop).result(10)
+    port = server.sockets[0].getsockname()[1]
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")[0]
+    path = tmp_path / "cassettes" / "t.yaml"
+    path.parent.mkdir()
+    try:
+        with SyncReplayProxy(path, mode="all", forward=True, hosts="camber.example",
+                             ca_dir=ca.directory) as proxy:
+            target = f"http://127.0.0.1:{port}/report"
+            head = raw_exchange(proxy.url, f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                "Connection: close\r\n\r\n".encode())
+            get = raw_exchange(proxy.url, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               "Connection: close\r\n\r\n".encode())
+    finally:
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    status, headers = head_of(head)
+    assert status == b"HTTP/1.1 200 "
+    assert sorted(headers) == [("Connection", "close"), ("Content-Length", "4096"),
+                               ("X-Kind", "report")]
+    status, headers = head_of(get)
+    assert status == b"HTTP/1.1 299 Odd But Fine"
+    assert sorted(headers) == [("Connection", "close"), ("Content-Length", "3")]
+    assert get.endswith(b"\r\n\r\nodd") and not path.exists()  # nothing recorded
