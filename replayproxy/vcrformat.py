@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from http import HTTPStatus
 from typing import Any
 
 from .coding import KNOWN, codings, decode_body
@@ -128,11 +129,20 @@ def _text(value: Any, path: tuple[Any, ...]) -> Any:
     return value
 
 
+def _phrase(code: Any) -> str:
+    """The standard reason phrase, for a format that kept none (a recorded empty one is sent
+    empty, so "no phrase" must not be spelled "")."""
+    try:
+        return HTTPStatus(int(code)).phrase
+    except (TypeError, ValueError):
+        return ""
+
+
 def _response(res: dict, path: tuple[Any, ...]) -> tuple[dict, str | None]:
     if "status_code" in res and "status" not in res:
         _known(res, OLD_HTTPX_KEYS, path, "a response in vcrpy's old httpx format")
         out: dict[str, Any] = {
-            "status": {"code": res["status_code"], "message": ""},
+            "status": {"code": res["status_code"], "message": _phrase(res["status_code"])},
             "headers": res.get("headers"),
             "body": {"string": res.get("content")},
         }
@@ -143,7 +153,7 @@ def _response(res: dict, path: tuple[Any, ...]) -> tuple[dict, str | None]:
         body_path = (*path, "body")
         status = res.get("status")
         if isinstance(status, dict) and status.get("message") is None:
-            out["status"] = {**status, "message": ""}
+            out["status"] = {**status, "message": _phrase(status.get("code"))}
         body = res.get("body")
         if isinstance(body, dict):
             out["body"] = {"string": _response_body(body, body_path)}
