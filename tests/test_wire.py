@@ -269,3 +269,59 @@ def test_a_host_outside_hosts_gets_its_answer_as_sent_while_recording(tmp_path: 
     assert status == b"HTTP/1.1 299 Odd But Fine"
     assert sorted(headers) == [("Connection", "close"), ("Content-Length", "3")]
     assert get.endswith(b"\r\n\r\nodd") and not path.exists()  # nothing recorded
+
+
+def test_a_vcrpy_cassette_that_followed_a_redirect_to_another_host(tmp_path: Path) -> None:
+    """vcrpy itself records requests following a redirect from one host to the same path on
+    another: forward mode answers each host with its own recording, whatever the order."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import vcr
+
+    class Hop(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body, where = b"from b\n", self.server.redirect  # type: ignore[attr-defined]
+            self.send_response(302 if where else 200)
+            if where:
+                self.send_header("Location", where)
+                body = b""
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Hop) for _ in range(2)]
+    first, second = servers
+    second.redirect = None  # type: ignore[attr-defined]
+    b_url = f"http://localhost:{second.server_address[1]}/v1/report"
+    first.redirect = b_url  # type: ignore[attr-defined]
+    a_url = f"http://127.0.0.1:{first.server_address[1]}/v1/report"
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    path = tmp_path / "cassettes" / "redirect.yaml"
+    path.parent.mkdir()
+    try:
+        with vcr.use_cassette(str(path), record_mode="all"):
+            followed = requests.get(a_url, timeout=10)
+        assert followed.text == "from b\n" and followed.history[0].status_code == 302
+    finally:
+        for server, thread in zip(servers, threads, strict=True):
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+    uris = [i.request.uri for i in load(path).interactions]
+    assert [u.split("/v1/")[1] for u in uris] == ["report", "report"] and uris[0] != uris[1]
+    assert "several hosts (2)" in CliRunner().invoke(main, ["inspect", str(path)]).output
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")[0]
+    with SyncReplayProxy(path, forward=True, ca_dir=ca.directory) as proxy:  # offline now
+        proxies = {"http": proxy.url}
+        direct_b = requests.get(b_url, proxies=proxies, timeout=10)  # host b first
+        a = requests.get(a_url, proxies=proxies, allow_redirects=False, timeout=10)
+    assert (direct_b.status_code, direct_b.text) == (200, "from b\n")
+    assert (a.status_code, a.headers["Location"]) == (302, b_url)
+    assert not proxy.report.unmatched and not proxy.report.unused
