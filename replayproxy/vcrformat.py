@@ -122,7 +122,10 @@ def _request_body(body: Any, path: tuple[Any, ...]) -> Any:
     """Bytes (or text) of a recorded request body. aiohttp's stub records `json=` data as the
     object itself; aiohttp sends it as `json.dumps` writes it, so that is what it stands for."""
     if isinstance(body, (dict, list)):
-        return json.dumps(body).encode("utf-8")
+        try:
+            return json.dumps(body).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:  # bytes, NaN keys, surrogates
+            raise Invalid(path, f"a mapping or list body must hold JSON values ({exc})") from None
     if isinstance(body, (int, float)) and not isinstance(body, bool):
         return str(body).encode("utf-8")  # a YAML scalar that read as a number, e.g. `body: 42`
     return _text(body, path)

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import brotli
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from replayproxy.api import SyncReplayProxy
-from replayproxy.cassette import header, load, loads
+from replayproxy.cassette import from_data, header, load, loads
 from replayproxy.errors import CassetteError
+from replayproxy.vcrformat import Invalid
 
 HEAD = "version: 1\ninteractions:\n"
 
@@ -193,3 +196,31 @@ def test_a_decoded_body_is_coded_again_only_for_a_client_that_accepts_it(tmp_pat
         headers, body = _get(proxy.url, "/b", "gzip, deflate, br")
         assert headers["content-encoding"] == "br" and brotli.decompress(body) == doc
         assert int(headers["content-length"]) == len(body)
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8)
+    | st.sampled_from(["gzip", "br, gzip", "\ud83d", "Content-Encoding", "", "x-gzip"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["string", "base64_string", "code", "message",
+                                       "Content-Encoding", "content-length", "k"]), inner,
+                      max_size=3),
+    max_leaves=8,
+)
+_section = {
+    "request": st.fixed_dictionaries({"method": st.just("GET"), "uri": st.just("http://h/")},
+                                     optional={k: _values for k in ("body", "headers", "extra")}),
+    "response": st.fixed_dictionaries(
+        {}, optional={k: _values for k in ("status", "headers", "body", "url", "status_code",
+                                           "content", "http_version", "bdy")}),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries(_section, optional={"replayproxy": _values, "recorded_at": _values}))
+def test_any_interaction_shape_loads_or_is_named(item: dict) -> None:
+    """Whatever the shapes (the stubs' and nonsense), a cassette loads or gets the one error."""
+    try:
+        from_data({"version": 1, "interactions": [item]})
+    except Invalid as exc:
+        assert exc.message and "\n" not in exc.message
