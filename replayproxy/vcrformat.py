@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from .coding import KNOWN, codings, decode_body
+from .yamlload import MAX_DEPTH, LoadError
 
 #: Keys each level may have: vcrpy's (any version) and replayproxy's own.
 TOP_KEYS = ("version", "interactions", "webhooks", "replayproxy", "metadata")
@@ -51,9 +52,34 @@ def parse_json(text: str | bytes) -> Any:
     if head not in ("{", "[", b"{", b"["):
         return None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         return None  # a YAML flow mapping, or broken: the YAML reader says where
+    except RecursionError:
+        data = _DEEP
+    if data is _DEEP or _too_deep(data):
+        # as yamlload refuses YAML: before anything recurses on it (a YAMLError without a
+        # mark, so the reader does not compose the text to find a line either)
+        deep = f"nested deeper than {MAX_DEPTH} levels; a cassette never needs that many"
+        raise LoadError(deep, None)
+    return data
+
+
+def _too_deep(data: Any) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if value.__class__ is dict:
+            stack.extend((v, depth + 1) for v in value.values() if v.__class__ in _CONTAINERS)
+        elif value.__class__ is list:
+            stack.extend((v, depth + 1) for v in value if v.__class__ in _CONTAINERS)
+    return False
+
+
+_CONTAINERS = (dict, list)
+_DEEP = object()
 
 
 def check_top(data: Any) -> None:

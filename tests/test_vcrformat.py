@@ -139,6 +139,13 @@ def test_json_surrogate_pairs_and_lone_halves() -> None:
     assert "c.json" in str(caught.value) and "surrogate \\ud83d" in str(caught.value)
 
 
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_a_json_cassette_nested_too_deep_is_refused_before_anything_recurses(depth: int) -> None:
+    text = '{"version": 1, "interactions": [' + "[" * depth + "]" * depth + "]}"
+    with pytest.raises(CassetteError, match=r"^c.json: not a valid cassette: nested deeper"):
+        loads(text, "c.json")
+
+
 def test_a_false_coding_moves_to_the_metadata_and_a_true_one_stays() -> None:
     coded = gzip.compress(b"zipped", mtime=0)
     cassette = loads(
