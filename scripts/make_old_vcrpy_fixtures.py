@@ -29,12 +29,16 @@ VENVS = Path(tempfile.gettempdir()) / "replayproxy-old-vcrpy"
 
 #: vcrpy release -> what goes in its venv. 4.4.0: the last 4.x (urllib3 1, httpx's old
 #: `status_code`/`content` format, aiohttp's `url`); 5.1.0: the last 5.x (urllib3 2, which
-#: makes vcrpy store bodies decoded under their Content-Encoding; httpx still the old format).
+#: makes vcrpy store bodies decoded under their Content-Encoding; httpx still the old format);
+#: 7.0.0: httpx's new format (`status`/`body`, the coded bytes) as of 6.0, before 8.2 added
+#: the reason phrase.
 VERSIONS = {
     "4.4.0": ["vcrpy==4.4.0", "urllib3<2", "requests<2.32", "httpx==0.24.1", "aiohttp==3.8.6",
               "tornado==6.3.3", "httplib2==0.22.0", "brotli"],
     "5.1.0": ["vcrpy==5.1.0", "urllib3>=2,<2.1", "requests==2.31.0", "httpx==0.24.1",
               "aiohttp==3.8.6", "tornado==6.3.3", "httplib2==0.22.0", "brotli"],
+    "7.0.0": ["vcrpy==7.0.0", "urllib3>=2,<2.3", "requests==2.32.3", "httpx==0.27.2",
+              "aiohttp==3.10.11", "tornado==6.4.2", "httplib2==0.22.0", "brotli"],
 }
 #: Clients each old vcrpy patches that are recorded (boto3 needs botocore of the era: left out).
 CLIENT_NAMES = ("requests", "urllib3", "httpx", "httpx-async", "aiohttp", "tornado", "urllib",

@@ -164,6 +164,20 @@ def test_a_false_coding_moves_to_the_metadata_and_a_true_one_stays() -> None:
     assert header(a.response.headers, "content-length") == "5"
     assert b.response.body == coded and header(b.response.headers, "content-encoding") == "gzip"
     assert "content_encoding" not in b.meta
+    # one headers mapping (a YAML alias) for a decoded body and a coded one: each read alone
+    shared = loads(
+        HEAD
+        + "- request: {method: GET, uri: 'http://h/a'}\n"
+        "  response: {status: {code: 200, message: OK}, body: {string: plain},"
+        " headers: &h {Content-Encoding: [gzip]}}\n"
+        "- request: {method: GET, uri: 'http://h/b'}\n"
+        "  response: {status: {code: 200, message: OK}, body: {string: !!binary "
+        + base64.b64encode(coded).decode()
+        + "}, headers: *h}\n"
+    )
+    a, b = shared.interactions
+    assert a.meta["content_encoding"] == "gzip" and "content_encoding" not in b.meta
+    assert header(b.response.headers, "content-encoding") == "gzip"
 
 
 def _get(url: str, path: str, accept: str | None) -> tuple[dict, bytes]:
