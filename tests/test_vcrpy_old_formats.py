@@ -49,7 +49,7 @@ def test_every_old_format_is_here() -> None:
     assert "status_code:" in joined and "content:" in joined  # httpx before vcrpy 6
     assert "!!python/tuple" in joined  # tornado's header pairs
     assert "    url: http" in joined  # aiohttp before vcrpy 5, tornado
-    assert {f.name for f, *_ in CASES} == {"vcrpy-4.4.0", "vcrpy-5.1.0"}
+    assert {f.name for f, *_ in CASES} == {"vcrpy-4.4.0", "vcrpy-5.1.0", "vcrpy-7.0.0"}
     assert {c[2]["client"] for c in CASES} >= {"requests", "aiohttp", "tornado", "httpx"}
 
 
