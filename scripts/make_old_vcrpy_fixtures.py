@@ -62,8 +62,16 @@ def build(version: str) -> None:
         if part.exists():
             expected["cassettes"].update(json.loads(part.read_text()))
             part.unlink()
-    (out / "expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=True) + "\n")
+    (out / "expected.json").write_text(_dump(expected))
     print(f"wrote {len(expected['cassettes'])} cassettes to {out}")
+
+
+def _dump(expected: dict) -> str:
+    """One cassette's entry a line: diffs of a regenerated set stay readable, the file small."""
+    entries = [f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+               for k, v in expected["cassettes"].items()]
+    head = f'{{"vcrpy": {json.dumps(expected["vcrpy"])}, "cassettes": {{\n'
+    return head + ",\n".join(entries) + "\n}}\n"
 
 
 def record(out: Path, name: str) -> None:
@@ -97,8 +105,9 @@ def record(out: Path, name: str) -> None:
                 "client": name,
                 "origin": origin.url,
                 "calls": [CALLS.index(c) for c in calls],
-                "live": [_seen(s) for s in live],  # what the client saw from the origin
-                "played": played and [_seen(s) for s in played],  # and from the old vcrpy
+                "played": played and [_seen(s) for s in played],  # what the old vcrpy played
+                # and what the client saw from the origin, kept where they differ
+                "live": None if played == live else [_seen(s) for s in live],
             }
             if serializer == "yaml":
                 items = yaml.load(path.read_text(), Loader=_loader())["interactions"]
