@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from .coding import KNOWN, codings, decode_body
@@ -63,6 +64,25 @@ def parse_json(text: str | bytes) -> Any:
         deep = f"nested deeper than {MAX_DEPTH} levels; a cassette never needs that many"
         raise LoadError(deep, None)
     return data
+
+
+def composable(text: str | bytes) -> str | bytes:
+    """`text` as libyaml can compose it to find a line: a JSON cassette's escaped surrogate
+    pairs become one `\\U` escape (libyaml refuses the halves), a lone half U+FFFD."""
+    if text.lstrip()[:1] not in ("{", "[", b"{", b"["):
+        return text
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = _PAIR.sub(lambda m: f"\\U{_joined(m.group(1), m.group(2)):08x}", text)
+    return _HALF.sub(r"\\ufffd", text)
+
+
+def _joined(high: str, low: str) -> int:
+    return 0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+
+
+_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+_HALF = re.compile(r"\\ud[89a-f][0-9a-f]{2}", re.IGNORECASE)
 
 
 def _too_deep(data: Any) -> bool:

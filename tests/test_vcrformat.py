@@ -137,6 +137,11 @@ def test_json_surrogate_pairs_and_lone_halves() -> None:
     with pytest.raises(CassetteError) as caught:
         loads(text.replace("\\ud83d\\ude00", "\\ud83d"), "c.json")
     assert "c.json" in str(caught.value) and "surrogate \\ud83d" in str(caught.value)
+    doc["interactions"][0]["response"]["extra"] = 1  # a bad key in a file with an emoji:
+    text = json.dumps(doc, indent=4)  # still named with its line
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if '"extra"' in t)
+    with pytest.raises(CassetteError, match=rf"^c.json:{line}: interactions\[0\]\.response\.extra"):
+        loads(text, "c.json")
 
 
 @pytest.mark.parametrize("depth", [101, 100_000])
