@@ -256,7 +256,7 @@ def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
         raise CassetteError(_yaml_message(exc, source)) from None
     except _Invalid as exc:
         where = _dotted(exc.path)
-        line = _line_of(text, exc.path)
+        line = _line_of(vcrformat.composable(text), exc.path)
         loc = f"{source}:{line}" if line else source
         message = f"{where}: {exc.message}" if where else exc.message
         raise CassetteError(f"{loc}: {message}") from None

@@ -230,10 +230,12 @@ def _python_data(tag: str, value: Any, mark: Any) -> Any:
         if not isinstance(value, list):
             raise LoadError("!!python/tuple must be a sequence", mark)
         return value
-    # the object tags must be mappings: BytesIO's `state` is (buffer, position, dict),
-    # iter's `args` is ([chunks],)
+    # the object tags are mappings: BytesIO's `state` is (buffer, position, dict), iter's
+    # `args` is ([chunks],)
+    if not isinstance(value, dict):
+        raise LoadError(f"!!{tag.split('2002:', 1)[1]} must be a mapping", mark)
     field = "state" if tag == _BYTESIO else "args"
-    held = value.get(field) if isinstance(value, dict) else None
+    held = value.get(field)
     first = held[0] if isinstance(held, list) and held else b""
     if tag == _ITER:
         chunks = first if isinstance(first, list) else None

@@ -24,13 +24,12 @@ import pytest
 import vcr
 import yaml
 from vcr.serializers import yamlserializer
-from vcr_clients import CALLS, CLIENTS, S3_CALLS, Call, Seen
+from vcr_clients import CALLS, CLIENTS, S3_CALLS, Call, compare, text_only, unaccepted_codings
 from vcr_origin import Origin
 
 from replayproxy.api import SyncReplayProxy
 
 ROOT = Path(__file__).resolve().parent.parent
-FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
 @pytest.fixture(scope="module")
@@ -47,68 +46,6 @@ def quiet():
 
 def _recorded(path: Path) -> list[dict]:
     return yamlserializer.deserialize(path.read_text())["interactions"]
-
-
-def _text_only(calls, items: list[dict]) -> list[Call]:
-    """The calls whose exchanges vcrpy's JSON serializer can write (it refuses bytes). Each call
-    made one exchange, a followed redirect two."""
-    keep, i = [], 0
-    for call in calls:
-        n = 2 if i + 1 < len(items) and "via=redirect" in items[i + 1]["request"]["uri"] else 1
-        values = [v for item in items[i : i + n] for v in _values(item)]
-        i += n
-        if all(v is None or isinstance(v, (str, int, dict, list)) for v in values):
-            keep.append(call)
-    assert i == len(items), "calls and recorded exchanges do not line up"
-    return keep
-
-
-def _values(item: dict) -> list:
-    req, res = item["request"], item["response"]
-    heads = [v for values in req["headers"].values() for v in values]
-    return [req["body"], res["body"].get("string"), *heads]
-
-
-def _view(seen: Seen, base: str) -> tuple:
-    headers = sorted(
-        ((k.lower(), v.replace(base, "BASE")) for k, v in seen.headers if k.lower() not in FRAMING),
-        key=lambda kv: kv[0],
-    )
-    return seen.status, seen.reason, headers, seen.body
-
-
-def _unaccepted_codings(items: list[dict]) -> dict[str, str]:
-    """Path -> coding, for answers stored decoded under a Content-Encoding the request did
-    not accept: replayproxy serves those without the label (vcrpy keeps it)."""
-    out = {}
-    for item in items:
-        res, req = item["response"], item["request"]
-        coding = next((v for k, v in res["headers"] if k.lower() == "content-encoding"), None) \
-            if isinstance(res["headers"], list) else next(
-                (v for k, v in res["headers"].items() if k.lower() == "content-encoding"), None)
-        if not coding:
-            continue
-        coding = coding[0] if isinstance(coding, list) else coding
-        accepted = " ".join(
-            " ".join(v) if isinstance(v, list) else str(v)
-            for k, v in req["headers"].items()
-            if k.lower() == "accept-encoding"
-        )
-        if coding not in accepted:
-            out["/" + req["uri"].split("://", 1)[1].split("/", 1)[1]] = coding
-    return out
-
-
-def _compare(calls, played: list[Seen], served: list[Seen], bases, unaccepted, where) -> None:
-    assert len(played) == len(served) == len(calls)
-    for call, p, s in zip(calls, played, served, strict=True):
-        want, got = _view(p, bases[0]), _view(s, bases[1])
-        if call.path in unaccepted and "content-encoding" not in dict(got[2]):
-            want = (*want[:2], [h for h in want[2] if h[0] != "content-encoding"], want[3])
-        assert got == want, f"{where}: {call.method} {call.path}"
-        length = dict((k.lower(), v) for k, v in s.headers).get("content-length")
-        if length is not None and "content-encoding" not in dict(got[2]):
-            assert int(length) == len(s.body), f"{where}: {call.path}: Content-Length is off"
 
 
 CASES = [(name, decode) for name in CLIENTS for decode in (False, True)]
@@ -138,11 +75,11 @@ def test_replayproxy_serves_what_vcrpy_plays(origin, tmp_path: Path, client: str
             served = fetch(proxy.url, calls)
         assert origin.hits == hits, "a playback reached the origin"
         assert not proxy.report.unmatched, proxy.report.unmatched
-        unaccepted = _unaccepted_codings(yaml_items)
+        unaccepted = unaccepted_codings(yaml_items)
         where = f"{client} {serializer}"
-        _compare(calls, played, served, (origin.url, proxy.url), unaccepted, where)
+        compare(calls, played, served, (origin.url, proxy.url), unaccepted, where)
         if serializer == "yaml":
-            calls = _text_only(calls, yaml_items)  # for JSON, which holds text only
+            calls = text_only(calls, yaml_items)  # for JSON, which holds text only
             assert len(calls) >= 6 or client == "boto3"
 
 
@@ -170,7 +107,7 @@ def test_the_cli_replays_a_vcrpy_json_cassette(origin, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    _compare(calls, played, served, (origin.url, url), {}, "cli json")
+    compare(calls, played, served, (origin.url, url), {}, "cli json")
 
 
 def test_tags_vcrpy_reads_as_data_and_no_other() -> None:
