@@ -92,7 +92,9 @@ class ReplayProxy:
             self.recovered = recover(self.path, self.config)
         exists = self.path.exists()
         if self.mode in ("replay", "none") or (self.mode == "once" and exists):
-            self.replayer = Replayer(load(self.path), self.config, self.options)
+            self.replayer = Replayer(
+                load(self.path), self.config, self.options, forward=self.forward
+            )
             self.report = self.replayer.report
             return self.replayer
         base = load(self.path) if self.mode == "new_episodes" and exists else None

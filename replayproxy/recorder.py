@@ -13,14 +13,12 @@ webhooks); anything else is forwarded and recorded.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import re
 import ssl
 import time
-import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -29,15 +27,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import brotli
 from aiohttp import web
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
+from .coding import decode_body
 from .config import Config, env_names, env_secrets
 from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path, read
 from .redact import Redactor, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
+from .server import UPSTREAM_KEY, Verbatim
 from .signing import (
     SignatureError,
     sign,
@@ -55,12 +54,6 @@ from .webhooks import outgoing
 log = logging.getLogger("replayproxy")
 
 INGRESS = "/__replayproxy/webhooks"
-#: Set on a request by forward mode (forward.py): the origin it goes to, e.g. https://host:8443.
-UPSTREAM_KEY: Any = (
-    web.RequestKey("replayproxy.upstream", str)  # aiohttp >= 3.12 warns about plain str keys
-    if hasattr(web, "RequestKey")
-    else "replayproxy.upstream"
-)
 
 def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
     """The fixed hop-by-hop names, any the Connection header lists, and `also`."""
@@ -90,10 +83,10 @@ def upstream_headers(headers: Any) -> list[tuple[str, str]]:
     return [(str(k), v) for k, v in headers.items() if k.lower() not in skip]
 
 
-def app_headers(answer: Answer) -> list[tuple[str, str]]:
+def app_headers(answer: Answer, head: bool = False) -> list[tuple[str, str]]:
     """The upstream's answer headers as the app gets them: no hop-by-hop ones; aiohttp writes
-    Content-Length anew."""
-    skip = hop_by_hop_listed(answer.connection, "content-length")
+    Content-Length anew, except for a HEAD answer (no body to count), whose own is kept."""
+    skip = hop_by_hop_listed(answer.connection, *(() if head else ("content-length",)))
     return [(k, v) for k, v in answer.pairs if k.lower() not in skip]
 
 
@@ -112,30 +105,6 @@ def _text(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
-def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
-    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
-    if not encoding:
-        return body, None
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    out = body
-    try:
-        for coding in reversed(codings):
-            if coding in ("gzip", "x-gzip"):
-                out = gzip.decompress(out)
-            elif coding == "deflate":
-                try:
-                    out = zlib.decompress(out)
-                except zlib.error:
-                    out = zlib.decompress(out, -zlib.MAX_WBITS)  # raw deflate, as some servers send
-            elif coding == "br":
-                out = brotli.decompress(out)
-            elif coding != "identity":
-                return body, None
-    except (OSError, EOFError, zlib.error, brotli.error):
-        return body, None
-    return out, ", ".join(codings)
 
 
 class TooLarge(Exception):
@@ -203,7 +172,9 @@ class Recorder:
                     raise ConfigError(f"{env_names(names)}: {exc}") from None
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
-        self.replayer = Replayer(base, config, options) if base is not None else None
+        self.replayer = (
+            Replayer(base, config, options, forward=forward) if base is not None else None
+        )
         meta = {
             "upstream": self.upstream or None,
             "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -313,14 +284,14 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        passed = storable(app_headers(answer))
+        passed = storable(app_headers(answer, head=request.method == "HEAD"))
         number = self._record(
             request, url, sent_headers, body, answer, passed, at, duration
         )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
-        return web.Response(
-            status=answer.status, reason=answer.reason or None, body=answer.body, headers=passed
+        return Verbatim(
+            status=answer.status, reason=answer.reason, body=answer.body, headers=passed
         )
 
     def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
@@ -362,9 +333,12 @@ class Recorder:
         """Journal the exchange, redacted and decoded; its 1-based number in the cassette.
 
         `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
-        Content-Length); the cassette's say how long the body it stores is."""
+        Content-Length but a HEAD answer's); the cassette's say how long the body it stores is.
+        An empty body (HEAD, 204, 304) has nothing to decode: its Content-Encoding stays."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
-        decoded, removed = decode_body(answer.body, answer.content_encoding)
+        decoded, removed = (
+            decode_body(answer.body, answer.content_encoding) if answer.body else (b"", None)
+        )
         stored_headers = passed
         if removed:
             stored_headers = [(k, v) for k, v in passed if k.lower() != "content-encoding"]

@@ -12,7 +12,8 @@ Pure: given a `Redactor` (built from the config and the environment), `interacti
   `webhooks.upstream_secret_env`, `webhooks.local_secret_env`), whole and exactly as set,
   wherever it appears: URI, any header, any body, in plain, JSON-escaped and URL-encoded spellings.
 
-Every redacted value becomes `MARKER`.
+Every redacted value becomes `MARKER`; in `Cookie` and `Set-Cookie` only each cookie's value
+does (`session=<redacted>; Path=/; HttpOnly`), so a client's cookie jar still holds the cookie.
 """
 
 from __future__ import annotations
@@ -145,13 +146,13 @@ class Redactor:
     def header_names(self, headers: Headers) -> Headers:
         """Only the headers redacted by name."""
         secret = self.is_secret_header
-        return [(k, MARKER if secret(k) else v) for k, v in headers]
+        return [(k, masked(k, v) if secret(k) else v) for k, v in headers]
 
     def header_list(self, headers: Headers) -> Headers:
         if not self.found(*(v for _, v in headers)):
             return self.header_names(headers)
         secret = self.is_secret_header
-        return [(k, MARKER if secret(k) else self.text(v)) for k, v in headers]
+        return [(k, masked(k, v) if secret(k) else self.text(v)) for k, v in headers]
 
     def uri(self, uri: str) -> str:
         if self.query:
@@ -229,6 +230,25 @@ class Redactor:
             path=self.text(hook.path),
             target=self.text(hook.target) if hook.target else hook.target,
         )
+
+
+def masked(name: str, value: str) -> str:
+    """A redacted header's value: the marker, but for cookies only each cookie's value is, its
+    name and attributes kept (`session=<redacted>; Path=/`), so the cookie stays a cookie."""
+    lowered = name.lower()
+    if lowered == "set-cookie":
+        pair, sep, attributes = value.partition(";")
+        cookie, eq, _ = pair.partition("=")
+        return f"{cookie.strip()}={MARKER}{sep}{attributes}" if eq and cookie.strip() else MARKER
+    if lowered == "cookie":
+        names = [item.partition("=") for item in value.split(";")]
+        kept = "; ".join(
+            f"{cookie.strip()}={MARKER}" if eq and cookie.strip() else MARKER
+            for cookie, eq, _ in names
+            if cookie.strip() or eq
+        )
+        return kept or MARKER
+    return MARKER
 
 
 def _fix_length(headers: Headers, length: int) -> Headers:

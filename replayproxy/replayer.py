@@ -8,15 +8,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from .cassette import Cassette, Request, Response
+from .cassette import Cassette, Interaction, Request
+from .coding import accepts, encode_body
 from .config import Config, env_names, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
+from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
@@ -24,7 +25,8 @@ from .webhooks import Schedule, event_id, faults, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
 
-#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own.
+#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own
+#: (but a HEAD answer's Content-Length, which counts a body never sent, is served as recorded).
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -49,6 +51,8 @@ class Prepared:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
+    coding: str | None = None  # the Content-Encoding it was recorded in (the body is decoded)
+    coded: bytes | None = None  # the body in that coding, made at its first use
 
 
 def local_secrets(config: Config, needed: bool) -> list[str]:
@@ -65,10 +69,19 @@ def local_secrets(config: Config, needed: bool) -> list[str]:
 
 
 class Replayer:
-    """Stateful for one replay run; `app()` is the aiohttp application that serves it."""
+    """Stateful for one replay run; `handle()` answers every request. `forward`: requests come
+    through forward mode, which names each one's origin, and the host takes part in matching."""
 
-    def __init__(self, cassette: Cassette, config: Config, options: ReplayOptions | None = None):
+    def __init__(
+        self,
+        cassette: Cassette,
+        config: Config,
+        options: ReplayOptions | None = None,
+        *,
+        forward: bool = False,
+    ):
         self.cassette = cassette
+        self.forward = forward
         self.config = config
         self.options = options or ReplayOptions()
         validate(config.webhooks.signature)
@@ -102,26 +115,44 @@ class Replayer:
         if self.options.shift_time:
             _shift_cassette(cassette)
         find = Finder(self.matcher.variables)
-        self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
+        self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
-    def _prepare(self, response: Response, find: Finder) -> Prepared:
-        headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
+    def _prepare(self, item: Interaction, find: Finder) -> Prepared:
+        response = item.response
+        coding = item.meta.get("content_encoding")
+        head = item.request.method == "HEAD"
+        headers = [
+            (k, v)
+            for k, v in response.headers
+            if k.lower() not in _HOP or (head and k.lower() == "content-length" and v.isdigit())
+        ]
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
+        reason = response.reason
+        if "\r" in reason or "\n" in reason:  # not sendable: a status line is one line
+            reason = " ".join(reason.split())
         return Prepared(
-            response.status, response.reason, tuple(headers), response.body, frozenset(values)
+            response.status,
+            reason,
+            tuple(headers),
+            response.body,
+            frozenset(values),
+            coding if isinstance(coding, str) and response.body else None,
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read() if request.body_exists else b""
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
-        return self._miss(req) if resp is None else resp
+        if resp is None:
+            return self._miss(req, request.get(UPSTREAM_KEY) if self.forward else None)
+        return resp
 
     async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
-        match = self.matcher.match(req)
+        origin = request.get(UPSTREAM_KEY) if self.forward else None
+        match = self.matcher.match(req, origin)
         if match is None:
             return None
         self.report.served += 1
@@ -131,12 +162,9 @@ class Replayer:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
-        resp = web.Response(
-            status=answer.status,
-            reason=answer.reason or None,
-            body=payload,
-            headers=CIMultiDict(headers),
-        )
+        if answer.coding and _accepts(req, answer.coding):
+            headers, payload = _coded(answer, headers, payload)
+        resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if due:
             # The app must have its answer before the webhook that follows it arrives; if the
@@ -148,8 +176,8 @@ class Replayer:
                 self._send(due)
         return resp
 
-    def _miss(self, req: Request) -> web.Response:
-        misses = self.matcher.near_misses(req)
+    def _miss(self, req: Request, origin: str | None = None) -> web.Response:
+        misses = self.matcher.near_misses(req, origin=origin)
         scrub = self.redactor.text
         near = [
             {
@@ -223,6 +251,26 @@ class Replayer:
         self.report.unused = self.matcher.unused()
         self.report.webhooks_never_due = self.schedule.pending()
         return self.report
+
+
+def _accepts(req: Request, coding: str) -> bool:
+    asked = ", ".join(v for k, v in req.headers if k.lower() == "accept-encoding")
+    return accepts(asked, coding)
+
+
+def _coded(answer: Prepared, headers: tuple, payload: bytes) -> tuple[tuple, bytes]:
+    """The answer in the coding it was recorded in, as the upstream sent it to a client that
+    accepts it. A body without live values is coded once and kept."""
+    try:
+        if payload is answer.body:
+            if answer.coded is None:
+                answer.coded = encode_body(payload, answer.coding)
+            coded = answer.coded
+        else:
+            coded = encode_body(payload, answer.coding)
+    except ValueError:  # a coding replayproxy cannot make: the readable body, unlabelled
+        return headers, payload
+    return (*headers, ("Content-Encoding", answer.coding)), coded
 
 
 def _shift_cassette(cassette: Cassette) -> None:
