@@ -24,7 +24,7 @@ import pytest
 import vcr
 import yaml
 from vcr.serializers import yamlserializer
-from vcr_clients import CALLS, CLIENTS, S3_CALLS, Call, compare, text_only, unaccepted_codings
+from vcr_clients import CALLS, CLIENTS, S3_CALLS, Call, Seen, compare, text_only, unaccepted_codings
 from vcr_origin import Origin
 
 from replayproxy.api import SyncReplayProxy
@@ -134,3 +134,34 @@ def test_tags_vcrpy_reads_as_data_and_no_other() -> None:
             yaml.load(f"x: {evil}\n", Loader=yamlserializer._CassetteLoader)  # noqa: S506
         with pytest.raises(LoadError):
             load(f"x: {evil}\n")
+
+
+def test_forward_mode_serves_what_vcrpy_plays(origin, tmp_path: Path) -> None:
+    """The same cassette through replayproxy as a plain-HTTP forward proxy (`HTTP_PROXY`): the
+    client asks for the origin's own URLs, and the host takes part in matching."""
+    import requests
+
+    calls = [c for c in CALLS if c.path != "/redirect"]
+    (tmp_path / "cassettes").mkdir()
+    path = tmp_path / "cassettes" / "forward.yaml"  # the CA's folder must be outside
+    recorder = vcr.VCR()
+    with recorder.use_cassette(str(path), record_mode="all"):
+        CLIENTS["requests"](origin.url, calls)
+    hits = origin.hits
+    with recorder.use_cassette(str(path), record_mode="none"):
+        played = CLIENTS["requests"](origin.url, calls)
+    with SyncReplayProxy(path, forward=True, ca_dir=tmp_path / "ca") as proxy:
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = {"http": proxy.url}
+        served = []
+        for c in calls:
+            r = session.request(c.method, origin.url + c.path, json=c.json, data=c.data,
+                                headers={"Content-Type": "application/octet-stream"}
+                                if c.data is not None else None)
+            served.append(Seen(r.status_code, r.reason, list(r.headers.items()), r.content))
+        session.close()
+    assert origin.hits == hits, "a playback reached the origin"
+    assert not proxy.report.unmatched, proxy.report.unmatched
+    compare(calls, played, served, (origin.url, origin.url), unaccepted_codings(_recorded(path)),
+            "forward")
