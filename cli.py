@@ -19,6 +19,7 @@ from replayproxy.cassette import load
 from replayproxy.config import Config, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
+from replayproxy.journal import open_cassette
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions, near_miss_text
@@ -305,7 +306,7 @@ def inspect(
     cassette: str, config_path: str | None, html_path: str | None, report_path: str | None
 ) -> None:
     """Show CASSETTE's interactions, webhooks and variables as tables."""
-    tape = load(cassette)
+    tape = open_cassette(cassette)
     report = load_report(report_path) if report_path else None
     ensure_variables(tape, normaliser(tape, settings(config_path)))
     click.echo(render_inspect(tape, color=sys.stdout.isatty()))
@@ -450,7 +451,7 @@ def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None
 
     from replayproxy.diff import diff
 
-    result = diff(load(a), load(b), settings(config_path))
+    result = diff(open_cassette(a), open_cassette(b), settings(config_path))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
     sys.exit(0 if result.equal else 1)
 
@@ -469,6 +470,29 @@ def check_command(cassettes: tuple[str, ...]) -> None:
         click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s)", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(cassettes)} cassette(s), no findings", err=True)
+
+
+@main.command("recover")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@config_option
+@friendly
+def recover_command(cassette: str, config_path: str | None) -> None:
+    """Save the session a recorder that died left in CASSETTE.journal.
+
+    Into CASSETTE when it is still the file that session started from; after a re-record
+    (`--mode all`, `run --record`) or when CASSETTE changed since, into CASSETTE's name with
+    `.recovered` before the suffix, leaving CASSETTE as it is.
+    """
+    from pathlib import Path
+
+    from replayproxy.journal import journal_path, recover
+
+    done = recover(cassette, settings(config_path))
+    if done is None:
+        click.echo(f"replayproxy: nothing to recover: {journal_path(cassette)} does not exist",
+                   err=True)
+        return
+    click.echo(f"replayproxy: {done.describe(journal_path(cassette), Path(cassette))}", err=True)
 
 
 @main.command("send-webhook")
@@ -508,7 +532,7 @@ def send_webhook(
     if scheme:
         signature = dataclasses.replace(signature, scheme=scheme)
     validate(signature)
-    tape = load(cassette)
+    tape = open_cassette(cassette)
     numbers = pick(tape, index, send_all)
     secrets = local_secrets(config, needed=True)
     results = eventloop.run(
@@ -567,6 +591,8 @@ def record(
     With --forward the app uses the proxy as HTTPS_PROXY/HTTP_PROXY instead, and --upstream is
     only needed for requests sent to the proxy directly.
     """
+    from pathlib import Path
+
     from replayproxy.journal import journal_path
 
     config = settings(config_path, listen=listen, upstream=upstream)
@@ -592,12 +618,8 @@ def record(
             view = RecordView(lambda: (recorder.recorded, recorder.last, recorder.webhooks))
             views.append(asyncio.get_running_loop().create_task(view.run()))
         if proxy.recovered is not None:
-            click.echo(
-                f"replayproxy: recovered {proxy.recovered.interactions} exchanges and "
-                f"{proxy.recovered.webhooks} webhooks from {journal_path(cassette)} "
-                f"(a session that ended without saving) into {cassette}",
-                err=True,
-            )
+            line = proxy.recovered.describe(journal_path(cassette), Path(cassette))
+            click.echo(f"replayproxy: {line}", err=True)
         return url
 
     class Banner:

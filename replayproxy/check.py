@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .cassette import Cassette, Headers, load
+from .cassette import Cassette, Headers
 from .config import Config
 from .errors import CassetteError
+from .journal import open_cassette
 from .matching import ensure_variables, normaliser
 from .variables import MINTED_HEADERS, json_leaves, shape
 
@@ -240,7 +241,7 @@ def check_paths(paths: list[str | Path]) -> Iterator[Finding]:
     for path in paths:
         name = str(path)
         try:
-            cassette = load(path)
+            cassette = open_cassette(path)
         except CassetteError as exc:
             message = str(exc)
             if message.startswith(name):

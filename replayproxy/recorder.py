@@ -35,7 +35,8 @@ from aiohttp import web
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
 from .errors import CassetteError, ConfigError
-from .journal import Journal, Session, assemble, journal_path, read
+from .journal import Claim, Journal, Session, assemble, fingerprint, journal_path, read
+from .journal import claim as claim_journal
 from .redact import Redactor, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
 from .signing import (
@@ -156,6 +157,7 @@ class Recorder:
         public_url: str | None = None,
         options: ReplayOptions | None = None,
         forward: bool = False,
+        claim: Claim | None = None,
     ):
         if upstream and "@" in urlsplit(upstream).netloc:
             raise ConfigError(  # the URL itself is not echoed: it holds a password
@@ -211,7 +213,11 @@ class Recorder:
             base_interactions=len(base.interactions) if base else 0,
             base_webhooks=len(base.webhooks) if base else 0,
         )
-        self.journal = Journal(journal_path(self.path), self.session)
+        held = claim or claim_journal(self.path, config)
+        self.session.origin = fingerprint(self.path)
+        # a re-record: the old file stays until a clean stop; a crash recovers beside it
+        self.session.replaces = base is None and self.session.origin is not None
+        self.journal = Journal(journal_path(self.path), self.session, fd=held.take())
         # Exchanges live in the journal, not in memory: a long session's heap stays flat (no
         # growing work for the garbage collector) and `cassette()` reads them back at stop.
         self.recorded = 0

@@ -10,7 +10,7 @@ from helpers import exchange, job_cassette
 from replayproxy.cassette import Webhook, load, save
 from replayproxy.config import Config
 from replayproxy.correlate import correlate, webhook_ids
-from replayproxy.journal import Journal, Session, journal_path, read, recover
+from replayproxy.journal import Journal, Session, fingerprint, journal_path, read, recover
 
 
 def _hook(body: dict, at: float) -> Webhook:
@@ -51,7 +51,7 @@ def test_recover_merges_finished_records_and_skips_the_torn_line(tmp_path: Path)
 def test_recover_keeps_the_base_of_a_new_episodes_session(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     save(job_cassette(), path)
-    session = Session(base_interactions=5, base_webhooks=1)
+    session = Session(base_interactions=5, base_webhooks=1, origin=fingerprint(path))
     journal = Journal(journal_path(path), session)
     journal.interaction(exchange("GET", "/v1/jobs/7000", 200, {"job_id": 7000}, at=0.0))
     journal.close()
