@@ -271,11 +271,12 @@ class Recorder:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("request body", self.config.max_body_size)
+        headers = [(str(k), v) for k, v in request.headers.items()]
+        req = Request(request.method, str(request.rel_url), headers, body)
+        # before anything about it is logged or written: what it carries under redacted names
+        self.redactor.learn_request(req)
         if self.replayer is not None:
-            headers = [(str(k), v) for k, v in request.headers.items()]
-            replayed = await self._replay(
-                request, Request(request.method, str(request.rel_url), headers, body)
-            )
+            replayed = await self._replay(request, req)
             if replayed is not None:
                 return replayed
         sent_headers = upstream_headers(request.headers)

@@ -136,6 +136,7 @@ class Replayer:
 
     def _miss(self, req: Request) -> web.Response:
         misses = self.matcher.near_misses(req)
+        self.redactor.learn_request(req)  # a redacted query value, token or cookie: never shown
         scrub = self.redactor.text
         near = [
             {
