@@ -13,7 +13,6 @@ webhooks); anything else is forwarded and recorded.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import brotli
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
@@ -115,23 +115,30 @@ def _text(value: str) -> str:
         return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
-def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
-    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
+def decode_body(
+    body: bytes, encoding: str | None, limit: int | None = None
+) -> tuple[bytes, str | None]:
+    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded.
+
+    Decoding is streamed and stops past `limit` bytes with TooLarge: a 300-byte brotli answer
+    can stand for gigabytes (a "bomb"), and max_body_size bounds what is recorded, not only
+    what crossed the wire."""
     if not encoding:
         return body, None
     codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    cap = limit if limit is not None else 1 << 62
     out = body
     try:
         for coding in reversed(codings):
             if coding in ("gzip", "x-gzip"):
-                out = gzip.decompress(out)
+                out = _inflate(out, 16 + zlib.MAX_WBITS, cap)
             elif coding == "deflate":
                 try:
-                    out = zlib.decompress(out)
+                    out = _inflate(out, zlib.MAX_WBITS, cap)
                 except zlib.error:
-                    out = zlib.decompress(out, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+                    out = _inflate(out, -zlib.MAX_WBITS, cap)  # raw deflate, as some servers send
             elif coding == "br":
-                out = brotli.decompress(out)
+                out = _unbrotli(out, cap)
             elif coding != "identity":
                 return body, None
     except (OSError, EOFError, zlib.error, brotli.error):
@@ -139,8 +146,45 @@ def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
     return out, ", ".join(codings)
 
 
+_STEP = 1 << 16  # decoded bytes per step: the most held beyond the limit
+
+
+def _inflate(data: bytes, wbits: int, cap: int) -> bytes:
+    """zlib/gzip (every gzip member, as gzip.decompress reads them), at most `cap` bytes."""
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(wbits)
+        pending = data
+        while pending and not d.eof:
+            out += d.decompress(pending, _STEP)
+            if len(out) > cap:
+                raise TooLarge()
+            pending = d.unconsumed_tail
+        if not d.eof:
+            raise zlib.error("truncated")
+        data = d.unused_data.lstrip(b"\0")  # gzip allows zero padding after a member
+        if not data or wbits != 16 + zlib.MAX_WBITS:
+            return bytes(out)
+
+
+def _unbrotli(data: bytes, cap: int) -> bytes:
+    d = brotli.Decompressor()
+    out = bytearray(d.process(data, output_buffer_limit=_STEP))
+    while len(out) <= cap and not d.can_accept_more_data():
+        out += d.process(b"", output_buffer_limit=_STEP)
+    if len(out) > cap:
+        raise TooLarge()
+    if not d.is_finished():
+        raise brotli.error("truncated")
+    return bytes(out)
+
+
 class TooLarge(Exception):
     pass
+
+
+class HungUp(Exception):
+    """The client went away before its request body was whole (logged where it is raised)."""
 
 
 class Recorder:
@@ -261,6 +305,16 @@ class Recorder:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge() from None
+        except (ConnectionError, HttpProcessingError) as exc:
+            # the client hung up (or broke the framing) mid-body: nothing to forward or record
+            got = request.content.total_bytes
+            length = f" of {request.content_length}" if request.content_length else ""
+            log.warning(
+                "replayproxy: %s %s: the client hung up after %d%s bytes of the body (%s); "
+                "not forwarded, not recorded",
+                request.method, request.rel_url, got, length, exc or type(exc).__name__,
+            )
+            raise HungUp() from None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
@@ -271,6 +325,8 @@ class Recorder:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("request body", self.config.max_body_size)
+        except HungUp:
+            return web.Response(status=400)  # nobody is there to read it
         headers = [(str(k), v) for k, v in request.headers.items()]
         req = Request(request.method, str(request.rel_url), headers, body)
         # before anything about it is logged or written: what it carries under redacted names
@@ -316,9 +372,25 @@ class Recorder:
             )
         duration = round(time.monotonic() - started, 6)
         passed = storable(app_headers(answer))
-        number = self._record(
-            request, url, sent_headers, body, answer, passed, at, duration
-        )
+        try:
+            number = self._record(
+                request, url, sent_headers, body, answer, passed, at, duration
+            )
+        except TooLarge:
+            self.failed += 1
+            limit = self.config.max_body_size
+            log.warning(
+                "replayproxy: %s %s -> upstream %s: the answer decodes (%s) to more than "
+                "max_body_size (%d bytes); not recorded",
+                request.method, request.rel_url, upstream, answer.content_encoding, limit,
+            )
+            return _error(
+                502,
+                f"the upstream's answer to {request.method} {request.rel_url} decodes "
+                f"({answer.content_encoding}) to more than max_body_size ({limit} bytes); "
+                "not recorded",
+                upstream,
+            )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
         return web.Response(
@@ -366,7 +438,9 @@ class Recorder:
         `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
         Content-Length); the cassette's say how long the body it stores is."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
-        decoded, removed = decode_body(answer.body, answer.content_encoding)
+        decoded, removed = decode_body(
+            answer.body, answer.content_encoding, self.config.max_body_size
+        )
         stored_headers = passed
         if removed:
             stored_headers = [(k, v) for k, v in passed if k.lower() != "content-encoding"]
@@ -420,6 +494,8 @@ class Recorder:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("webhook body", self.config.max_body_size)
+        except HungUp:
+            return web.Response(status=400)
         signature = self.config.webhooks.signature
         if not self.upstream_secrets:
             self.refused_webhooks += 1
