@@ -66,6 +66,15 @@ async def until_signalled(
     return result
 
 
+async def drain_owed(recorder: Any, timeout: float) -> None:
+    """Wait (bounded) for webhooks the session is owed; a second SIGINT/SIGTERM stops at once."""
+    loop = asyncio.get_running_loop()
+    now = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, now.set)
+    await recorder.drain(timeout, now, lambda line: click.echo(line, err=True))
+
+
 def with_live_view(proxy: ReplayProxy) -> tuple[Callable[[], Awaitable[str]], Any]:
     """Wrap start/stop so a replay shows one line per job on stderr while it runs."""
     tasks: list[asyncio.Task[None]] = []
@@ -212,7 +221,8 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=float,
             default=5.0,
             show_default=True,
-            help="Seconds to wait at shutdown for webhooks still due.",
+            help="Seconds to wait at shutdown for webhooks still due (with run --record: "
+            "still owed, default 30).",
         ),
         click.option(
             "--fast-forward",
@@ -399,6 +409,9 @@ def run(
 
     config = settings(config_path, upstream=upstream)
     https = https_kwargs(kw)
+    source = click.get_current_context().get_parameter_source("drain_timeout")
+    if record and source == click.core.ParameterSource.DEFAULT:
+        kw["drain_timeout"] = 30.0  # recording: webhooks owed by staging take longer
     if record and not config.upstream and not https["forward"]:
         raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
     proxy = open_proxy(
@@ -421,6 +434,8 @@ def run(
         click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
 
     returncode, report = eventloop.run(run_command(proxy, command, names, started))
+    for line in proxy.recorder.warnings() if proxy.recorder is not None else ():
+        click.echo(f"replayproxy: {line}", err=True)
     diverged = bool(getattr(report, "diverged", False))
     if diverged:
         if report.unmatched:
@@ -573,6 +588,13 @@ def send_webhook(
     is_flag=True,
     help="Allow listening on a non-loopback address (prints a warning).",
 )
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="On Ctrl-C, seconds to wait for webhooks still owed (a second Ctrl-C stops at once).",
+)
 @https_options
 @friendly
 def record(
@@ -584,6 +606,7 @@ def record(
     public_url: str | None,
     upstream_ca: str | None,
     allow_remote: bool,
+    drain_timeout: float,
     **kw: Any,
 ) -> None:
     """Forward to the upstream and record the traffic and its webhooks into CASSETTE.
@@ -634,6 +657,8 @@ def record(
             return f"replayproxy replaying {cassette} on {url} (mode {mode}: not recording)"
 
     async def stop() -> Any:
+        if proxy.recorder is not None:
+            await drain_owed(proxy.recorder, drain_timeout)
         for task in views:
             task.cancel()
         await asyncio.gather(*views, return_exceptions=True)
@@ -645,9 +670,12 @@ def record(
         click.echo(
             f"recorded {recorder.recorded} exchanges and {len(recorder.webhooks)} "
             f"webhooks into {cassette}; replayed {recorder.replayed}; upstream failures "
-            f"{recorder.failed}; refused webhooks {recorder.refused_webhooks}",
+            f"{recorder.failed}; webhooks refused for a bad upstream signature "
+            f"{recorder.refused_webhooks}, refused by the app {len(recorder.app_refused)}",
             err=True,
         )
+        for line in recorder.warnings():
+            click.echo(f"replayproxy: {line}", err=True)
     else:
         report = proxy.report
         click.echo(

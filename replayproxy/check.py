@@ -233,7 +233,22 @@ def _carries(item: Any, value: str) -> bool:
 
 
 def check_cassette(cassette: Cassette, name: str) -> list[Finding]:
-    return _Checker(name, cassette).run()
+    return _Checker(name, cassette).run() + missing_webhooks(cassette, name)
+
+
+def missing_webhooks(cassette: Cassette, name: str) -> list[Finding]:
+    """The exchanges whose webhook never came while recording (the recorder notes them as
+    `webhooks_missing` when it stopped first): a replay cannot send what was never recorded."""
+    numbers = cassette.meta.get("webhooks_missing") or []
+    return [
+        Finding(
+            name, f"interaction {n}", "replayproxy.webhooks_missing",
+            "it sent a callback URL, but the recording stopped before its webhook came: a "
+            "replay will never send it; record again and let the session wait for it",
+        )
+        for n in numbers
+        if isinstance(n, int)
+    ]
 
 
 def check_paths(paths: list[str | Path]) -> Iterator[Finding]:

@@ -13,6 +13,7 @@ webhooks); anything else is forwarded and recorded.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
+from .correlate import exchange_values, webhook_ids
 from .errors import CassetteError, ConfigError
 from .journal import Claim, Journal, Session, assemble, fingerprint, journal_path, read
 from .journal import claim as claim_journal
@@ -275,6 +278,12 @@ class Recorder:
         self.replayed = 0
         self.refused_webhooks = 0
         self.failed = 0
+        # exchanges that carried a callback URL and whose webhook has not come (see owe())
+        self.owed: dict[int, Owed] = {}
+        self._settled = asyncio.Event()
+        self.draining = False  # stopping: new app requests get 503 while owed webhooks come
+        self.app_refused: dict[str, tuple[int, str]] = {}  # event -> the app's (status, why)
+        self.unsigned = 0  # webhooks that came while the local secret was not set
         self.upstream_client = Upstream(
             ssl_context=self.ssl, timeout=config.upstream_timeout, limit=config.max_body_size
         )
@@ -320,6 +329,13 @@ class Recorder:
         path = request.path
         if path.startswith(INGRESS) and path[len(INGRESS):len(INGRESS) + 1] in ("", "/"):
             return await self.webhook(request)  # never forwarded upstream
+        if self.draining:
+            return _error(
+                503,
+                f"replayproxy is stopping: it waits for {len(self.owed)} webhook(s) still owed "
+                "and forwards no new requests",
+                None,
+            )
         at = self.now()
         try:
             body = await self._read_request(request)
@@ -393,6 +409,8 @@ class Recorder:
             )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
+        if callbacks and 200 <= answer.status < 300 and self.last is not None:
+            self.owe(number, self.last, callbacks[0])
         return web.Response(
             status=answer.status, reason=answer.reason or None, body=answer.body, headers=passed
         )
@@ -550,10 +568,98 @@ class Recorder:
             what = f"webhook {len(self.webhooks)}"
             if not self._journal(self.journal.webhook, stored, hint, what=what):
                 self.held.append((len(self.webhooks) - 1, stored, hint))
-        return await self._forward_webhook(hook, target)
+        self.settle(body, target)
+        return await self._forward_webhook(hook, target, key)
 
-    async def _forward_webhook(self, hook: Webhook, target: str) -> web.StreamResponse:
+    # -- webhooks owed: a session that stops before they came records them as missing ----------
+
+    def owe(self, number: int, item: Interaction, callback: str) -> None:
+        """Exchange `number` sent a callback URL and was accepted: a webhook is owed for it."""
+        self.owed[number] = Owed(
+            number, item.request.method, urlsplit(item.request.uri).path, callback,
+            exchange_values(item),
+        )
+
+    def settle(self, body: bytes, target: str) -> None:
+        """A webhook came: it pays the owed exchange that shares an id with it (the job id),
+        else the earliest one owed on that callback URL."""
+        if not self.owed:
+            return
+        ids = webhook_ids(body)
+        paid = [n for n, o in self.owed.items() if ids & o.values]
+        if not paid:
+            paid = [n for n, o in self.owed.items() if o.callback == target][:1]
+        for n in paid:
+            del self.owed[n]
+        if paid:
+            self._settled.set()
+
+    async def drain(self, timeout: float, stop_now: asyncio.Event, say: Any) -> None:
+        """Stop forwarding new requests (503) and wait, up to `timeout` seconds or until
+        `stop_now` is set (a second Ctrl-C), for the webhooks still owed."""
+        self.draining = True
+        if not self.owed:
+            return
+        say(
+            f"replayproxy: stopping: waiting up to {timeout:g}s for {len(self.owed)} webhook(s) "
+            f"still owed ({_owed_list(self.owed.values())}); new requests get 503; "
+            "Ctrl-C again to stop now"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiting = len(self.owed)
+        while self.owed and not stop_now.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._settled.clear()
+            settled = asyncio.ensure_future(self._settled.wait())
+            stopped = asyncio.ensure_future(stop_now.wait())
+            await asyncio.wait({settled, stopped}, timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+            settled.cancel()
+            stopped.cancel()
+            if self.owed and len(self.owed) < waiting:
+                waiting = len(self.owed)
+                say(f"replayproxy: still waiting for {waiting}: {_owed_list(self.owed.values())}")
+
+    def warnings(self) -> list[str]:
+        """What went wrong with webhooks this session, for the closing summary."""
+        out = []
+        if self.app_refused:
+            first = next(iter(self.app_refused.values()))
+            out.append(self._refused_line(len(self.app_refused), *first))
+        if self.unsigned:
+            out.append(
+                f"{self.unsigned} webhook(s) came but {self.config.webhooks.local_secret_env} "
+                "(webhooks.local_secret_env) is not set: none reached the app"
+            )
+        if self.owed:
+            out.append(
+                f"{len(self.owed)} webhook(s) never came before the recording stopped: "
+                f"{_owed_list(self.owed.values())}; the cassette notes them (`check` flags it)"
+            )
+        return out
+
+    def _refused_line(self, count: int, status: int, why: str) -> str:
+        env = self.config.webhooks.local_secret_env
+        scheme = self.config.webhooks.signature.scheme
+        return (
+            f"the app refused {count} webhook(s) signed with ${env} (scheme {scheme}): "
+            f"{status} {why}".rstrip()
+            + f"; is the app's webhook secret the one in {env}?"
+        )
+
+    async def _forward_webhook(self, hook: Webhook, target: str, key: str) -> web.StreamResponse:
         if not self.local_secrets:
+            self.unsigned += 1
+            if self.unsigned == 1:
+                log.error(
+                    "replayproxy: a webhook came for %s, but %s (webhooks.local_secret_env) is "
+                    "not set: it cannot be signed for the app, so the app never gets it "
+                    "(recorded; the sender gets 502)",
+                    target, self.config.webhooks.local_secret_env,
+                )
             return _error(
                 502,
                 f"{self.config.webhooks.local_secret_env} (webhooks.local_secret_env) is not set: "
@@ -576,11 +682,23 @@ class Recorder:
                 headers = {}
                 if "Content-Type" in resp.headers:
                     headers["Content-Type"] = resp.headers["Content-Type"]
+                if 400 <= resp.status < 500:
+                    self._app_refused(key, resp.status, resp.reason or "", answer, target)
                 return web.Response(status=resp.status, body=answer, headers=headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cause = _cause(exc, self.config.webhooks.timeout)
             log.warning("replayproxy: forwarding a webhook to %s failed: %s", target, cause)
             return _error(502, f"the app at {target} did not answer: {cause}", None, cause=cause)
+
+    def _app_refused(self, key: str, status: int, reason: str, answer: bytes, target: str) -> None:
+        """The app said no to a webhook we signed: most often the secrets differ. Said now,
+        on each refusal, not when a replay fails much later; counted once per event (the
+        sender's retries are the same webhook)."""
+        text = " ".join(answer[:200].decode("utf-8", "replace").split())
+        why = self.redactor.text(f"{reason} {text}".strip())
+        self.app_refused.setdefault(key, (status, why))
+        count = len(self.app_refused)
+        log.warning("replayproxy: %s (at %s)", self._refused_line(count, status, why), target)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -621,6 +739,8 @@ class Recorder:
         if self._app_session is not None:
             await self._app_session.close()
         result = None
+        if self.owed:  # `check` flags a cassette whose session stopped before they came
+            self.session.meta["webhooks_missing"] = sorted(self.owed)
         if self.recorded or self.webhooks:
             result = self.cassette()
             try:
@@ -636,6 +756,19 @@ class Recorder:
                 ) from None
         self.journal.remove()
         return result
+
+
+@dataclass(slots=True)
+class Owed:
+    number: int  # the exchange, as `inspect` numbers it
+    method: str
+    path: str
+    callback: str  # the app's callback URL it sent
+    values: set[str]  # its ids (correlate.exchange_values): the webhook carries one of them
+
+
+def _owed_list(owed: Iterable[Owed]) -> str:
+    return ", ".join(f"interaction {o.number} {o.method} {o.path}" for o in owed)
 
 
 def _body_event_id(body: bytes) -> str | None:
