@@ -10,15 +10,21 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from helpers import job_cassette
 from proc import API_KEY, Serving, cli, sandbox
 
-from replayproxy.cassette import load
-from replayproxy.journal import journal_path
+from replayproxy.api import SyncReplayProxy
+from replayproxy.cassette import load, save
+from replayproxy.errors import CassetteError
+from replayproxy.journal import Journal, Session, fingerprint, journal_path
+
+pytest_plugins = ["pytester"]
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -198,3 +204,59 @@ def test_recovery_on_a_full_then_read_only_disk_is_one_line_and_keeps_the_journa
         done = cli("recover", str(path))
         assert done.returncode == 0, done.stderr
         assert len(load(path).interactions) == 4 and not journal_path(path).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the Python API and the pytest plugin refuse it too
+
+
+def _dead_session(path: Path) -> None:
+    """What a killed re-record leaves: the cassette, and a journal nobody holds."""
+    save(job_cassette(), path)
+    journal = Journal(journal_path(path), Session(origin=fingerprint(path), replaces=True))
+    journal.interaction(job_cassette().interactions[0])
+    journal.close()
+
+
+def test_the_python_api_refuses_a_cassette_with_a_journal_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    _dead_session(path)
+    with pytest.raises(CassetteError, match=r"holds a recording session that ended without "
+                       r"saving \(1 exchanges, 0 webhooks\); run `replayproxy recover "):
+        with SyncReplayProxy(path):
+            pass
+
+
+def test_the_pytest_plugin_fails_the_test_naming_the_journal(pytester: pytest.Pytester) -> None:
+    (pytester.path / "cassettes").mkdir()
+    path = pytester.path / "cassettes" / "jobs.yaml"
+    _dead_session(path)
+    pytester.makepyfile(test_app="""
+        import pytest
+
+        @pytest.mark.replayproxy("cassettes/jobs.yaml")
+        def test_poll(replayproxy):
+            pass
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                                           "-p", "no:asyncio", "-p", "no:anyio")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*{journal_path(path).name} beside it holds a recording session "
+                                 "that ended without saving*replayproxy recover*"])
+
+
+def test_kill_9_of_run_record_keeps_the_old_cassette(tmp_path: Path, camber: str) -> None:
+    path = tmp_path / "jobs.yaml"
+    good = good_cassette(path, camber)
+    script = ("import os, sys, time; print('command on', os.environ['REPLAYPROXY_URL'], "
+              "flush=True); time.sleep(60)")
+    with Serving("run", str(path), "--record", "--upstream", camber, "--",
+                 sys.executable, "-c", script) as run:
+        jobs(run.url, 3, "rerun")
+        os.killpg(run.pid, signal.SIGKILL)  # the CI job is cancelled: proxy and command die
+    assert path.read_bytes() == good
+    done = cli("run", str(path), "--", sys.executable, "-c", "pass")
+    assert done.returncode == 2 and "replayproxy recover" in done.stderr, done.stderr
+    assert "into " in cli("recover", str(path)).stderr
+    assert path.read_bytes() == good
+    assert len(load(tmp_path / "jobs.recovered.yaml").interactions) == 3
