@@ -1,10 +1,14 @@
 """Durability while recording: an append-only JSON-lines journal beside the cassette.
 
-`CASSETTE.journal` holds one header line (the session: what it extends, its metadata), then one
-line per finished exchange or received webhook, each written whole with a single `write` on an
-O_APPEND descriptor, so a `kill -9` loses at most what was in flight and concurrent exchanges
-never interleave. At a clean stop the recorder assembles the cassette, saves it atomically and
-deletes the journal; when a session died instead, `recover` does the same from the journal.
+`CASSETTE.journal` holds one header line (the session: what it extends, the cassette's sha256
+when it started, its pid, its metadata), then one line per finished exchange or received
+webhook, each written whole with a single `write` on an O_APPEND descriptor, so a `kill -9`
+loses at most what was in flight and concurrent exchanges never interleave. The recorder holds
+an exclusive flock on it for the session (`claim`): one recorder per cassette. At a clean stop
+the recorder assembles the cassette, saves it atomically and deletes the journal; when a session
+died instead, `recover` saves it: into the cassette while that is still the file the session
+started from, else beside it. Every other command goes through `open_cassette`, which refuses a
+cassette with a journal beside it (`guard`).
 
 `assemble` is the one place a recorded session becomes a cassette: webhooks are correlated with
 their cause (see correlate.py), and variables are detected by shape (see variables.py).
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +33,11 @@ from .correlate import correlate, exchange_values
 from .errors import CassetteError
 from .matching import normaliser
 from .variables import detect
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; one recorder per cassette is on you
+    fcntl = None  # type: ignore[assignment]
 
 SUFFIX = ".journal"
 UNKNOWN = "unknown"
@@ -60,6 +68,7 @@ class Session:
     origin: str | None = None
     replaces: bool = False  # `all` over an existing file: only a clean stop may replace it
     pid: int | None = None  # the recorder's process, for "being recorded by pid N"
+    saved: bool = False  # the cassette was saved; only removing the journal was left to do
 
 
 def assemble(base: Cassette | None, session: Session, config: Config) -> Cassette:
@@ -244,6 +253,12 @@ class Journal:
     def webhook(self, hook: Webhook, hint: int | None) -> None:
         self._write(webhook_line(hook, hint))
 
+    def saved(self) -> None:
+        """The cassette holds this session now: a crash before the journal goes recovers
+        nothing twice."""
+        with contextlib.suppress(OSError):
+            self._write({"kind": "saved"})
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -283,6 +298,8 @@ def read(path: str | Path) -> Session:
                 elif kind == "webhook":
                     session.webhooks.append(_webhook(record))
                     session.hints.append(record.get("hint"))
+                elif kind == "saved":
+                    session.saved = True
             except (ValueError, KeyError, TypeError) as exc:
                 # the last line may be the one in flight when the process died: skipped
                 damaged = CassetteError(f"{path}:{number}: damaged journal line: {exc}")
@@ -320,8 +337,9 @@ def _holder(jpath: Path) -> str:
     return str(pid) if isinstance(pid, int) else "?"
 
 
-def _count(jpath: Path) -> tuple[int, int]:
-    """(exchanges, webhooks) a journal holds, counted by line without decoding bodies."""
+def _count(jpath: Path) -> tuple[int, int] | None:
+    """(exchanges, webhooks) a journal holds, counted by line without decoding bodies; None
+    when its session was saved (only removing the journal was left to do)."""
     exchanges = webhooks = 0
     with open(jpath, "rb") as fh:
         for raw in fh:
@@ -329,6 +347,8 @@ def _count(jpath: Path) -> tuple[int, int]:
                 exchanges += 1
             elif raw.startswith(b'{"kind":"webhook"'):
                 webhooks += 1
+            elif raw.startswith(b'{"kind":"saved"'):
+                return None
     return exchanges, webhooks
 
 
@@ -406,7 +426,8 @@ def _lock(jpath: Path, cassette: Path, write: bool = True) -> int:
                 f"{jpath}: cannot write the recording journal: {exc.strerror or exc}"
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise CassetteError(
@@ -464,6 +485,8 @@ def recover(cassette_path: str | Path, config: Config) -> Recovered | None:
 
 def _recover(path: Path, jpath: Path, config: Config) -> Recovered:
     session = read(jpath)
+    if session.saved:  # the recorder saved the cassette and died before removing this
+        return Recovered(into=path)
     recovered = Recovered(len(session.interactions), len(session.webhooks), path)
     if not recovered.total:
         return recovered
@@ -525,7 +548,8 @@ def guard(cassette_path: str | Path) -> None:
         ) from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CassetteError(
                 f"{path} is being recorded right now by replayproxy pid {_holder(jpath)} "
@@ -533,9 +557,12 @@ def guard(cassette_path: str | Path) -> None:
             ) from None
         if os.fstat(fd).st_size == 0:
             return  # a recorder that died before writing anything: nothing to save
-        exchanges, webhooks = _count(jpath)
+        counted = _count(jpath)
     finally:
         os.close(fd)
+    if counted is None:
+        return  # saved: the cassette is whole; the next recorder removes the journal
+    exchanges, webhooks = counted
     raise CassetteError(
         f"{path}: {jpath} beside it holds a recording session that ended without saving "
         f"({exchanges} exchanges, {webhooks} webhooks); run `replayproxy recover {path}` to "

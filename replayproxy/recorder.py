@@ -7,6 +7,9 @@ Webhooks arrive under `/__replayproxy/webhooks/`: verified with the upstream sec
 byte-exact, re-signed with the local secret and forwarded to the app, whose answer goes back to
 the sender. `close()` assembles the cassette, saves it atomically and removes the journal.
 
+An exchange that sent a callback URL owes a webhook until one comes (`owe`, `settle`); `drain()`
+is the bounded wait for those at stop, and what never came is noted in the cassette's metadata.
+
 In `new_episodes` mode a request that the existing cassette answers is replayed from it (with its
 webhooks); anything else is forwarded and recorded.
 """
@@ -751,9 +754,10 @@ class Recorder:
                 raise CassetteError(
                     f"{self.path}: cannot save the cassette: {exc.strerror or exc}; the previous "
                     f"file is unchanged. {self.journal.path} keeps {kept} of this session's "
-                    f"items: the next `record` in this folder recovers them"
+                    f"items: `replayproxy recover {self.path}` (or the next `record`) saves them"
                     + (f" ({lost} could not be journaled and are lost)" if lost else "")
                 ) from None
+            self.journal.saved()
         self.journal.remove()
         return result
 
