@@ -263,8 +263,6 @@ def spellings(value: str) -> list[bytes]:
     (standard and URL-safe, with or without padding). Substitution uses the first three."""
     escaped = json.dumps(value)[1:-1]
     raw = value.encode("utf-8")
-    b64 = base64.b64encode(raw)
-    url64 = base64.urlsafe_b64encode(raw)
     out = [
         raw,
         escaped.encode("utf-8"),
@@ -272,10 +270,9 @@ def spellings(value: str) -> list[bytes]:
         _url_encoded(value),
         quote(value, safe="/:").encode("ascii"),
         quote_plus(value).encode("ascii"),
-        b64,
-        b64.rstrip(b"="),
-        url64,
-        url64.rstrip(b"="),
+        # unpadded: a prefix of the padded spelling, so one search finds both
+        base64.b64encode(raw).rstrip(b"="),
+        base64.urlsafe_b64encode(raw).rstrip(b"="),
     ]
     return list(dict.fromkeys(out))
 
