@@ -455,6 +455,8 @@ def claim(cassette_path: str | Path, config: Config) -> Claim:
         if os.fstat(fd).st_size:
             recovered = _recover(path, jpath, config)
             os.ftruncate(fd, 0)
+            if not recovered.total:
+                recovered = None  # it held nothing to save: nothing to say
         return Claim(path, fd, recovered)
     except BaseException:
         os.close(fd)

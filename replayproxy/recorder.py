@@ -286,7 +286,7 @@ class Recorder:
         self._settled = asyncio.Event()
         self.draining = False  # stopping: new app requests get 503 while owed webhooks come
         self.app_refused: dict[str, tuple[int, str]] = {}  # event -> the app's (status, why)
-        self.unsigned = 0  # webhooks that came while the local secret was not set
+        self.unsigned: set[str] = set()  # events that came while the local secret was unset
         self.upstream_client = Upstream(
             ssl_context=self.ssl, timeout=config.upstream_timeout, limit=config.max_body_size
         )
@@ -634,7 +634,7 @@ class Recorder:
             out.append(self._refused_line(len(self.app_refused), *first))
         if self.unsigned:
             out.append(
-                f"{self.unsigned} webhook(s) came but {self.config.webhooks.local_secret_env} "
+                f"{len(self.unsigned)} webhook(s) came but {self.config.webhooks.local_secret_env} "
                 "(webhooks.local_secret_env) is not set: none reached the app"
             )
         if self.owed:
@@ -655,8 +655,9 @@ class Recorder:
 
     async def _forward_webhook(self, hook: Webhook, target: str, key: str) -> web.StreamResponse:
         if not self.local_secrets:
-            self.unsigned += 1
-            if self.unsigned == 1:
+            first = not self.unsigned
+            self.unsigned.add(key)
+            if first:
                 log.error(
                     "replayproxy: a webhook came for %s, but %s (webhooks.local_secret_env) is "
                     "not set: it cannot be signed for the app, so the app never gets it "
@@ -743,7 +744,9 @@ class Recorder:
             await self._app_session.close()
         result = None
         if self.owed:  # `check` flags a cassette whose session stopped before they came
-            self.session.meta["webhooks_missing"] = sorted(self.owed)
+            before = self.base.meta.get("webhooks_missing") if self.base is not None else None
+            kept = [n for n in before or [] if isinstance(n, int)]  # new_episodes: still missing
+            self.session.meta["webhooks_missing"] = sorted({*kept, *self.owed})
         if self.recorded or self.webhooks:
             result = self.cassette()
             try:

@@ -132,6 +132,6 @@ def test_a_missing_local_secret_is_an_error_at_the_first_webhook(
         assert "WEBHOOK_SECRET (webhooks.local_secret_env) is not set" in line
         assert rec.stop(signal.SIGINT) == 0
     assert rec.err.count("a webhook came for") == 1  # once, not per retry
-    assert "webhook(s) came but WEBHOOK_SECRET (webhooks.local_secret_env) is not set: none " \
+    assert "1 webhook(s) came but WEBHOOK_SECRET (webhooks.local_secret_env) is not set: none " \
            "reached the app" in rec.err
     assert not app.received
