@@ -6,7 +6,9 @@ bind the server, and on exit drain webhooks, stop, and write the report (or the 
 Modes: `replay` (the default) serves the cassette; `once`, `new_episodes`, `all` and `none` mean
 what they mean in vcrpy: `once` records when the cassette does not exist and replays it when it
 does; `new_episodes` replays what matches and records what does not; `all` re-records; `none`
-only replays. Record modes first recover a journal a killed session left (`recovered`).
+only replays. Record modes lock the cassette's journal for the session (one recorder per
+cassette) and first recover a journal a killed session left (`recovered`); `replay` and `none`
+refuse a cassette with a journal beside it (journal.open_cassette).
 """
 
 from __future__ import annotations
