@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import brotli
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
 from .config import Config, env_secrets
@@ -44,7 +43,7 @@ from .errors import CassetteError, ConfigError
 from .journal import Claim, Journal, Session, assemble, fingerprint, journal_path, read
 from .journal import claim as claim_journal
 from .redact import Redactor, scrub_logs
-from .replayer import Replayer, ReplayOptions, local_secrets
+from .replayer import HungUp, Replayer, ReplayOptions, local_secrets, read_body
 from .signing import (
     SignatureError,
     sign,
@@ -189,10 +188,6 @@ class TooLarge(Exception):
     pass
 
 
-class HungUp(Exception):
-    """The client went away before its request body was whole (logged where it is raised)."""
-
-
 class Recorder:
     """One recording session; `handle` serves every request, `close()` writes the cassette."""
 
@@ -314,19 +309,9 @@ class Recorder:
 
     async def _read_request(self, request: web.BaseRequest) -> bytes:
         try:
-            return await request.read()
+            return await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge() from None
-        except (ConnectionError, HttpProcessingError) as exc:
-            # the client hung up (or broke the framing) mid-body: nothing to forward or record
-            got = request.content.total_bytes
-            length = f" of {request.content_length}" if request.content_length else ""
-            log.warning(
-                "replayproxy: %s %s: the client hung up after %d%s bytes of the body (%s); "
-                "not forwarded, not recorded",
-                request.method, request.rel_url, got, length, exc or type(exc).__name__,
-            )
-            raise HungUp() from None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path

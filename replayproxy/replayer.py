@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from .cassette import Cassette, Request, Response
@@ -63,6 +64,26 @@ def local_secrets(config: Config, needed: bool) -> list[str]:
     return secrets
 
 
+class HungUp(Exception):
+    """The client went away before its request body was whole (logged where it is raised)."""
+
+
+async def read_body(request: web.BaseRequest) -> bytes:
+    """The whole request body; HungUp, said in one log line, when the client hung up (or broke
+    the framing) mid-body: that exchange ends there, nothing is forwarded or recorded."""
+    try:
+        return await request.read()
+    except (ConnectionError, HttpProcessingError) as exc:
+        got = request.content.total_bytes
+        length = f" of {request.content_length}" if request.content_length else ""
+        log.warning(
+            "replayproxy: %s %s: the client hung up after %d%s bytes of the body (%s); "
+            "not forwarded, not recorded",
+            request.method, request.rel_url, got, length, exc or type(exc).__name__,
+        )
+        raise HungUp() from None
+
+
 class Replayer:
     """Stateful for one replay run; `app()` is the aiohttp application that serves it."""
 
@@ -100,7 +121,10 @@ class Replayer:
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else b""
+        try:
+            body = await read_body(request) if request.body_exists else b""
+        except HungUp:
+            return web.Response(status=400)  # nobody is there to read it
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
         return self._miss(req) if resp is None else resp

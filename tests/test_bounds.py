@@ -12,10 +12,10 @@ import aiohttp
 import brotli
 import pytest
 from aiohttp import web
-from helpers import run, serving
+from helpers import job_cassette, run, serving
 
 from replayproxy.api import ReplayProxy
-from replayproxy.cassette import load
+from replayproxy.cassette import load, save
 from replayproxy.config import Config
 
 MIB = 1 << 20
@@ -158,3 +158,31 @@ def test_a_client_hanging_up_mid_body_ends_that_exchange_with_one_log_line(
     ]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert [i.request.uri.rsplit("/", 1)[1] for i in load(path).interactions] == ["after"]
+
+
+def test_replay_too_ends_a_half_sent_request_with_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "jobs.yaml"
+    save(job_cassette(), path)
+    monkeypatch.setenv("WEBHOOK_SECRET", "local_bounds_secret_01")
+    caplog.set_level(logging.DEBUG)
+
+    async def session() -> int:
+        async with ReplayProxy(path) as proxy:
+            port = int(proxy.url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"co")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+            await reader.read()
+            await asyncio.sleep(0.2)
+            async with aiohttp.ClientSession() as s, s.get(proxy.url + "/v1/jobs/6238") as r:
+                return r.status
+
+    assert run(session()) == 200
+    said = [r.getMessage() for r in caplog.records if "hung up" in r.getMessage()]
+    assert said == ["replayproxy: POST /v1/jobs: the client hung up after 4 of 500 bytes of the "
+                    "body (Connection lost); not forwarded, not recorded"]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
