@@ -479,7 +479,13 @@ def recover(cassette_path: str | Path, config: Config) -> Recovered | None:
         return None
     try:
         recovered = _recover(path, jpath, config) if os.fstat(fd).st_size else Recovered()
-        jpath.unlink(missing_ok=True)
+        try:
+            jpath.unlink(missing_ok=True)
+        except OSError as exc:  # saved; a second recovery would only write a copy beside it
+            raise CassetteError(
+                f"{jpath}: saved into {recovered.into or path}, but cannot remove the journal: "
+                f"{exc.strerror or exc}; remove it by hand"
+            ) from None
     finally:
         os.close(fd)
     return recovered
