@@ -263,3 +263,20 @@ def test_kill_9_of_run_record_keeps_the_old_cassette(tmp_path: Path, camber: str
     assert "into " in cli("recover", str(path)).stderr
     assert path.read_bytes() == good
     assert len(load(tmp_path / "jobs.recovered.yaml").interactions) == 3
+
+
+def test_the_next_recorder_recovers_a_dead_re_record_beside_the_cassette(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", "local_durability_secret")
+    path = tmp_path / "jobs.yaml"
+    _dead_session(path)
+    before = path.read_bytes()
+    proxy = SyncReplayProxy(path, mode="once", upstream="http://127.0.0.1:9")
+    with proxy:  # `once` over an existing file: it replays, after saving the dead session
+        assert requests.get(proxy.url + "/v1/jobs/6238", timeout=10).status_code == 200
+    recovered = proxy.proxy.recovered
+    assert recovered is not None and recovered.beside
+    assert recovered.into == tmp_path / "jobs.recovered.yaml"
+    assert path.read_bytes() == before and not journal_path(path).exists()
+    assert len(load(recovered.into).interactions) == 1
