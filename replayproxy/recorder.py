@@ -505,6 +505,12 @@ class Recorder:
         signature = self.config.webhooks.signature
         if not self.upstream_secrets:
             self.refused_webhooks += 1
+            if self.refused_webhooks == 1:
+                log.error(
+                    "replayproxy: refused a webhook on %s: %s (webhooks.upstream_secret_env) is "
+                    "not set, so no webhook can be verified, recorded or forwarded",
+                    request.path, self.config.webhooks.upstream_secret_env,
+                )
             return _refuse(
                 f"{self.config.webhooks.upstream_secret_env} is not set: cannot verify webhooks"
             )
