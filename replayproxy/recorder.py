@@ -160,11 +160,14 @@ def _inflate(data: bytes, wbits: int, cap: int) -> bytes:
     while True:
         d = zlib.decompressobj(wbits)
         pending = data
-        while pending and not d.eof:
-            out += d.decompress(pending, _STEP)
+        while not d.eof:
+            chunk = d.decompress(pending, _STEP)
+            out += chunk
             if len(out) > cap:
                 raise TooLarge()
             pending = d.unconsumed_tail
+            if not pending and not chunk:
+                break  # all input read, no output held back: truncated (checked below)
         if not d.eof:
             raise zlib.error("truncated")
         data = d.unused_data.lstrip(b"\0")  # gzip allows zero padding after a member
@@ -175,8 +178,11 @@ def _inflate(data: bytes, wbits: int, cap: int) -> bytes:
 def _unbrotli(data: bytes, cap: int) -> bytes:
     d = brotli.Decompressor()
     out = bytearray(d.process(data, output_buffer_limit=_STEP))
-    while len(out) <= cap and not d.can_accept_more_data():
-        out += d.process(b"", output_buffer_limit=_STEP)
+    while len(out) <= cap and not d.is_finished():
+        more = d.process(b"", output_buffer_limit=_STEP)
+        if not more and d.can_accept_more_data():
+            break  # it wants input there is no more of: truncated (checked below)
+        out += more
     if len(out) > cap:
         raise TooLarge()
     if not d.is_finished():

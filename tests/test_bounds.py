@@ -186,3 +186,38 @@ def test_replay_too_ends_a_half_sent_request_with_one_log_line(
     assert said == ["replayproxy: POST /v1/jobs: the client hung up after 4 of 500 bytes of the "
                     "body (Connection lost); not forwarded, not recorded"]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 131072, 200001])
+def test_bounded_decoding_gives_what_the_libraries_give_up_to_the_limit(size: int) -> None:
+    """Around the 64 KiB decoding step: the same bytes as gzip/zlib/brotli's own decompress,
+    TooLarge one byte past the limit, undecodable (stored as is) when truncated."""
+    import gzip
+    import random
+
+    from replayproxy.recorder import TooLarge, decode_body
+
+    rng = random.Random(size)
+    raw = rng.randbytes(size // 2) + b"a" * (size - size // 2)
+    raw_deflate = zlib.compressobj(wbits=-15)
+    encoded = {
+        "gzip": gzip.compress(raw) + gzip.compress(b"!"),  # two members, as servers may send
+        "deflate": zlib.compress(raw),
+        "br": brotli.compress(raw),
+        "gzip, br": brotli.compress(gzip.compress(raw)),
+    }
+    expected = {"gzip": gzip.decompress(encoded["gzip"]), "deflate": zlib.decompress(
+        encoded["deflate"]), "br": brotli.decompress(encoded["br"]), "gzip, br": raw}
+    raw_body = raw_deflate.compress(raw) + raw_deflate.flush()
+    assert decode_body(raw_body, "deflate", MIB) == (zlib.decompress(raw_body, -15), "deflate")
+    for coding, body in encoded.items():
+        want = expected[coding]
+        assert decode_body(body, coding, MIB) == (want, coding)
+        if "," in coding:
+            continue  # a chain: every stage is bounded, the middle one may be the larger
+        assert decode_body(body, coding, len(want)) == (want, coding)
+        if want:
+            with pytest.raises(TooLarge):
+                decode_body(body, coding, len(want) - 1)
+        if size > 16:
+            assert decode_body(body[:-6], coding, MIB) == (body[:-6], None)
