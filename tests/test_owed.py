@@ -22,7 +22,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.fixture(scope="module")
 def fast() -> Iterator[str]:
-    with sandbox("0.15") as up:  # a job's webhook comes about 0.75 s after its submit
+    with sandbox("0.4") as up:  # a job's webhook comes about 2 s after its submit
         yield up.url
 
 
