@@ -19,6 +19,7 @@ from replayproxy.cassette import load
 from replayproxy.config import Config, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
+from replayproxy.journal import open_cassette
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions, near_miss_text
@@ -63,6 +64,15 @@ async def until_signalled(
     finally:
         result = await stop()
     return result
+
+
+async def drain_owed(recorder: Any, timeout: float) -> None:
+    """Wait (bounded) for webhooks the session is owed; a second SIGINT/SIGTERM stops at once."""
+    loop = asyncio.get_running_loop()
+    now = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, now.set)
+    await recorder.drain(timeout, now, lambda line: click.echo(line, err=True))
 
 
 def with_live_view(proxy: ReplayProxy) -> tuple[Callable[[], Awaitable[str]], Any]:
@@ -211,7 +221,8 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=float,
             default=5.0,
             show_default=True,
-            help="Seconds to wait at shutdown for webhooks still due.",
+            help="Seconds to wait at shutdown for webhooks still due (with run --record: "
+            "still owed, default 30).",
         ),
         click.option(
             "--fast-forward",
@@ -305,7 +316,7 @@ def inspect(
     cassette: str, config_path: str | None, html_path: str | None, report_path: str | None
 ) -> None:
     """Show CASSETTE's interactions, webhooks and variables as tables."""
-    tape = load(cassette)
+    tape = open_cassette(cassette)
     report = load_report(report_path) if report_path else None
     ensure_variables(tape, normaliser(tape, settings(config_path)))
     click.echo(render_inspect(tape, color=sys.stdout.isatty()))
@@ -398,6 +409,9 @@ def run(
 
     config = settings(config_path, upstream=upstream)
     https = https_kwargs(kw)
+    source = click.get_current_context().get_parameter_source("drain_timeout")
+    if record and source == click.core.ParameterSource.DEFAULT:
+        kw["drain_timeout"] = 30.0  # recording: webhooks owed by staging take longer
     if record and not config.upstream and not https["forward"]:
         raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
     proxy = open_proxy(
@@ -420,6 +434,8 @@ def run(
         click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
 
     returncode, report = eventloop.run(run_command(proxy, command, names, started))
+    for line in proxy.recorder.warnings() if proxy.recorder is not None else ():
+        click.echo(f"replayproxy: {line}", err=True)
     diverged = bool(getattr(report, "diverged", False))
     if diverged:
         if report.unmatched:
@@ -450,7 +466,7 @@ def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None
 
     from replayproxy.diff import diff
 
-    result = diff(load(a), load(b), settings(config_path))
+    result = diff(open_cassette(a), open_cassette(b), settings(config_path))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
     sys.exit(0 if result.equal else 1)
 
@@ -469,6 +485,29 @@ def check_command(cassettes: tuple[str, ...]) -> None:
         click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s)", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(cassettes)} cassette(s), no findings", err=True)
+
+
+@main.command("recover")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@config_option
+@friendly
+def recover_command(cassette: str, config_path: str | None) -> None:
+    """Save the session a recorder that died left in CASSETTE.journal.
+
+    Into CASSETTE when it is still the file that session started from; after a re-record
+    (`--mode all`, `run --record`) or when CASSETTE changed since, into CASSETTE's name with
+    `.recovered` before the suffix, leaving CASSETTE as it is.
+    """
+    from pathlib import Path
+
+    from replayproxy.journal import journal_path, recover
+
+    done = recover(cassette, settings(config_path))
+    if done is None:
+        click.echo(f"replayproxy: nothing to recover: {journal_path(cassette)} does not exist",
+                   err=True)
+        return
+    click.echo(f"replayproxy: {done.describe(journal_path(cassette), Path(cassette))}", err=True)
 
 
 @main.command("send-webhook")
@@ -508,7 +547,7 @@ def send_webhook(
     if scheme:
         signature = dataclasses.replace(signature, scheme=scheme)
     validate(signature)
-    tape = load(cassette)
+    tape = open_cassette(cassette)
     numbers = pick(tape, index, send_all)
     secrets = local_secrets(config, needed=True)
     results = eventloop.run(
@@ -549,6 +588,13 @@ def send_webhook(
     is_flag=True,
     help="Allow listening on a non-loopback address (prints a warning).",
 )
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="On Ctrl-C, seconds to wait for webhooks still owed (a second Ctrl-C stops at once).",
+)
 @https_options
 @friendly
 def record(
@@ -560,6 +606,7 @@ def record(
     public_url: str | None,
     upstream_ca: str | None,
     allow_remote: bool,
+    drain_timeout: float,
     **kw: Any,
 ) -> None:
     """Forward to the upstream and record the traffic and its webhooks into CASSETTE.
@@ -567,6 +614,8 @@ def record(
     With --forward the app uses the proxy as HTTPS_PROXY/HTTP_PROXY instead, and --upstream is
     only needed for requests sent to the proxy directly.
     """
+    from pathlib import Path
+
     from replayproxy.journal import journal_path
 
     config = settings(config_path, listen=listen, upstream=upstream)
@@ -592,12 +641,8 @@ def record(
             view = RecordView(lambda: (recorder.recorded, recorder.last, recorder.webhooks))
             views.append(asyncio.get_running_loop().create_task(view.run()))
         if proxy.recovered is not None:
-            click.echo(
-                f"replayproxy: recovered {proxy.recovered.interactions} exchanges and "
-                f"{proxy.recovered.webhooks} webhooks from {journal_path(cassette)} "
-                f"(a session that ended without saving) into {cassette}",
-                err=True,
-            )
+            line = proxy.recovered.describe(journal_path(cassette), Path(cassette))
+            click.echo(f"replayproxy: {line}", err=True)
         return url
 
     class Banner:
@@ -612,6 +657,8 @@ def record(
             return f"replayproxy replaying {cassette} on {url} (mode {mode}: not recording)"
 
     async def stop() -> Any:
+        if proxy.recorder is not None:
+            await drain_owed(proxy.recorder, drain_timeout)
         for task in views:
             task.cancel()
         await asyncio.gather(*views, return_exceptions=True)
@@ -623,9 +670,12 @@ def record(
         click.echo(
             f"recorded {recorder.recorded} exchanges and {len(recorder.webhooks)} "
             f"webhooks into {cassette}; replayed {recorder.replayed}; upstream failures "
-            f"{recorder.failed}; refused webhooks {recorder.refused_webhooks}",
+            f"{recorder.failed}; webhooks refused for a bad upstream signature "
+            f"{recorder.refused_webhooks}, refused by the app {len(recorder.app_refused)}",
             err=True,
         )
+        for line in recorder.warnings():
+            click.echo(f"replayproxy: {line}", err=True)
     else:
         report = proxy.report
         click.echo(

@@ -6,7 +6,9 @@ bind the server, and on exit drain webhooks, stop, and write the report (or the 
 Modes: `replay` (the default) serves the cassette; `once`, `new_episodes`, `all` and `none` mean
 what they mean in vcrpy: `once` records when the cassette does not exist and replays it when it
 does; `new_episodes` replays what matches and records what does not; `all` re-records; `none`
-only replays. Record modes first recover a journal a killed session left (`recovered`).
+only replays. Record modes lock the cassette's journal for the session (one recorder per
+cassette) and first recover a journal a killed session left (`recovered`); `replay` and `none`
+refuse a cassette with a journal beside it (journal.open_cassette).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .cassette import load
 from .config import Config, parse_listen
 from .errors import ConfigError
-from .journal import Recovered, recover
+from .journal import Recovered, claim, open_cassette
 from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
 from .report import Report
@@ -88,26 +90,39 @@ class ReplayProxy:
         return self.recorder is not None
 
     def _handler(self) -> Any:
-        if self.mode != "replay":
-            self.recovered = recover(self.path, self.config)
-        exists = self.path.exists()
-        if self.mode in ("replay", "none") or (self.mode == "once" and exists):
+        if self.mode in ("replay", "none"):
             self.replayer = Replayer(
-                load(self.path), self.config, self.options, forward=self.forward
+                open_cassette(self.path), self.config, self.options, forward=self.forward
             )
             self.report = self.replayer.report
             return self.replayer
-        base = load(self.path) if self.mode == "new_episodes" and exists else None
-        self.recorder = Recorder(
-            self.path,
-            self.config,
-            upstream=self.upstream or self.config.upstream or "",
-            base=base,
-            upstream_ca=self.upstream_ca,
-            public_url=self.public_url,
-            options=self.options,
-            forward=self.forward,
-        )
+        # one recorder per cassette: locked for the session; a dead session's journal is saved
+        held = claim(self.path, self.config)
+        self.recovered = held.recovered
+        try:
+            exists = self.path.exists()
+            if self.mode == "once" and exists:
+                held.release()
+                self.replayer = Replayer(
+                    load(self.path), self.config, self.options, forward=self.forward
+                )
+                self.report = self.replayer.report
+                return self.replayer
+            base = load(self.path) if self.mode == "new_episodes" and exists else None
+            self.recorder = Recorder(
+                self.path,
+                self.config,
+                upstream=self.upstream or self.config.upstream or "",
+                base=base,
+                upstream_ca=self.upstream_ca,
+                public_url=self.public_url,
+                options=self.options,
+                forward=self.forward,
+                claim=held,
+            )
+        except BaseException:
+            held.release()
+            raise
         if self.recorder.replayer is not None:
             self.report = self.recorder.replayer.report
         return self.recorder

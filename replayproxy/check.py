@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .cassette import Cassette, Headers, load
+from .cassette import Cassette, Headers
 from .config import Config
 from .errors import CassetteError
+from .journal import open_cassette
 from .matching import ensure_variables, normaliser
 from .variables import MINTED_HEADERS, json_leaves, shape
 
@@ -232,7 +233,22 @@ def _carries(item: Any, value: str) -> bool:
 
 
 def check_cassette(cassette: Cassette, name: str) -> list[Finding]:
-    return _Checker(name, cassette).run()
+    return _Checker(name, cassette).run() + missing_webhooks(cassette, name)
+
+
+def missing_webhooks(cassette: Cassette, name: str) -> list[Finding]:
+    """The exchanges whose webhook never came while recording (the recorder notes them as
+    `webhooks_missing` when it stopped first): a replay cannot send what was never recorded."""
+    numbers = cassette.meta.get("webhooks_missing") or []
+    return [
+        Finding(
+            name, f"interaction {n}", "replayproxy.webhooks_missing",
+            "it sent a callback URL, but the recording stopped before its webhook came: a "
+            "replay will never send it; record again and let the session wait for it",
+        )
+        for n in numbers
+        if isinstance(n, int)
+    ]
 
 
 def check_paths(paths: list[str | Path]) -> Iterator[Finding]:
@@ -240,7 +256,7 @@ def check_paths(paths: list[str | Path]) -> Iterator[Finding]:
     for path in paths:
         name = str(path)
         try:
-            cassette = load(path)
+            cassette = open_cassette(path)
         except CassetteError as exc:
             message = str(exc)
             if message.startswith(name):

@@ -22,28 +22,78 @@ def codings(value: str | None) -> list[str]:
     return [c.strip().lower() for c in (value or "").split(",") if c.strip()]
 
 
-def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
-    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
+class TooLarge(Exception):
+    """A body past its size limit: on the wire, or once decoded."""
+
+
+def decode_body(
+    body: bytes, encoding: str | None, limit: int | None = None
+) -> tuple[bytes, str | None]:
+    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded.
+
+    Decoding is streamed and stops past `limit` bytes with TooLarge: a 300-byte brotli answer
+    can stand for gigabytes (a "bomb"), and max_body_size bounds what is recorded, not only
+    what crossed the wire."""
     if not encoding:
         return body, None
     applied = codings(encoding)
+    cap = limit if limit is not None else 1 << 62
     out = body
     try:
         for coding in reversed(applied):
-            if coding in ("gzip", "x-gzip"):
-                out = gzip.decompress(out)
+            if coding in _GZIP:
+                out = _inflate(out, 16 + zlib.MAX_WBITS, cap)
             elif coding == "deflate":
                 try:
-                    out = zlib.decompress(out)
+                    out = _inflate(out, zlib.MAX_WBITS, cap)
                 except zlib.error:
-                    out = zlib.decompress(out, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+                    out = _inflate(out, -zlib.MAX_WBITS, cap)  # raw deflate, as some servers send
             elif coding == "br":
-                out = brotli.decompress(out)
+                out = _unbrotli(out, cap)
             elif coding != "identity":
                 return body, None
     except (OSError, EOFError, zlib.error, brotli.error):
         return body, None
     return out, ", ".join(applied)
+
+
+_STEP = 1 << 16  # decoded bytes per step: the most held beyond the limit
+
+
+def _inflate(data: bytes, wbits: int, cap: int) -> bytes:
+    """zlib/gzip (every gzip member, as gzip.decompress reads them), at most `cap` bytes."""
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(wbits)
+        pending = data
+        while not d.eof:
+            chunk = d.decompress(pending, _STEP)
+            out += chunk
+            if len(out) > cap:
+                raise TooLarge()
+            pending = d.unconsumed_tail
+            if not pending and not chunk:
+                break  # all input read, no output held back: truncated (checked below)
+        if not d.eof:
+            raise zlib.error("truncated")
+        data = d.unused_data.lstrip(b"\0")  # gzip allows zero padding after a member
+        if not data or wbits != 16 + zlib.MAX_WBITS:
+            return bytes(out)
+
+
+def _unbrotli(data: bytes, cap: int) -> bytes:
+    d = brotli.Decompressor()
+    out = bytearray(d.process(data, output_buffer_limit=_STEP))
+    while len(out) <= cap and not d.is_finished():
+        more = d.process(b"", output_buffer_limit=_STEP)
+        if not more and d.can_accept_more_data():
+            break  # it wants input there is no more of: truncated (checked below)
+        out += more
+    if len(out) > cap:
+        raise TooLarge()
+    if not d.is_finished():
+        raise brotli.error("truncated")
+    return bytes(out)
 
 
 def encode_body(body: bytes, encoding: str) -> bytes:

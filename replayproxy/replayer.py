@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .cassette import Cassette, Interaction, Request
 from .coding import accepts, encode_body
@@ -66,6 +67,26 @@ def local_secrets(config: Config, needed: bool) -> list[str]:
             "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
         )
     return secrets
+
+
+class HungUp(Exception):
+    """The client went away before its request body was whole (logged where it is raised)."""
+
+
+async def read_body(request: web.BaseRequest) -> bytes:
+    """The whole request body; HungUp, said in one log line, when the client hung up (or broke
+    the framing) mid-body: that exchange ends there, nothing is forwarded or recorded."""
+    try:
+        return await request.read()
+    except (ConnectionError, HttpProcessingError) as exc:
+        got = request.content.total_bytes
+        length = f" of {request.content_length}" if request.content_length else ""
+        log.warning(
+            "replayproxy: %s %s: the client hung up after %d%s bytes of the body (%s); "
+            "not forwarded, not recorded",
+            request.method, request.rel_url, got, length, exc or type(exc).__name__,
+        )
+        raise HungUp() from None
 
 
 class Replayer:
@@ -142,7 +163,10 @@ class Replayer:
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else b""
+        try:
+            body = await read_body(request) if request.body_exists else b""
+        except HungUp:
+            return web.Response(status=400)  # nobody is there to read it
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
         if resp is None:
@@ -178,6 +202,7 @@ class Replayer:
 
     def _miss(self, req: Request, origin: str | None = None) -> web.Response:
         misses = self.matcher.near_misses(req, origin=origin)
+        self.redactor.learn_request(req)  # a redacted query value, token or cookie: never shown
         scrub = self.redactor.text
         near = [
             {

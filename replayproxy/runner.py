@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,20 @@ async def run_command(
                 pass
         try:
             returncode = await proc.wait()
+            recorder = getattr(proxy, "recorder", None)
+            if recorder is not None and recorder.owed:  # webhooks still on their way: wait
+                now = asyncio.Event()
+                for sig in handled:
+                    loop.add_signal_handler(sig, now.set)
+                await recorder.drain(proxy.options.drain_timeout, now, _say)
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
     return returncode, proxy.report
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:
