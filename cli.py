@@ -21,7 +21,7 @@ from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
-from replayproxy.replayer import ReplayOptions, near_miss_text
+from replayproxy.replayer import ReplayOptions
 from replayproxy.signing import SCHEMES
 from replayproxy.timeline import load_report, write_html
 from replayproxy.webhooks import TIMINGS
@@ -157,7 +157,8 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--strict",
             is_flag=True,
-            help="Exit 1 when a request went unmatched or a webhook failed or stayed pending.",
+            help="Also require every interaction used and every webhook delivered "
+            "(replay: and exit 1 when the replay diverged).",
         ),
         click.option(
             "--report",
@@ -266,22 +267,14 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        strict=kw["strict"],
     )
     shown = " (forward proxy)" if https["forward"] else ""
     start, stop = with_live_view(proxy)
     report = eventloop.run(
         until_signalled(start, stop, f"replayproxy replaying {cassette} on {{url}}{shown}")
     )
-    if report.unmatched:
-        click.echo(near_miss_text(report), err=True)
-    summary = report.webhooks_summary()
-    click.echo(
-        f"served {report.served}, unmatched {len(report.unmatched)}, "
-        f"unused {len(report.unused)} of {report.interactions_total}; webhooks delivered "
-        f"{summary['delivered']}, rejected {summary['rejected']}, failed {summary['failed']}, "
-        f"pending {summary['pending'] + len(summary['never_due'])}",
-        err=True,
-    )
+    click.echo(report.summary(), err=True)
     sys.exit(1 if kw["strict"] and report.diverged else 0)
 
 
@@ -410,6 +403,7 @@ def run(
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        strict=kw["strict"],
         **https,
     )
     names = [n for n in (env_name or config.export_env,) if n]
@@ -421,16 +415,7 @@ def run(
 
     returncode, report = eventloop.run(run_command(proxy, command, names, started))
     diverged = bool(getattr(report, "diverged", False))
-    if diverged:
-        if report.unmatched:
-            click.echo(near_miss_text(report), err=True)
-        summary = report.webhooks_summary()
-        click.echo(
-            f"replayproxy: replay diverged: served {report.served}, unmatched "
-            f"{len(report.unmatched)}; webhooks delivered {summary['delivered']}, failed "
-            f"{summary['failed']}, pending {summary['pending'] + len(summary['never_due'])}",
-            err=True,
-        )
+    click.echo(f"replayproxy: {report.summary()}", err=True)
     sys.exit(exit_status(returncode, diverged, divergence_exit_code))
 
 

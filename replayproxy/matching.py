@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cassette import Cassette, Request, header
+from .clip import LIMIT, clip
 from .config import Config, MatchConfig
 from .variables import Bindings, Rules, detect, dotted_get
 
@@ -336,7 +337,7 @@ class Matcher:
         if live.method != rec.method:
             out.append(f"method: {live.method} vs {rec.method}")
         if live.template != rec.template:
-            out.append(f"path: {live.path} vs {rec.path}")
+            out.append(f"path: {clip(live.path)} vs {clip(rec.path)}")
         if live.query != rec.query:
             out.append("query: " + _pairs_diff(live.query, rec.query))
         if live.body != rec.body:
@@ -348,7 +349,7 @@ class Matcher:
                 out.append("values: " + self._slot_diff(live, rec))
             elif self.used[index]:
                 out.append("already used (each recorded answer is played once)")
-        return out
+        return [clip(note, 3 * LIMIT) for note in out]
 
     def _slot_diff(self, live: Normal, rec: Normal) -> str:
         for position, recorded in rec.slots.items():
@@ -356,12 +357,15 @@ class Matcher:
             if recorded in self.variables:
                 bound = self.bindings.live.get(recorded)
                 if bound is not None and bound != value:
-                    return f"{position}: {value} vs {bound} (bound earlier to recorded {recorded})"
+                    return (
+                        f"{position}: {_show(value)} vs {_show(bound)} "
+                        f"(bound earlier to recorded {_show(recorded)})"
+                    )
                 owner = self.bindings.recorded.get(value or "")
                 if owner is not None and owner != recorded:
-                    return f"{position}: {value} already stands for recorded {owner}"
+                    return f"{position}: {_show(value)} already stands for recorded {_show(owner)}"
             elif value != recorded:
-                return f"{position}: {value} vs {recorded}"
+                return f"{position}: {_show(value)} vs {_show(recorded)}"
         return "variables differ"
 
 
@@ -375,15 +379,17 @@ def _take(items: Any, n: int) -> list[int]:
 
 
 def describe(req: Request) -> str:
+    """`METHOD /path?query`, the target cut to a bounded length (see `clip`)."""
     parts = urlsplit(req.uri)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    return f"{req.method} {target}"
+    return f"{clip(req.method, 40)} {clip(target)}"
 
 
 def _show(value: Any) -> str:
+    """A compared value as a person reads it, cut to a bounded length."""
     if isinstance(value, str) and value.startswith(_PLACEHOLDER):
         return "{" + value[1:] + "}"
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return clip(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
 
 
 def _pairs_diff(live: tuple, rec: tuple) -> str:

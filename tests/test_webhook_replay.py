@@ -743,7 +743,8 @@ async def cli(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.
 
 
 async def strict_replay(
-    tmp_path: Path, webhook_url: str, polls: int, extra: tuple[str, ...] = ()
+    tmp_path: Path, webhook_url: str, polls: int, extra: tuple[str, ...] = (),
+    listing: bool = False,
 ) -> tuple[int, dict[str, Any], str]:
     cassette = tmp_path / "jobs.yaml"
     save(job_cassette(), cassette)
@@ -760,6 +761,9 @@ async def strict_replay(
         url = line.split(" on ", 1)[1].strip()
         async with aiohttp.ClientSession(base_url=url) as http:
             await submit_and_poll(http, polls=polls)
+            if listing:  # strict: every interaction played, the listing too
+                async with http.get("/v1/jobs?status=COMPLETED&page=1") as resp:
+                    assert resp.status == 200
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -798,8 +802,9 @@ def test_cli_strict_exits_0_when_all_went_as_recorded(tmp_path: Path) -> None:
     async def main() -> None:
         rx = receiver_for()
         async with serving(rx.app()) as hook_base:
-            code, report, err = await strict_replay(tmp_path, hook_base, polls=3)
+            code, report, err = await strict_replay(tmp_path, hook_base, polls=3, listing=True)
         assert code == 0, err
+        assert report["strict"] is True and report["interactions"]["unused"] == []
         assert report["webhooks"]["delivered"] == 1 and report["diverged"] is False
         assert report["webhooks"]["deliveries"][0]["attempts"][0]["status"] == 200
         assert rx.got and rx.got[0].valid
