@@ -349,7 +349,7 @@ class Matcher:
                 out.append("values: " + self._slot_diff(live, rec))
             elif self.used[index]:
                 out.append("already used (each recorded answer is played once)")
-        return [clip(note, 3 * LIMIT) for note in out]
+        return [clip(note, 10 * LIMIT) for note in out]  # each part is cut; this bounds the rest
 
     def _slot_diff(self, live: Normal, rec: Normal) -> str:
         for position, recorded in rec.slots.items():
@@ -392,20 +392,22 @@ def _show(value: Any) -> str:
     return clip(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
 
 
-def _pairs_diff(live: tuple, rec: tuple) -> str:
+def _pairs_diff(live: tuple, rec: tuple, limit: int = 3) -> str:
     live_d, rec_d = dict(live), dict(rec)
     notes = []
     for key in sorted(set(live_d) | set(rec_d)):
         a, b = live_d.get(key), rec_d.get(key)
         if a == b:
             continue
+        name = clip(key, 100)
         if a is None:
-            notes.append(f"{key} missing (recorded {key}={_show(b)})")
+            notes.append(f"{name} missing (recorded {name}={_show(b)})")
         elif b is None:
-            notes.append(f"{key}={_show(a)} not in the recording")
+            notes.append(f"{name}={_show(a)} not in the recording")
         else:
-            notes.append(f"{key}={_show(a)} vs {key}={_show(b)}")
-    return ", ".join(notes) or "same values, another order or count"
+            notes.append(f"{name}={_show(a)} vs {name}={_show(b)}")
+    more = [f"... {len(notes) - limit} more"] if len(notes) > limit else []
+    return ", ".join(notes[:limit] + more) or "same values, another order or count"
 
 
 def _body_diff(live: Any, rec: Any, limit: int = 3) -> str:
@@ -424,14 +426,15 @@ def _body_diff(live: Any, rec: Any, limit: int = 3) -> str:
 def _json_diff(live: Any, rec: Any, where: str, notes: list[str]) -> None:
     if isinstance(live, dict) and isinstance(rec, dict):
         for key in sorted(set(live) | set(rec), key=str):
+            path = clip(f"{where}.{key}", 200)
             if key not in rec:
-                notes.append(f"{where}.{key}: {_show(live[key])} not in the recording")
+                notes.append(f"{path}: {_show(live[key])} not in the recording")
             elif key not in live:
-                notes.append(f"{where}.{key}: missing (recorded {_show(rec[key])})")
+                notes.append(f"{path}: missing (recorded {_show(rec[key])})")
             else:
                 _json_diff(live[key], rec[key], f"{where}.{key}", notes)
     elif isinstance(live, list) and isinstance(rec, list) and len(live) == len(rec):
         for i, (a, b) in enumerate(zip(live, rec, strict=True)):
             _json_diff(a, b, f"{where}.{i}", notes)
     elif live != rec or type(live) is not type(rec):
-        notes.append(f"{where}: {_show(live)} vs {_show(rec)}")
+        notes.append(f"{clip(where, 200)}: {_show(live)} vs {_show(rec)}")
