@@ -424,18 +424,29 @@ def run(
 @click.argument("b", type=click.Path(dir_okay=False))
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="PATH",
+    help="Drop this field (as printed, e.g. response.body.created_at; * for one segment). "
+    "Repeatable; adds to config diff.ignore.",
+)
 @friendly
-def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None:
+def diff_command(
+    a: str, b: str, config_path: str | None, as_json: bool, ignore: tuple[str, ...]
+) -> None:
     """What changed from recording A to recording B; exit 1 when they differ.
 
-    Variables, timestamps, header order, redacted values and consistently renamed upstream ids
-    are not differences.
+    Interactions pair by conversation (the job they belong to), not by position. Variables,
+    timestamps, header order, redacted values and consistently renamed upstream ids are not
+    differences.
     """
     import json
 
     from replayproxy.diff import diff
 
-    result = diff(load(a), load(b), settings(config_path))
+    result = diff(load(a), load(b), settings(config_path), ignore=ignore)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
     sys.exit(0 if result.equal else 1)
 
