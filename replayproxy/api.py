@@ -198,7 +198,7 @@ class ReplayProxy:
         if replayer is None:
             return self.report
         settled = await replayer.deliverer.drain(timeout)
-        report = self.report
+        report = replayer.refresh()
         bad = [d.sentence(report.signed_with) for d in report.deliveries if not d.as_expected]
         if bad:
             head = "webhooks not delivered as expected" + (

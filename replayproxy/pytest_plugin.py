@@ -197,9 +197,11 @@ def _stop(item: pytest.Item, failing: bool) -> None:
     del item.stash[_PROXY]
     proxy.__exit__(None, None, None)
     report = proxy.report
-    if not report.diverged:
-        return
     text = f"replayproxy: {proxy.proxy.path}: {report.summary()}"
+    if not report.diverged:
+        if report.unused or report.webhooks_never_due:  # reported (pytest -rP shows it)
+            item.add_report_section("call", "replayproxy", text)
+        return
     item.add_report_section("call", "replayproxy", text)
     if not failing:
         pytest.fail(text, pytrace=False)

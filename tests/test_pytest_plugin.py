@@ -97,6 +97,9 @@ def test_a_diverged_replay_fails_the_test_with_the_near_miss(pytester: pytest.Py
 
 def test_each_xdist_worker_runs_its_own_proxy(pytester: pytest.Pytester) -> None:
     write_cassette(pytester, "cassettes/jobs.yaml")
+    pytester.makeini("[pytest]\n")
+    # every worker reads the rootdir's config: the listing's page does not count
+    pytester.makefile(".yaml", replayproxy="match:\n  ignore_query: [page]\n")
     pytester.makepyfile(
         test_workers="""
         import os, pytest, requests
@@ -107,10 +110,17 @@ def test_each_xdist_worker_runs_its_own_proxy(pytester: pytest.Pytester) -> None
             worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
             assert worker != "none"
             assert requests.get(replayproxy.url + "/v1/jobs/6238").status_code == 200
+            got = requests.get(replayproxy.url + f"/v1/jobs?status=COMPLETED&page={n + 2}")
+            assert got.status_code == 200
+
+        @pytest.mark.replayproxy("cassettes/jobs.yaml", strict=True)
+        def test_strict_on_a_worker(replayproxy):
+            requests.get(replayproxy.url + "/v1/jobs/6238")
         """
     )
     result = run(pytester, "-n", "2")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=4, failed=1)
+    assert "4 of 5 interaction(s) never used (strict)" in result.stdout.str()
 
 
 def test_missing_cassette_and_record_without_upstream_fail_clearly(
@@ -209,10 +219,13 @@ def test_a_partial_replay_passes_and_strict_names_what_was_left(
             requests.get(base + "/v1/jobs?status=COMPLETED&page=1")
         """.replace("SUBMIT", SUBMIT)
     )
-    result = run(pytester)
+    result = run(pytester, "-rfP")
     result.assert_outcomes(passed=2, failed=1)
     out = result.stdout.str()
     assert "FAILED test_partial.py::test_listing_strict" in out
+    # the passing partial replay still reports what it left (shown by -rP)
+    assert "replay as recorded (served 1, unmatched 0, unused 4 of 5;" in out
+    assert "not counted (strict mode would fail on these):" in out
     assert "4 of 5 interaction(s) never used (strict): #1 POST /v1/jobs, #2 GET /v1/jobs/62" in out
     assert (
         "webhook 1 (job.completed) never due: it waits for #1 POST /v1/jobs, #3 GET /v1/jobs/6238,"
