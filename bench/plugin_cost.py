@@ -11,9 +11,11 @@ Writes a suite of N tests twice, alike but for one thing:
 
 Each suite runs in a fresh `python -m pytest` process, the two alternating, R rounds. Reported:
 the wall time of each (medians), the plugin's cost per test (median over rounds of
-(with - without) / N), and what that makes for a 1,000-test suite. Targets: under 10 ms per
-test; a 1,000-test suite no more than 10 s slower. Prints a table and writes
-bench/results/plugin_cost.json.
+(with - without) / N), and what that makes for a 1,000-test suite; the CPU time of each, which
+barely depends on what else runs on the machine; and, in this process, the fixture's own work
+(a SyncReplayProxy started, asked once, stopped) against the bare request, in alternating blocks.
+Targets: under 10 ms per test; a 1,000-test suite no more than 10 s slower. Prints the figures
+and writes bench/results/plugin_cost.json.
 """
 
 from __future__ import annotations
@@ -113,6 +115,44 @@ def timed(work: Path, test_file: str, n: int, env: dict[str, str],
     return took, cpu
 
 
+def in_process(cassette_path: Path, url: str, blocks: int = 10, per_block: int = 50) -> dict:
+    """The fixture's own work without pytest around it, alternating blocks: a SyncReplayProxy
+    started, asked once and stopped, against the same request to the shared server."""
+    import urllib.request
+
+    from replayproxy.api import SyncReplayProxy
+
+    def plugin() -> None:
+        with SyncReplayProxy(cassette_path) as proxy:
+            with urllib.request.urlopen(proxy.url + "/v1/jobs/6238") as resp:
+                resp.read()
+
+    def plain() -> None:
+        with urllib.request.urlopen(url + "/v1/jobs/6238") as resp:
+            resp.read()
+
+    wall: dict[str, list[float]] = {"with": [], "without": []}
+    cpu: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(3):
+        plugin()
+        plain()
+    for b in range(blocks):
+        for name, fn in (("with", plugin), ("without", plain))[:: 1 if b % 2 == 0 else -1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(per_block):
+                fn()
+            wall[name].append(1000 * (time.perf_counter() - t0) / per_block)
+            cpu[name].append(1000 * (time.process_time() - c0) / per_block)
+    return {
+        "with_ms": run.median(wall["with"]),
+        "without_ms": run.median(wall["without"]),
+        "with_cpu_ms": run.median(cpu["with"]),
+        "without_cpu_ms": run.median(cpu["without"]),
+        "plugin_ms": run.median([w - o for w, o in zip(wall["with"], wall["without"],
+                                                       strict=True)]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=1000, help="tests per suite (default 1000)")
@@ -130,6 +170,10 @@ def main() -> None:
     cpus: dict[str, list[float]] = {"with": [], "without": []}
     try:
         env["BENCH_URL"] = base.url
+        run.wait_quiet(args.quiet_wait)
+        inner = in_process(work / "cassettes" / "jobs.yaml", base.url)
+        run.log(f"in process: {inner['with_ms']:.2f} ms per start + request + stop, "
+                f"{inner['without_ms']:.2f} ms per request to the shared server")
         for r in range(rounds):
             busy = run.wait_quiet(args.quiet_wait)
             order = ("with", "without") if r % 2 == 0 else ("without", "with")
@@ -163,6 +207,7 @@ def main() -> None:
         "plugin_cpu_ms_per_test_median": run.median(per_test(cpus)),
         "suite_ratio_median": run.median(ratios),
         "per_1000_tests_s": run.median(per_test(times)),  # ms per test x 1,000 tests = s
+        "in_process": inner,
     }
     out = run.RESULTS / "plugin_cost.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -173,6 +218,9 @@ def main() -> None:
     print(f"  plugin cost per test: {result['plugin_ms_per_test_median']:.2f} ms wall, "
           f"{result['plugin_cpu_ms_per_test_median']:.2f} ms cpu (target < 10)")
     print(f"  a 1,000-test suite: +{result['per_1000_tests_s']:.1f} s (target <= 10 s)")
+    print(f"  in process: start + one request + stop {inner['with_ms']:.2f} ms "
+          f"({inner['with_cpu_ms']:.2f} ms cpu) vs one request {inner['without_ms']:.2f} ms: "
+          f"+{inner['plugin_ms']:.2f} ms")
     print(f"wrote {out}")
 
 
