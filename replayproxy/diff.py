@@ -17,6 +17,7 @@ it is 7001 everywhere 6238 was, inside strings and URLs too). Fields the caller 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -225,6 +226,18 @@ def _pair_interactions(left: _Side, right: _Side) -> tuple[list[tuple[int, int]]
     for conv_a, conv_b in openers:
         ids[conv_a] = conv_b
         pairs += _pair_lists(convs_a[conv_a], convs_b[conv_b], left, right, conv_a, conv_b)
+    # A conversation one recording has and the other cannot tell (no submit recorded, so its
+    # polls carry an id nothing introduced): its exchanges pair with those of none, by shape.
+    taken_a, taken_b = {i for i, _ in pairs}, {j for _, j in pairs}
+    rest_a = [i for i in range(len(left.normals)) if i not in taken_a]
+    rest_b = [j for j in range(len(right.normals)) if j not in taken_b]
+    for none_a in (True, False):
+        a_side = [i for i in rest_a if (left.conversation[i] is None) == none_a]
+        b_side = [j for j in rest_b if (right.conversation[j] is None) != none_a]
+        more = _pair_by(a_side, b_side, _shape, _shape, left, right)
+        pairs += more
+        rest_a = [i for i in rest_a if i not in {i for i, _ in more}]
+        rest_b = [j for j in rest_b if j not in {j for _, j in more}]
     return sorted(pairs), ids
 
 
@@ -245,8 +258,14 @@ def _key(side: _Side, index: int, conv: str | None) -> tuple[Any, ...]:
     key = (normal.method, normal.template, normal.query, body, normal.headers)
     if conv is None:
         return key
-    pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(conv)}(?![A-Za-z0-9])")
+    pattern = _id_pattern(conv)
     return tuple(pattern.sub("{conversation}", str(part)) for part in key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_pattern(value: str) -> re.Pattern[str]:
+    """`value` as a whole token (not inside a longer number or word)."""
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])")
 
 
 def _shape(side: _Side, index: int) -> tuple[str, str]:

@@ -203,3 +203,13 @@ def test_ignore_patterns_drop_subtrees_and_segments() -> None:
     assert len(diff(a, b, ignore=["response.body.status"]).changes) == 1
     assert diff(a, b, ignore=["response.body.status", "response.body.jobs.*"]).equal
     assert diff(a, b, ignore=["response.body"]).equal
+
+
+def test_a_recording_without_the_submit_still_pairs_its_polls() -> None:
+    a = job_cassette()
+    b = rerecorded()
+    del b.interactions[0]  # B began after the submit: its polls carry an id nothing introduced
+    result = diff(a, b)
+    assert [(c.kind, c.a, c.b) for c in result.changes if c.what == "interaction"] == [
+        ("removed", 1, None)
+    ], result.render()
