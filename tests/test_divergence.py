@@ -240,3 +240,12 @@ def test_verbose_logs_one_line_per_request_and_per_webhook_attempt(tmp_path: Pat
     assert len(hooks) == 2, err
     assert hooks[0].startswith("webhook 1 attempt 1 -> http://127.0.0.1:")
     assert "/webhooks/camber: 401 at " in hooks[0] and hooks[0].endswith(" ms)")
+
+
+def test_an_answer_that_echoes_the_secret_is_quoted_redacted(tmp_path: Path) -> None:
+    code, err, report, _ = run_against(
+        project(tmp_path, attempts=1), 401, {"detail": f"signed with {SECRET}? no"}
+    )
+    assert code == 1
+    assert '  attempt 1: 401 {"detail": "signed with <redacted>? no"}' in err
+    assert SECRET not in err and SECRET not in json.dumps(report)
