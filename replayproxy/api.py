@@ -178,8 +178,7 @@ class ReplayProxy:
         if self.recorder is not None:
             await self.recorder.close()
             if self.recorder.replayer is not None:
-                self.report = self.recorder.replayer.report
-                self.report.unused = self.recorder.replayer.matcher.unused()
+                self.report = self.recorder.replayer.refresh()
             if self.report_path:
                 self.report.write(self.report_path)
             return self.report

@@ -16,7 +16,7 @@ from .errors import ReplayProxyError
 from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
-from .report import Attempt, Delivery, Report, Unmatched
+from .report import NAMED, Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
@@ -234,7 +234,7 @@ class Replayer:
         for number in report.webhooks_never_due:
             report.waiting[number] = sorted(self.schedule.needs.get(number, ()))
             report.event_types[number] = event_type(self.cassette.webhooks[number - 1])
-        named = {*report.unused[:10], *(n for ns in report.waiting.values() for n in ns)}
+        named = {*report.unused[:NAMED], *(n for ns in report.waiting.values() for n in ns)}
         for number in sorted(named):
             if 0 < number <= len(interactions):
                 label = describe(interactions[number - 1].request)
@@ -264,12 +264,7 @@ def signed_with(config: Config) -> str:
     """Which secret variable(s) and scheme sign replayed webhooks, as the 401/403 hint says it."""
     names = config.webhooks.local_secret_env
     shown = ", ".join(f"${n}" for n in ([names] if isinstance(names, str) else names) if n)
-    variable = "config webhooks.local_secret_env"
-    return f"the secret in {shown or 'no variable'} ({variable}) and scheme " + (
+    return (
+        f"the secret in {shown or 'no variable'} (config webhooks.local_secret_env) and scheme "
         f"{config.webhooks.signature.scheme} (webhooks.signature.scheme)"
     )
-
-
-def near_miss_text(report: Report) -> str:
-    """The report's summary: every divergence as a sentence, for logs and failing tests."""
-    return report.summary()

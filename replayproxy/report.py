@@ -17,7 +17,7 @@ from typing import Any
 from .atomic import write_atomic
 
 #: Interactions (or webhooks) named one by one in a sentence; the rest are counted.
-_NAMED = 10
+NAMED = 10
 
 
 @dataclass(slots=True)
@@ -157,8 +157,8 @@ class Report:
 
     def _interactions(self, numbers: list[int]) -> str:
         shown = [f"#{n} {self.labels[n]}" if n in self.labels else f"#{n}" for n in numbers]
-        more = len(shown) - _NAMED
-        return ", ".join(shown[:_NAMED]) + (f" and {more} more" if more > 0 else "")
+        more = len(shown) - NAMED
+        return ", ".join(shown[:NAMED]) + (f" and {more} more" if more > 0 else "")
 
     def _never_due(self, number: int) -> str:
         kind = self.event_types.get(number)
