@@ -18,6 +18,8 @@ from .atomic import write_atomic
 
 #: Interactions (or webhooks) named one by one in a sentence; the rest are counted.
 NAMED = 10
+#: Divergences spelled out in the summary; the rest are counted (all are in the JSON).
+SHOWN = 20
 
 
 @dataclass(slots=True)
@@ -184,7 +186,10 @@ class Report:
         problems = self.divergences()
         mode = "strict " if self.strict else ""
         if problems:
-            lines = [f"replay diverged ({mode}{self.counts()}):", *problems]
+            more = len(problems) - SHOWN
+            lines = [f"replay diverged ({mode}{self.counts()}):", *problems[:SHOWN]]
+            if more > 0:
+                lines.append(f"... and {more} more (every one is in the report's JSON)")
         else:
             lines = [f"replay as recorded ({mode}{self.counts()})"]
         if not self.strict and (self.unused or self.webhooks_never_due):

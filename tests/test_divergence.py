@@ -15,6 +15,7 @@ from aiohttp import web
 from helpers import exchange, job_cassette, run, serving
 
 from replayproxy.cassette import Cassette, save
+from replayproxy.report import Report, Unmatched
 
 ROOT = Path(__file__).parent.parent
 SECRET = "divergence-test-secret"
@@ -249,3 +250,12 @@ def test_an_answer_that_echoes_the_secret_is_quoted_redacted(tmp_path: Path) -> 
     assert code == 1
     assert '  attempt 1: 401 {"detail": "signed with <redacted>? no"}' in err
     assert SECRET not in err and SECRET not in json.dumps(report)
+
+
+def test_the_summary_spells_out_twenty_divergences_and_counts_the_rest() -> None:
+    misses = [Unmatched(f"GET /x/{n}", []) for n in range(25)]
+    report = Report(interactions_total=1, unmatched=misses)
+    text = report.summary()
+    assert text.count("no recorded interaction matches GET /x/") == 20
+    assert text.endswith("... and 5 more (every one is in the report's JSON)")
+    assert len(report.to_dict()["requests"]["unmatched"]) == 25
