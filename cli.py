@@ -510,11 +510,21 @@ def send_webhook(
     results = eventloop.run(
         send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
     )
+    from replayproxy.clip import clip_bytes
+    from replayproxy.replayer import signed_with
+    from replayproxy.report import signature_hint
+
+    used = dataclasses.replace(
+        config, webhooks=dataclasses.replace(config.webhooks, signature=signature)
+    )
     for sent in results:
         answer = f"{sent.status} {sent.reason}".strip() if sent.status else f"error {sent.error}"
         click.echo(f"webhook {sent.number} ({sent.event_id or 'no event id'}) -> {url}: {answer}")
         if sent.body:
-            click.echo(sent.body.decode("utf-8", "replace").rstrip())
+            click.echo(clip_bytes(sent.body).rstrip())
+    hint = signature_hint([sent.status for sent in results], signed_with(used))
+    if hint:
+        click.echo(hint, err=True)
     sys.exit(0 if all(sent.ok for sent in results) else 1)
 
 

@@ -105,15 +105,22 @@ class Delivery:
             head = f"{self.title()}{where}: failed after {len(self.attempts)} attempt(s)"
         lines = [head]
         lines += [f"  attempt {n}: {a.sentence()}" for n, a in enumerate(self.attempts, 1)]
-        refused = {a.status for a in self.attempts} & {401, 403}
-        if refused and signed_with:
-            code = "/".join(str(s) for s in sorted(refused))
-            lines.append(
-                f"  hint: {code} usually means the app refused the signature: replayproxy "
-                f"signed it with {signed_with}; the app must verify with that same secret "
-                "and scheme"
-            )
+        hint = signature_hint([a.status for a in self.attempts], signed_with)
+        if hint:
+            lines.append(f"  {hint}")
         return "\n".join(lines)
+
+
+def signature_hint(statuses: list[int | None], signed_with: str) -> str | None:
+    """For answers 401/403: which secret variable and scheme signed the webhook."""
+    refused = sorted({s for s in statuses if s in (401, 403)})
+    if not refused or not signed_with:
+        return None
+    code = "/".join(str(s) for s in refused)
+    return (
+        f"hint: {code} usually means the app refused the signature: replayproxy signed it "
+        f"with {signed_with}; the app must verify with that same secret and scheme"
+    )
 
 
 @dataclass(slots=True)

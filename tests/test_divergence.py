@@ -259,3 +259,26 @@ def test_the_summary_spells_out_twenty_divergences_and_counts_the_rest() -> None
     assert text.count("no recorded interaction matches GET /x/") == 20
     assert text.endswith("... and 5 more (every one is in the report's JSON)")
     assert len(report.to_dict()["requests"]["unmatched"]) == 25
+
+
+def test_send_webhook_to_an_app_refusing_it_prints_the_start_of_its_answer_and_the_hint(
+    tmp_path: Path,
+) -> None:
+    project(tmp_path)
+    (tmp_path / "replayproxy.yaml").write_text("webhooks:\n  signature:\n    scheme: stripe\n")
+
+    async def main() -> tuple[int, str, str]:
+        async with serving(refusing_app(403, {"detail": "no", "pad": "p" * 50_000}, [])) as base:
+            return await cli("send-webhook", "jobs.yaml", "--index", "1", "--to",
+                             f"{base}/webhooks/camber", cwd=tmp_path)
+
+    code, out, err = run(main())
+    assert code == 1
+    assert out.startswith("webhook 1 (evt_1) -> http://127.0.0.1:")
+    assert ': 403 Forbidden\n{"detail": "no", "pad": "ppp' in out and "(50," in out
+    assert len(out) < 1_000
+    assert err.strip() == (
+        "hint: 403 usually means the app refused the signature: replayproxy signed it with the "
+        "secret in $WEBHOOK_SECRET (config webhooks.local_secret_env) and scheme stripe "
+        "(webhooks.signature.scheme); the app must verify with that same secret and scheme"
+    )
