@@ -132,7 +132,7 @@ class Report:
     deliveries: list[Delivery] = field(default_factory=list)
     webhooks_never_due: list[int] = field(default_factory=list)
     strict: bool = False  # also require every interaction used and every webhook delivered
-    #: how webhooks were signed, for the 401/403 hint: "$WEBHOOK_SECRET, scheme hmac-sha256"
+    #: how webhooks were signed, for the 401/403 hint: "the secret in $WEBHOOK_SECRET (...)"
     signed_with: str = ""
     #: webhook number -> the interactions it still waited for when the replay ended
     waiting: dict[int, list[int]] = field(default_factory=dict)
@@ -177,8 +177,14 @@ class Report:
             return f"{title} never due: the cassette names no interaction that causes it"
         return f"{title} never due: it waits for {self._interactions(needs)}, never replayed"
 
+    def outcomes(self) -> dict[str, int]:
+        count = {"delivered": 0, "rejected": 0, "failed": 0, "pending": 0}
+        for d in self.deliveries:
+            count[d.outcome] += 1
+        return count
+
     def counts(self) -> str:
-        summary = self.webhooks_summary()
+        summary = self.outcomes()
         return (
             f"served {self.served}, unmatched {len(self.unmatched)}, unused "
             f"{len(self.unused)} of {self.interactions_total}; webhooks delivered "
@@ -202,15 +208,14 @@ class Report:
         if not self.strict and (self.unused or self.webhooks_never_due):
             left = self._strict_sentences()
             lines.append("not counted (strict mode would fail on these):")
-            lines += [f"  {line}" for line in left]
+            lines += [f"  {line}" for line in left[:SHOWN]]
+            if len(left) > SHOWN:
+                lines.append(f"  ... and {len(left) - SHOWN} more")
         return "\n".join(lines)
 
     def webhooks_summary(self) -> dict[str, Any]:
-        count = {"delivered": 0, "rejected": 0, "failed": 0, "pending": 0}
-        for d in self.deliveries:
-            count[d.outcome] += 1
         return {
-            **count,
+            **self.outcomes(),
             "never_due": self.webhooks_never_due,
             "waiting": {str(n): needs for n, needs in self.waiting.items()},
             "deliveries": [
