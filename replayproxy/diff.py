@@ -84,6 +84,7 @@ class Change:
 class Diff:
     changes: list[Change] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)  # upstream ids, A value -> B value
+    repeats: tuple[int, int] = (0, 0)  # unpaired repeated polls in A and in B, not counted
 
     @property
     def equal(self) -> bool:
@@ -103,6 +104,11 @@ class Diff:
         if self.renamed:
             shown = ", ".join(f"{a} -> {b}" for a, b in list(self.renamed.items())[:10])
             lines.append(f"(upstream ids renamed, not counted: {shown})")
+        if any(self.repeats):
+            lines.append(
+                f"(polls more, answered as the poll before them, not counted: "
+                f"{self.repeats[0]} in A, {self.repeats[1]} in B)"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +120,7 @@ class Diff:
                 for c in self.changes
             ],
             "renamed": self.renamed,
+            "repeats": {"a": self.repeats[0], "b": self.repeats[1]},
         }
 
 
@@ -128,12 +135,43 @@ class _Side:
         self.pattern = _values_pattern(self.variables)
         self.normals = [normalise(i.request) for i in cassette.interactions]
         self.conversation = conversations(cassette.interactions)
+        self.head = _repeats(cassette.interactions, self.normals, self.conversation)
+
+    def is_repeat(self, index: int) -> bool:
+        return self.head[index] != index
+
+    def canonical(self, number: int | None) -> int | None:
+        """A 1-based interaction number, a repeated poll standing for the first of its run."""
+        if number is None or not 0 < number <= len(self.head):
+            return number
+        return self.head[number - 1] + 1
 
     def scrub(self, text: str) -> str:
         """Variable values inside a longer string become `{var}`."""
         if self.pattern is None or text in self.variables:
             return text
         return self.pattern.sub("{var}", text)
+
+
+def _repeats(
+    interactions: Sequence[Interaction], normals: Sequence[Normal], convs: Sequence[str | None]
+) -> list[int]:
+    """For each interaction, the first of its run of repeats (itself when it is none): a GET or
+    HEAD answered exactly as the last same request of its conversation was (the app polled again
+    meanwhile; how often depends on timing, not on the session)."""
+    head = list(range(len(interactions)))
+    last: dict[tuple[Any, ...], int] = {}
+    for index, item in enumerate(interactions):
+        if item.request.method not in ("GET", "HEAD"):
+            continue
+        key = (convs[index], normals[index].fingerprint)
+        prev = last.get(key)
+        if prev is not None:
+            before = interactions[prev].response
+            if before.status == item.response.status and before.body == item.response.body:
+                head[index] = head[prev]
+        last[key] = index
+    return head
 
 
 def _values_pattern(values: set[str]) -> re.Pattern[str] | None:
@@ -151,8 +189,8 @@ def diff(
     config = config or Config()
     left, right = _Side(a, config), _Side(b, config)
     result = Diff()
-    pairs, ids = _pair_interactions(left, right)
-    cmp = _Comparer(left, right, result.renamed, ids)
+    cmp = _Comparer(left, right, result.renamed, {})
+    pairs = _pair_interactions(left, right, cmp)
     skip = _Ignore([*config.diff.ignore, *ignore])
     paired_a = {i for i, _ in pairs}
     paired_b = {j for _, j in pairs}
@@ -169,17 +207,21 @@ def diff(
                 title = f"{title} -> {other}"
             changes.append(((i, j), Change("changed", "interaction", i + 1, j + 1, title, fields)))
     for i, item in enumerate(a.interactions):
-        if i not in paired_a:
+        if i not in paired_a and not left.is_repeat(i):
             title = describe(item.request)
             changes.append(((i, -1), Change("removed", "interaction", i + 1, None, title)))
     for j, item in enumerate(b.interactions):
-        if j not in paired_b:
+        if j not in paired_b and not right.is_repeat(j):
             title = describe(item.request)
             changes.append(((_position(j, pairs), j), Change("added", "interaction", None, j + 1,
                                                               title)))
     changes.sort(key=lambda t: t[0])
     result.changes.extend(c for _, c in changes)
     result.changes.extend(_webhooks(a.webhooks, b.webhooks, cmp, number_map, skip))
+    result.repeats = (
+        sum(1 for i in range(len(a.interactions)) if i not in paired_a and left.is_repeat(i)),
+        sum(1 for j in range(len(b.interactions)) if j not in paired_b and right.is_repeat(j)),
+    )
     return result
 
 
@@ -210,10 +252,9 @@ def _position(j: int, pairs: list[tuple[int, int]]) -> int:
     return max(before) if before else -1
 
 
-def _pair_interactions(left: _Side, right: _Side) -> tuple[list[tuple[int, int]], dict[str, str]]:
-    """Pairs (A index, B index), and the upstream ids of paired conversations (A -> B)."""
+def _pair_interactions(left: _Side, right: _Side, cmp: _Comparer) -> list[tuple[int, int]]:
+    """Pairs (A index, B index); `cmp` learns the paired conversations' ids (A -> B)."""
     convs_a, convs_b = _groups(left), _groups(right)
-    ids: dict[str, str] = {}
     pairs = _pair_lists(convs_a.pop(None, []), convs_b.pop(None, []), left, right, None, None)
     openers = _pair_by(
         list(convs_a),
@@ -224,13 +265,14 @@ def _pair_interactions(left: _Side, right: _Side) -> tuple[list[tuple[int, int]]
         right,
     )
     for conv_a, conv_b in openers:
-        ids[conv_a] = conv_b
-        pairs += _pair_lists(convs_a[conv_a], convs_b[conv_b], left, right, conv_a, conv_b)
+        cmp.learn(conv_a, conv_b)
+    for conv_a, conv_b in openers:
+        pairs += _align(convs_a[conv_a], convs_b[conv_b], left, right, conv_a, conv_b, cmp)
     # A conversation one recording has and the other cannot tell (no submit recorded, so its
     # polls carry an id nothing introduced): its exchanges pair with those of none, by shape.
     taken_a, taken_b = {i for i, _ in pairs}, {j for _, j in pairs}
-    rest_a = [i for i in range(len(left.normals)) if i not in taken_a]
-    rest_b = [j for j in range(len(right.normals)) if j not in taken_b]
+    rest_a = [i for i in range(len(left.normals)) if i not in taken_a and not left.is_repeat(i)]
+    rest_b = [j for j in range(len(right.normals)) if j not in taken_b and not right.is_repeat(j)]
     for none_a in (True, False):
         a_side = [i for i in rest_a if (left.conversation[i] is None) == none_a]
         b_side = [j for j in rest_b if (right.conversation[j] is None) != none_a]
@@ -238,7 +280,7 @@ def _pair_interactions(left: _Side, right: _Side) -> tuple[list[tuple[int, int]]
         pairs += more
         rest_a = [i for i in rest_a if i not in {i for i, _ in more}]
         rest_b = [j for j in rest_b if j not in {j for _, j in more}]
-    return sorted(pairs), ids
+    return sorted(pairs)
 
 
 def _groups(side: _Side) -> dict[str | None, list[int]]:
@@ -309,14 +351,87 @@ def _pair_lists(
     )
 
 
+#: The most comparisons an alignment of one request's answers may make (else: in order).
+_ALIGN_LIMIT = 10_000
+
+
+def _align(
+    a: list[int],
+    b: list[int],
+    left: _Side,
+    right: _Side,
+    conv_a: str,
+    conv_b: str,
+    cmp: _Comparer,
+) -> list[tuple[int, int]]:
+    """Interactions of a pair of conversations. The same request (a poll) asked several times
+    on each side pairs by its answers: equal answers first (the longest common subsequence),
+    the others in order between them, so a poll more or fewer is one addition or removal, not
+    a shift of every later one. Other requests pair by fingerprint, then shape, in order."""
+    by_key_a: dict[Any, list[int]] = {}
+    by_key_b: dict[Any, list[int]] = {}
+    for i in a:
+        by_key_a.setdefault(_key(left, i, conv_a), []).append(i)
+    for j in b:
+        by_key_b.setdefault(_key(right, j, conv_b), []).append(j)
+    pairs: list[tuple[int, int]] = []
+    for key, items_a in by_key_a.items():
+        items_b = by_key_b.get(key)
+        if not items_b:
+            continue
+        if len(items_a) * len(items_b) > _ALIGN_LIMIT or (len(items_a) == len(items_b) == 1):
+            pairs += list(zip(items_a, items_b, strict=False))
+            continue
+        pairs += _lcs_pairs(items_a, items_b, left, right, cmp)
+    taken_a, taken_b = {i for i, _ in pairs}, {j for _, j in pairs}
+    keys_both = {k for k in by_key_a if k in by_key_b}
+    rest_a = [i for i in a if i not in taken_a and _key(left, i, conv_a) not in keys_both]
+    rest_b = [j for j in b if j not in taken_b and _key(right, j, conv_b) not in keys_both]
+    return pairs + _pair_by(rest_a, rest_b, _shape, _shape, left, right)
+
+
+def _lcs_pairs(
+    a: list[int], b: list[int], left: _Side, right: _Side, cmp: _Comparer
+) -> list[tuple[int, int]]:
+    """Equal answers paired along their longest common subsequence; between two such pairs,
+    the unequal ones pair in order (the rest are added or removed)."""
+    items_a = [left.cassette.interactions[i] for i in a]
+    items_b = [right.cassette.interactions[j] for j in b]
+    equal = [[not cmp.interaction(x, y) for y in items_b] for x in items_a]
+    n, m = len(a), len(b)
+    best = [[0] * (m + 1) for _ in range(n + 1)]
+    for x in range(n - 1, -1, -1):
+        for y in range(m - 1, -1, -1):
+            best[x][y] = (
+                best[x + 1][y + 1] + 1 if equal[x][y] else max(best[x + 1][y], best[x][y + 1])
+            )
+    pairs: list[tuple[int, int]] = []
+    gap_a: list[int] = []
+    gap_b: list[int] = []
+    x = y = 0
+    while x < n and y < m:
+        if equal[x][y] and best[x][y] == best[x + 1][y + 1] + 1:
+            pairs += list(zip(gap_a, gap_b, strict=False))
+            gap_a, gap_b = [], []
+            pairs.append((a[x], b[y]))
+            x, y = x + 1, y + 1
+        elif best[x + 1][y] >= best[x][y + 1]:
+            gap_a.append(a[x])
+            x += 1
+        else:
+            gap_b.append(b[y])
+            y += 1
+    gap_a += a[x:]
+    gap_b += b[y:]
+    return pairs + list(zip(gap_a, gap_b, strict=False))
+
+
 def _coarse(template: str) -> str:
     return "/".join("{n}" if _DIGITS.match(s) else s for s in template.split("/"))
 
 
 class _Comparer:
-    def __init__(
-        self, left: _Side, right: _Side, renamed: dict[str, str], ids: dict[str, str]
-    ):
+    def __init__(self, left: _Side, right: _Side, renamed: dict[str, str], ids: dict[str, str]):
         self.left = left
         self.right = right
         self.renamed = renamed  # shown: ids that differ
@@ -472,8 +587,9 @@ class _Comparer:
             out.append(f"method: {a.method} -> {b.method}")
         for name in ("cause", "after"):
             va, vb = getattr(a, name), getattr(b, name)
-            mapped = number_map.get(va) if va is not None else None
-            if mapped != vb:
+            canon = self.left.canonical(va)
+            mapped = number_map.get(canon) if canon is not None else None
+            if mapped != self.right.canonical(vb):
                 shown_a = f"#{va}" if va else "none"
                 shown_b = f"#{vb}" if vb else "none"
                 out.append(f"{name}: interaction A{shown_a} -> B{shown_b}")
@@ -500,12 +616,12 @@ def _webhooks(
     by_cause: dict[tuple[Any, ...], list[int]] = {}
     free: dict[tuple[str, str], list[int]] = {}
     for j, hook in enumerate(b):
-        by_cause.setdefault((*kind(hook), hook.cause), []).append(j)
+        by_cause.setdefault((*kind(hook), cmp.right.canonical(hook.cause)), []).append(j)
         free.setdefault(kind(hook), []).append(j)
     used: set[int] = set()
     pairs: dict[int, int] = {}
     for i, hook in enumerate(a):
-        mapped = number_map.get(hook.cause) if hook.cause else None
+        mapped = number_map.get(cmp.left.canonical(hook.cause)) if hook.cause else None
         queue = [j for j in by_cause.get((*kind(hook), mapped), []) if j not in used]
         if mapped is not None and queue:
             pairs[i] = queue[0]

@@ -213,3 +213,21 @@ def test_a_recording_without_the_submit_still_pairs_its_polls() -> None:
     assert [(c.kind, c.a, c.b) for c in result.changes if c.what == "interaction"] == [
         ("removed", 1, None)
     ], result.render()
+
+
+def test_a_poll_more_answered_as_the_one_before_is_not_a_change() -> None:
+    a = job_cassette()  # polls: RUNNING, RUNNING, COMPLETED
+    b = rerecorded()
+    del b.interactions[2]  # B polled once less while the job ran
+    b.webhooks[0].after = 2
+    result = diff(a, b)
+    assert result.equal, result.render()
+    assert "(polls more, answered as the poll before them, not counted: 1 in A, 0 in B)" in (
+        result.render()
+    )
+    c = rerecorded()
+    queued = exchange("GET", "/v1/jobs/7001", 200, {"job_id": 7001, "status": "QUEUED"})
+    c.interactions.insert(1, queued)  # B saw a state A never saw: a difference, in its place
+    c.webhooks[0].cause, c.webhooks[0].after = 1, 4
+    result = diff(a, c)
+    assert [(x.kind, x.a, x.b) for x in result.changes] == [("added", None, 2)], result.render()
