@@ -351,8 +351,10 @@ def _pair_lists(
     )
 
 
-#: The most comparisons an alignment of one request's answers may make (else: in order).
+#: The most comparisons, and bytes compared, an alignment of one request's answers may take
+#: (beyond that they pair in order).
 _ALIGN_LIMIT = 10_000
+_ALIGN_BYTES = 64 * 1024 * 1024
 
 
 def _align(
@@ -379,7 +381,7 @@ def _align(
         items_b = by_key_b.get(key)
         if not items_b:
             continue
-        if len(items_a) * len(items_b) > _ALIGN_LIMIT or (len(items_a) == len(items_b) == 1):
+        if not _alignable(items_a, items_b, left, right):
             pairs += list(zip(items_a, items_b, strict=False))
             continue
         pairs += _lcs_pairs(items_a, items_b, left, right, cmp)
@@ -388,6 +390,16 @@ def _align(
     rest_a = [i for i in a if i not in taken_a and _key(left, i, conv_a) not in keys_both]
     rest_b = [j for j in b if j not in taken_b and _key(right, j, conv_b) not in keys_both]
     return pairs + _pair_by(rest_a, rest_b, _shape, _shape, left, right)
+
+
+def _alignable(a: list[int], b: list[int], left: _Side, right: _Side) -> bool:
+    """Whether aligning is worth it and bounded: every answer of one side is compared with
+    every answer of the other, so the count and the bytes read stay under fixed limits."""
+    if len(a) == len(b) == 1 or len(a) * len(b) > _ALIGN_LIMIT:
+        return False
+    size_a = sum(len(left.cassette.interactions[i].response.body) for i in a)
+    size_b = sum(len(right.cassette.interactions[j].response.body) for j in b)
+    return size_a * len(b) + size_b * len(a) <= _ALIGN_BYTES
 
 
 def _lcs_pairs(
