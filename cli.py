@@ -22,7 +22,7 @@ from replayproxy.inspect import render_inspect
 from replayproxy.journal import open_cassette
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
-from replayproxy.replayer import ReplayOptions, near_miss_text
+from replayproxy.replayer import ReplayOptions
 from replayproxy.signing import SCHEMES
 from replayproxy.timeline import load_report, write_html
 from replayproxy.webhooks import TIMINGS
@@ -167,7 +167,8 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--strict",
             is_flag=True,
-            help="Exit 1 when a request went unmatched or a webhook failed or stayed pending.",
+            help="Also require every interaction used and every webhook delivered "
+            "(replay: and exit 1 when the replay diverged).",
         ),
         click.option(
             "--report",
@@ -277,22 +278,14 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        strict=kw["strict"],
     )
     shown = " (forward proxy)" if https["forward"] else ""
     start, stop = with_live_view(proxy)
     report = eventloop.run(
         until_signalled(start, stop, f"replayproxy replaying {cassette} on {{url}}{shown}")
     )
-    if report.unmatched:
-        click.echo(near_miss_text(report), err=True)
-    summary = report.webhooks_summary()
-    click.echo(
-        f"served {report.served}, unmatched {len(report.unmatched)}, "
-        f"unused {len(report.unused)} of {report.interactions_total}; webhooks delivered "
-        f"{summary['delivered']}, rejected {summary['rejected']}, failed {summary['failed']}, "
-        f"pending {summary['pending'] + len(summary['never_due'])}",
-        err=True,
-    )
+    click.echo(report.summary(), err=True)
     sys.exit(1 if kw["strict"] and report.diverged else 0)
 
 
@@ -424,6 +417,7 @@ def run(
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        strict=kw["strict"],
         **https,
     )
     names = [n for n in (env_name or config.export_env,) if n]
@@ -437,16 +431,7 @@ def run(
     for line in proxy.recorder.warnings() if proxy.recorder is not None else ():
         click.echo(f"replayproxy: {line}", err=True)
     diverged = bool(getattr(report, "diverged", False))
-    if diverged:
-        if report.unmatched:
-            click.echo(near_miss_text(report), err=True)
-        summary = report.webhooks_summary()
-        click.echo(
-            f"replayproxy: replay diverged: served {report.served}, unmatched "
-            f"{len(report.unmatched)}; webhooks delivered {summary['delivered']}, failed "
-            f"{summary['failed']}, pending {summary['pending'] + len(summary['never_due'])}",
-            err=True,
-        )
+    click.echo(f"replayproxy: {report.summary()}", err=True)
     sys.exit(exit_status(returncode, diverged, divergence_exit_code))
 
 
@@ -455,18 +440,29 @@ def run(
 @click.argument("b", type=click.Path(dir_okay=False))
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="PATH",
+    help="Drop this field (as printed, e.g. response.body.created_at; * for one segment). "
+    "Repeatable; adds to config diff.ignore.",
+)
 @friendly
-def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None:
+def diff_command(
+    a: str, b: str, config_path: str | None, as_json: bool, ignore: tuple[str, ...]
+) -> None:
     """What changed from recording A to recording B; exit 1 when they differ.
 
-    Variables, timestamps, header order, redacted values and consistently renamed upstream ids
-    are not differences.
+    Interactions pair by conversation (the job they belong to), not by position. Variables,
+    timestamps, header order, redacted values and consistently renamed upstream ids are not
+    differences.
     """
     import json
 
     from replayproxy.diff import diff
 
-    result = diff(open_cassette(a), open_cassette(b), settings(config_path))
+    result = diff(open_cassette(a), open_cassette(b), settings(config_path), ignore=ignore)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
     sys.exit(0 if result.equal else 1)
 
@@ -553,11 +549,21 @@ def send_webhook(
     results = eventloop.run(
         send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
     )
+    from replayproxy.clip import clip_bytes
+    from replayproxy.replayer import signed_with
+    from replayproxy.report import signature_hint
+
+    used = dataclasses.replace(
+        config, webhooks=dataclasses.replace(config.webhooks, signature=signature)
+    )
     for sent in results:
         answer = f"{sent.status} {sent.reason}".strip() if sent.status else f"error {sent.error}"
         click.echo(f"webhook {sent.number} ({sent.event_id or 'no event id'}) -> {url}: {answer}")
         if sent.body:
-            click.echo(sent.body.decode("utf-8", "replace").rstrip())
+            click.echo(clip_bytes(sent.body).rstrip())
+    hint = signature_hint([sent.status for sent in results], signed_with(used))
+    if hint:
+        click.echo(hint, err=True)
     sys.exit(0 if all(sent.ok for sent in results) else 1)
 
 

@@ -96,6 +96,11 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class DiffConfig:
+    ignore: tuple[str, ...] = ()  # fields `diff` drops, as it prints them: response.body.x
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:8080"
     upstream: str | None = None
@@ -109,6 +114,7 @@ class Config:
     redact: RedactConfig = field(default_factory=RedactConfig)
     variables: VariablesConfig = field(default_factory=VariablesConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    diff: DiffConfig = field(default_factory=DiffConfig)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with top-level fields changed; `None` means 'not given' and is skipped."""

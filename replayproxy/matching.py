@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cassette import Cassette, Request, header
+from .clip import LIMIT, clip
 from .config import Config, MatchConfig
 from .variables import Bindings, Rules, detect, dotted_get
 
@@ -385,7 +386,7 @@ class Matcher:
         if live.method != rec.method:
             out.append(f"method: {live.method} vs {rec.method}")
         if live.template != rec.template:
-            out.append(f"path: {live.path} vs {rec.path}")
+            out.append(f"path: {clip(live.path)} vs {clip(rec.path)}")
         if live.query != rec.query:
             out.append("query: " + _pairs_diff(live.query, rec.query))
         if live.body != rec.body:
@@ -397,7 +398,7 @@ class Matcher:
                 out.append("values: " + self._slot_diff(live, rec))
             elif self.used[index]:
                 out.append("already used (each recorded answer is played once)")
-        return out
+        return [clip(note, 10 * LIMIT) for note in out]  # each part is cut; this bounds the rest
 
     def _slot_diff(self, live: Normal, rec: Normal) -> str:
         for position, recorded in rec.slots.items():
@@ -405,12 +406,15 @@ class Matcher:
             if recorded in self.variables:
                 bound = self.bindings.live.get(recorded)
                 if bound is not None and bound != value:
-                    return f"{position}: {value} vs {bound} (bound earlier to recorded {recorded})"
+                    return (
+                        f"{position}: {_show(value)} vs {_show(bound)} "
+                        f"(bound earlier to recorded {_show(recorded)})"
+                    )
                 owner = self.bindings.recorded.get(value or "")
                 if owner is not None and owner != recorded:
-                    return f"{position}: {value} already stands for recorded {owner}"
+                    return f"{position}: {_show(value)} already stands for recorded {_show(owner)}"
             elif value != recorded:
-                return f"{position}: {value} vs {recorded}"
+                return f"{position}: {_show(value)} vs {_show(recorded)}"
         return "variables differ"
 
 
@@ -424,31 +428,35 @@ def _take(items: Any, n: int) -> list[int]:
 
 
 def describe(req: Request) -> str:
+    """`METHOD /path?query`, the target cut to a bounded length (see `clip`)."""
     parts = urlsplit(req.uri)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    return f"{req.method} {target}"
+    return f"{clip(req.method, 40)} {clip(target)}"
 
 
 def _show(value: Any) -> str:
+    """A compared value as a person reads it, cut to a bounded length."""
     if isinstance(value, str) and value.startswith(_PLACEHOLDER):
         return "{" + value[1:] + "}"
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return clip(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
 
 
-def _pairs_diff(live: tuple, rec: tuple) -> str:
+def _pairs_diff(live: tuple, rec: tuple, limit: int = 3) -> str:
     live_d, rec_d = dict(live), dict(rec)
     notes = []
     for key in sorted(set(live_d) | set(rec_d)):
         a, b = live_d.get(key), rec_d.get(key)
         if a == b:
             continue
+        name = clip(key, 100)
         if a is None:
-            notes.append(f"{key} missing (recorded {key}={_show(b)})")
+            notes.append(f"{name} missing (recorded {name}={_show(b)})")
         elif b is None:
-            notes.append(f"{key}={_show(a)} not in the recording")
+            notes.append(f"{name}={_show(a)} not in the recording")
         else:
-            notes.append(f"{key}={_show(a)} vs {key}={_show(b)}")
-    return ", ".join(notes) or "same values, another order or count"
+            notes.append(f"{name}={_show(a)} vs {name}={_show(b)}")
+    more = [f"... {len(notes) - limit} more"] if len(notes) > limit else []
+    return ", ".join(notes[:limit] + more) or "same values, another order or count"
 
 
 def _body_diff(live: Any, rec: Any, limit: int = 3) -> str:
@@ -467,14 +475,15 @@ def _body_diff(live: Any, rec: Any, limit: int = 3) -> str:
 def _json_diff(live: Any, rec: Any, where: str, notes: list[str]) -> None:
     if isinstance(live, dict) and isinstance(rec, dict):
         for key in sorted(set(live) | set(rec), key=str):
+            path = clip(f"{where}.{key}", 200)
             if key not in rec:
-                notes.append(f"{where}.{key}: {_show(live[key])} not in the recording")
+                notes.append(f"{path}: {_show(live[key])} not in the recording")
             elif key not in live:
-                notes.append(f"{where}.{key}: missing (recorded {_show(rec[key])})")
+                notes.append(f"{path}: missing (recorded {_show(rec[key])})")
             else:
                 _json_diff(live[key], rec[key], f"{where}.{key}", notes)
     elif isinstance(live, list) and isinstance(rec, list) and len(live) == len(rec):
         for i, (a, b) in enumerate(zip(live, rec, strict=True)):
             _json_diff(a, b, f"{where}.{i}", notes)
     elif live != rec or type(live) is not type(rec):
-        notes.append(f"{where}: {_show(live)} vs {_show(rec)}")
+        notes.append(f"{clip(where, 200)}: {_show(live)} vs {_show(rec)}")

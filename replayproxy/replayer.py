@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -15,9 +14,10 @@ from .coding import accepts, encode_body
 from .config import Config, env_names, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
+from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
-from .report import Attempt, Delivery, Report, Unmatched
+from .report import NAMED, Attempt, Delivery, Report, Unmatched
 from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
@@ -125,6 +125,7 @@ class Replayer:
         self.report = Report(
             interactions_total=len(cassette.interactions),
             faults=[asdict(f) for f in self.faults],
+            signed_with=signed_with(config),
         )
         for fault in self.faults:
             log.warning("replayproxy: %s", fault.line())
@@ -132,6 +133,7 @@ class Replayer:
             attempts=config.webhooks.attempts,
             backoff=config.webhooks.backoff,
             timeout=config.webhooks.timeout,
+            scrub=self.redactor.text,
         )
         if self.options.shift_time:
             _shift_cassette(cassette)
@@ -173,6 +175,10 @@ class Replayer:
             return self._miss(req, request.get(UPSTREAM_KEY) if self.forward else None)
         return resp
 
+    def _log_served(self, req: Request, number: int, status: int, repeat: bool) -> None:
+        again = ", played again" if repeat else ""
+        log.info("%s -> interaction %d (%d%s)", describe(req), number, status, again)
+
     async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
         origin = request.get(UPSTREAM_KEY) if self.forward else None
@@ -181,6 +187,8 @@ class Replayer:
             return None
         self.report.served += 1
         answer = self.prepared[match.number - 1]
+        if log.isEnabledFor(logging.INFO):
+            self._log_served(req, match.number, answer.status, match.repeat)
         headers, payload = answer.headers, answer.body
         if answer.values:
             bindings = self.matcher.bindings
@@ -213,16 +221,15 @@ class Replayer:
             for m in misses
         ]
         shown = scrub(describe(req))
-        self.report.unmatched.append(Unmatched(shown, near))
-        lines = [f"replayproxy: no recorded interaction matches {shown}"]
-        for m in near:
-            differences = "; ".join(m["differences"])
-            lines.append(f"  closest #{m['interaction']} {m['request']}: {differences}")
-        log.warning("\n".join(lines))
+        miss = Unmatched(shown, near)
+        self.report.unmatched.append(miss)
+        text = miss.sentence()
+        log.warning("replayproxy: %s", text)
         body = {
             "error": "no recorded interaction matches this request",
             "request": shown,
             "near_misses": near,
+            "message": text,
         }
         return web.json_response(body, status=self.config.unmatched_status)
 
@@ -244,8 +251,16 @@ class Replayer:
             else ("stale-timestamp" if self.options.stale_timestamp else None)
         )
         signature = self.config.webhooks.signature
+        kind = event_type(hook)
         copies = [
-            Delivery(number, url or "", copy=n + 1, test=test, event_id=event_id(hook, signature))
+            Delivery(
+                number,
+                url or "",
+                copy=n + 1,
+                test=test,
+                event_id=event_id(hook, signature),
+                event_type=kind,
+            )
             for n in range(max(1, self.options.duplicate_webhooks))
         ]
         self.report.deliveries.extend(copies)
@@ -273,9 +288,24 @@ class Replayer:
         """Wait (bounded) for webhooks in flight, then stop; the report is final after this."""
         await self.deliverer.drain(self.options.drain_timeout)
         await self.deliverer.close()
-        self.report.unused = self.matcher.unused()
-        self.report.webhooks_never_due = self.schedule.pending()
-        return self.report
+        return self.refresh()
+
+    def refresh(self) -> Report:
+        """Bring the report's unused interactions and not-yet-due webhooks up to now (and what
+        their sentences name), so it reads true while the replay still runs."""
+        report, interactions = self.report, self.cassette.interactions
+        report.unused = self.matcher.unused()
+        report.webhooks_never_due = self.schedule.pending()
+        report.waiting, report.event_types, report.labels = {}, {}, {}
+        for number in report.webhooks_never_due:
+            report.waiting[number] = sorted(self.schedule.needs.get(number, ()))
+            report.event_types[number] = event_type(self.cassette.webhooks[number - 1])
+        named = {*report.unused[:NAMED], *(n for ns in report.waiting.values() for n in ns)}
+        for number in sorted(named):
+            if 0 < number <= len(interactions):
+                label = describe(interactions[number - 1].request)
+                report.labels[number] = self.redactor.text(label)
+        return report
 
 
 def _accepts(req: Request, coding: str) -> bool:
@@ -316,14 +346,11 @@ def _no_target() -> Attempt:
     )
 
 
-def near_miss_text(report: Report) -> str:
-    """A readable account of every miss, for logs and failing tests."""
-    out = []
-    for miss in report.unmatched:
-        out.append(f"unmatched {miss.request}")
-        for near in miss.near_misses:
-            out.append(
-                f"  closest #{near['interaction']} {near['request']}: "
-                + "; ".join(near["differences"])
-            )
-    return "\n".join(out) or json.dumps(report.to_dict())
+def signed_with(config: Config) -> str:
+    """Which secret variable(s) and scheme sign replayed webhooks, as the 401/403 hint says it."""
+    names = config.webhooks.local_secret_env
+    shown = ", ".join(f"${n}" for n in ([names] if isinstance(names, str) else names) if n)
+    return (
+        f"the secret in {shown or 'no variable'} (config webhooks.local_secret_env) and scheme "
+        f"{config.webhooks.signature.scheme} (webhooks.signature.scheme)"
+    )

@@ -455,12 +455,13 @@ async def _output(request: web.Request) -> web.Response:
         return _error(404, "not_found", f"job {job.job_id} has no output {name}")
     if job.status != "COMPLETED":
         return _error(409, "conflict", f"job {job.job_id} is {job.status}; no outputs yet")
-    return web.Response(body=output_bytes(job.job_id), content_type="application/octet-stream")
+    return web.Response(body=output_bytes(job.command), content_type="application/octet-stream")
 
 
-def output_bytes(job_id: int) -> bytes:
-    """4 KiB derived from the job id: same job, same bytes; 0xFF first, so never valid UTF-8."""
-    blocks = (hashlib.sha256(f"{job_id}:{i}".encode()).digest() for i in range(128))
+def output_bytes(command: str) -> bytes:
+    """4 KiB derived from the job's command, as a deterministic job's output is from its input:
+    the same work gives the same bytes whatever id the job got; 0xFF first, never valid UTF-8."""
+    blocks = (hashlib.sha256(f"{command}:{i}".encode()).digest() for i in range(128))
     return b"\xff\xfe" + b"".join(blocks)[2:]
 
 
