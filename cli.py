@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -370,6 +371,11 @@ def demo(keep: str | None) -> None:
     show_default=True,
     help="Exit status when the command passed but the replay diverged (125: git bisect skip).",
 )
+@click.option(
+    "--variant",
+    metavar="NAME",
+    help="Play one misbehaviour of Camber (a name `replayproxy vary` shows).",
+)
 @replay_options
 @https_options
 @friendly
@@ -383,6 +389,7 @@ def run(
     upstream: str | None,
     upstream_ca: str | None,
     divergence_exit_code: int,
+    variant: str | None,
     **kw: Any,
 ) -> None:
     """Start the proxy on a free port, run COMMAND with its URL, stop, exit with its status.
@@ -400,6 +407,15 @@ def run(
     https = https_kwargs(kw)
     if record and not config.upstream and not https["forward"]:
         raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
+    options = build_options(kw)
+    extra_env = {}
+    if variant is not None:
+        if record:
+            raise ReplayProxyError("--variant replays; it does not go with --record")
+        from replayproxy.vary import VARIANT_ENV, variant_named
+
+        options = dataclasses.replace(options, variant=variant_named(cassette, config, variant))
+        extra_env[VARIANT_ENV] = variant
     proxy = open_proxy(
         cassette,
         mode="all" if record else "replay",
@@ -407,7 +423,7 @@ def run(
         upstream_ca=upstream_ca,
         config=config,
         listen=listen or "127.0.0.1:0",
-        options=build_options(kw),
+        options=options,
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
         **https,
@@ -419,7 +435,7 @@ def run(
         verb = "recording" if record else "replaying"
         click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
 
-    returncode, report = eventloop.run(run_command(proxy, command, names, started))
+    returncode, report = eventloop.run(run_command(proxy, command, names, started, extra_env))
     diverged = bool(getattr(report, "diverged", False))
     if diverged:
         if report.unmatched:
@@ -432,6 +448,113 @@ def run(
             err=True,
         )
     sys.exit(exit_status(returncode, diverged, divergence_exit_code))
+
+
+@main.command(short_help="Run a command once per misbehaviour of Camber; print the matrix.")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@config_option
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Only these variants: names, globs (interaction-7-*), or webhooks / interactions; "
+    "comma-separated or repeated.",
+)
+@click.option(
+    "-j", "--jobs", type=click.IntRange(1, 256), help="Variants run at once (default: cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML.")
+@click.option(
+    "--html",
+    "html_dir",
+    type=click.Path(file_okay=False),
+    help="Write one timeline page per variant and an index.html into this folder.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds one run of the command may take before it is stopped.",
+)
+@click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    help="Also export the proxy URL as NAME (default: config export_env).",
+)
+@click.option(
+    "--timing",
+    type=click.Choice(TIMINGS),
+    default="sequence",
+    show_default=True,
+    help="When recorded webhooks are sent.",
+)
+@click.option("--fast-forward", is_flag=True, help="Answer polling loops with their final state.")
+@click.option(
+    "--webhook-url",
+    help="Where webhooks go when the app sent no callback URL and webhooks.forward_to is unset.",
+)
+@friendly
+def vary(
+    cassette: str,
+    command: tuple[str, ...],
+    config_path: str | None,
+    only: tuple[str, ...],
+    jobs: int | None,
+    as_json: bool,
+    junit_path: str | None,
+    html_dir: str | None,
+    timeout: float,
+    env_name: str | None,
+    timing: str,
+    fast_forward: bool,
+    webhook_url: str | None,
+) -> None:
+    """Run COMMAND once per variant of CASSETTE (a webhook lost, late, early, twice; a 503, a
+    429, a timeout, a reset, a slow answer...), each against its own proxy; print the matrix.
+
+    Exit 1 when a variant the app must survive (config vary.expect) failed.
+    """
+    import json
+
+    from replayproxy.vary import run_matrix
+
+    config = settings(config_path)
+    options = ReplayOptions(timing=timing, fast_forward=fast_forward, webhook_url=webhook_url)
+    names = [n for n in (env_name or config.export_env,) if n]
+    tty = sys.stderr.isatty()
+
+    def done(cell: Any) -> None:
+        if tty:
+            click.echo(f"  {cell.variant.name}: {cell.verdict()}", err=True)
+
+    matrix = eventloop.run(
+        run_matrix(
+            cassette,
+            command,
+            config=config,
+            only=list(only) or None,
+            jobs=jobs,
+            options=options,
+            export=names,
+            timeout=timeout,
+            on_cell=done,
+        )
+    )
+    if junit_path:
+        from pathlib import Path
+
+        from replayproxy.atomic import write_atomic
+
+        write_atomic(Path(junit_path), matrix.junit())
+    if html_dir:
+        index = matrix.write_html(html_dir, cassette)
+        click.echo(f"wrote {index}", err=True)
+    click.echo(json.dumps(matrix.to_dict(), indent=2) if as_json else matrix.text())
+    sys.exit(matrix.exit_status)
 
 
 @main.command("diff")

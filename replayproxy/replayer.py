@@ -14,12 +14,14 @@ from .cassette import Cassette, Request, Response
 from .config import Config, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
+from .faults import Faults
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
+from .variants import Variant
 from .webhooks import Schedule, event_id, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
@@ -40,6 +42,7 @@ class ReplayOptions:
     drain_timeout: float = 5.0
     shift_time: bool = False
     fast_forward: bool = False
+    variant: Variant | None = None  # one misbehaviour of Camber to play (faults.py)
 
 
 @dataclass(slots=True)
@@ -87,6 +90,7 @@ class Replayer:
         )
         if self.options.shift_time:
             _shift_cassette(cassette)
+        self.faults = Faults(self.options.variant, self) if self.options.variant else None
         find = Finder(self.matcher.variables)
         self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
 
@@ -110,6 +114,8 @@ class Replayer:
         match = self.matcher.match(req)
         if match is None:
             return None
+        if self.faults is not None and (instead := await self.faults.before(request, match)):
+            return instead
         self.report.served += 1
         answer = self.prepared[match.number - 1]
         headers, payload = answer.headers, answer.body
@@ -124,12 +130,16 @@ class Replayer:
             headers=CIMultiDict(headers),
         )
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
+        if self.faults is not None:
+            due = self.faults.gate(due)
         if due:
             # The app must have its answer before the webhook that follows it arrives; if the
             # app hung up meanwhile, the webhooks are still due (and reported), not lost.
             try:
                 await resp.prepare(request)
                 await resp.write_eof()
+            except ConnectionError:
+                pass
             finally:
                 self._send(due)
         return resp
@@ -159,9 +169,11 @@ class Replayer:
         }
         return web.json_response(body, status=self.config.unmatched_status)
 
-    def _send(self, due) -> None:
-        """Webhooks due together go out one after the other, in recorded (or shuffled) order."""
-        jobs = [self._job(d.number, d.delay) for d in order(due, self.options.shuffle_webhooks)]
+    def _send(self, due, ordered: bool = False) -> None:
+        """Webhooks due together go out one after the other, in recorded (or shuffled) order;
+        `ordered`: in the order given."""
+        due = due if ordered else order(due, self.options.shuffle_webhooks)
+        jobs = [self._job(d.number, d.delay) for d in due]
         self.deliverer.submit([job for job in jobs if job is not None])
 
     def _job(self, number: int, delay: float) -> Job | None:
@@ -171,15 +183,14 @@ class Replayer:
         fallback = self.config.webhooks.forward_to or self.options.webhook_url
         bindings = self.matcher.bindings
         url = target(hook, bindings, self.matcher.variables, fallback)
-        test = (
-            "bad-signature"
-            if self.options.bad_signature
-            else ("stale-timestamp" if self.options.stale_timestamp else None)
-        )
+        kind = self.faults.webhook(number) if self.faults is not None else None
+        bad = self.options.bad_signature or kind == "bad-signature"
+        stale = self.options.stale_timestamp or kind == "stale-timestamp"
+        test = "bad-signature" if bad else ("stale-timestamp" if stale else None)
         signature = self.config.webhooks.signature
         copies = [
             Delivery(number, url or "", copy=n + 1, test=test, event_id=event_id(hook, signature))
-            for n in range(max(1, self.options.duplicate_webhooks))
+            for n in range(max(1, self.options.duplicate_webhooks) + (kind == "duplicate"))
         ]
         self.report.deliveries.extend(copies)
         if not url:
@@ -196,18 +207,22 @@ class Replayer:
                 self.secrets,
                 signature,
                 now=now,
-                bad_signature=self.options.bad_signature,
-                stale_timestamp=self.options.stale_timestamp,
+                bad_signature=bad,
+                stale_timestamp=stale,
             )
 
-        return Job(copies, build, delay)
+        return Job(copies, build, delay, hang_up_first=kind == "sender-retry")
 
     async def close(self) -> Report:
         """Wait (bounded) for webhooks in flight, then stop; the report is final after this."""
+        if self.faults is not None:
+            self.faults.close()
         await self.deliverer.drain(self.options.drain_timeout)
         await self.deliverer.close()
         self.report.unused = self.matcher.unused()
         self.report.webhooks_never_due = self.schedule.pending()
+        if self.faults is not None:
+            self.report.webhooks_never_due = self.faults.excused(self.report.webhooks_never_due)
         return self.report
 
 
