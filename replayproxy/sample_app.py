@@ -264,16 +264,21 @@ async def drive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m replayproxy.sample_app FILE...`: the sample app's end-to-end check, against
-    $REPLAYPROXY_URL (as under `replayproxy run` or `vary`) with $WEBHOOK_SECRET. Exit 0 when
+    """`python -m replayproxy.sample_app [--wait SECONDS] FILE...`: the sample app's end-to-end
+    check, against $REPLAYPROXY_URL (as under `replayproxy run` or `vary`) with
+    $WEBHOOK_SECRET. Exit 0 when
     every job ended as its name says (`fail*` failed, the others completed with their output),
-    each after its webhook."""
+    each after its webhook, within --wait seconds (default 10)."""
     import os
     import sys
 
-    files = list(sys.argv[1:] if argv is None else argv) or ["a.pdf", "b.pdf", "fail.pdf"]
+    args = list(sys.argv[1:] if argv is None else argv)
+    wait = 10.0
+    if args[:1] == ["--wait"] and len(args) > 1:
+        wait, args = float(args[1]), args[2:]
+    files = args or ["a.pdf", "b.pdf", "fail.pdf"]
     result = asyncio.run(
-        drive(os.environ["REPLAYPROXY_URL"], os.environ.get("WEBHOOK_SECRET", ""), files)
+        drive(os.environ["REPLAYPROXY_URL"], os.environ.get("WEBHOOK_SECRET", ""), files, wait)
     )
     ok = True
     for name in files:
