@@ -488,9 +488,9 @@ def run(
 @click.option(
     "--timing",
     type=click.Choice(TIMINGS),
-    default="sequence",
+    default="recorded",
     show_default=True,
-    help="When recorded webhooks are sent.",
+    help="When recorded webhooks are sent (default: as recorded, so a variant changes one thing).",
 )
 @click.option("--fast-forward", is_flag=True, help="Answer polling loops with their final state.")
 @click.option(

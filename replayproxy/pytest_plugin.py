@@ -6,6 +6,11 @@ path in the marker is taken from the test file's folder too. Each pytest-xdist w
 process and binds its own free port. When the test body is done the proxy stops (due webhooks
 are drained first); a replay that diverged fails the test with the near-miss explanation.
 
+`vary=` in the marker ("webhooks", a glob, a list of names, or True for all) parametrizes the
+test over the cassette's variants (variants.py), the baseline `recorded` first; test ids carry
+the variant's name, so `pytest -k webhook-1-early` reproduces one. A variant `vary.expect` says
+the app may fail is marked xfail (not strict).
+
 Options: `--replayproxy-mode replay|record|new_episodes|all` (default replay; `record` records
 cassettes that do not exist yet and replays the others), `--replayproxy-upstream URL`,
 `--replayproxy-config FILE`.
@@ -13,6 +18,7 @@ cassettes that do not exist yet and replays the others), `--replayproxy-upstream
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +26,12 @@ from typing import Any
 
 import pytest
 
+from .cassette import load
 from .config import load_config
 from .errors import ReplayProxyError
-from .replayer import near_miss_text
+from .replayer import ReplayOptions, near_miss_text
 from .runner import open_proxy
+from .variants import RECORDED, derive, expectation, find, select
 
 PLUGIN_MODES = ("replay", "record", "new_episodes", "all")
 
@@ -71,8 +79,46 @@ def cassette_path(item: pytest.Item, given: str | Path | None) -> Path:
     return folder / "cassettes" / module / f"{name}.yaml"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`vary=` in the marker: one test per variant, named after it."""
+    marker = metafunc.definition.get_closest_marker("replayproxy")
+    vary = marker.kwargs.get("vary") if marker else None
+    if not vary or metafunc.config.option.replayproxy_mode != "replay":
+        return
+    given = marker.args[0] if marker.args else marker.kwargs.get("cassette")
+    path = cassette_path(metafunc.definition, given)
+    try:
+        config = marker.kwargs.get("config") or load_config(
+            metafunc.config.option.replayproxy_config
+        )
+        chosen = select(derive(load(path), config.webhooks.signature), vary)
+    except ReplayProxyError as exc:
+        raise pytest.UsageError(f"replayproxy: {metafunc.definition.nodeid}: {exc}") from None
+    params = []
+    may_fail = pytest.mark.xfail(reason="vary.expect: may fail", strict=False)
+    for name in [RECORDED, *(v.name for v in chosen)]:
+        allowed = expectation(name, config.vary.expect) == "may-fail"
+        params.append(pytest.param(name, id=name, marks=[may_fail] if allowed else []))
+    metafunc.parametrize("replayproxy_variant", params, indirect=True)
+
+
 @pytest.fixture
-def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
+def replayproxy_variant(request: pytest.FixtureRequest) -> str | None:
+    """The name of the variant this test runs under (`vary=` in the marker), else None."""
+    return getattr(request, "param", None)
+
+
+def _with_variant(path: Path, config: Any, kwargs: dict[str, Any], name: str | None) -> None:
+    kwargs.pop("vary", None)
+    if name is None or name == RECORDED:
+        return
+    variant = find(derive(load(path), config.webhooks.signature), name)
+    options = kwargs.get("options") or ReplayOptions()
+    kwargs["options"] = dataclasses.replace(options, variant=variant)
+
+
+@pytest.fixture
+def replayproxy(request: pytest.FixtureRequest, replayproxy_variant: str | None) -> Iterator[Any]:
     """A running SyncReplayProxy for this test: `.url` for the app, `.report` after the test."""
     item = request.node
     marker = item.get_closest_marker("replayproxy")
@@ -85,6 +131,7 @@ def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
     try:
         config = kwargs.pop("config", None) or load_config(opts.replayproxy_config)
         upstream = opts.replayproxy_upstream or config.upstream
+        _with_variant(path, config, kwargs, replayproxy_variant)
         if mode != "replay" and not upstream:
             raise ReplayProxyError(
                 f"--replayproxy-mode {mode} needs --replayproxy-upstream URL "
@@ -113,7 +160,7 @@ def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
-def _replayproxy_marker(request: pytest.FixtureRequest) -> None:
+def _replayproxy_marker(request: pytest.FixtureRequest, replayproxy_variant: str | None) -> None:
     """A test marked `replayproxy` gets the proxy even when it does not ask for the fixture."""
     if request.node.get_closest_marker("replayproxy") is not None:
         request.getfixturevalue("replayproxy")

@@ -351,29 +351,31 @@ GROUPS = {
 }
 
 
-def patterns(only: str | Iterable[str] | bool | None) -> list[str]:
-    """`--only` values (comma-separated, repeatable; group words allowed) as globs."""
+def patterns(only: str | Iterable[str] | bool | None) -> list[tuple[str, tuple[str, ...]]]:
+    """`--only` values (comma-separated, repeatable; group words allowed): each as given, with
+    the globs it stands for."""
     if only is None or only is True:
-        return ["*"]
+        return [("all", ("*",))]
     if only is False:
         return []
     items = [only] if isinstance(only, str) else list(only)
-    out: list[str] = []
+    out = []
     for item in items:
         for word in str(item).split(","):
             word = word.strip()
             if word:
-                out.extend(GROUPS.get(word, (word,)))
+                out.append((word, GROUPS.get(word, (word,))))
     return out
 
 
 def select(variants: Sequence[Variant], only: str | Iterable[str] | bool | None) -> list[Variant]:
-    """The variants any of the globs name, in derivation order; a glob naming none is an error."""
-    globs = patterns(only)
-    for glob in globs:
-        if not any(fnmatchcase(v.name, glob) for v in variants):
+    """The variants the words name, in derivation order; a word naming none is an error."""
+    words = patterns(only)
+    for word, globs in words:
+        if not any(fnmatchcase(v.name, g) for v in variants for g in globs):
             known = ", ".join(v.name for v in variants) or "none"
-            raise ReplayProxyError(f"--only {glob!r} matches no variant of this cassette ({known})")
+            raise ReplayProxyError(f"{word!r} matches no variant of this cassette ({known})")
+    globs = [g for _, group in words for g in group]
     return [v for v in variants if any(fnmatchcase(v.name, g) for g in globs)]
 
 

@@ -16,6 +16,7 @@ The job table is a dict here; a real service keeps it in its database.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -57,6 +58,7 @@ class Store:
         self.by_camber_id: dict[int, Job] = {}
         self.seen_events: set[str] = set()  # events processed (or kept for later)
         self.early: dict[int, dict[str, Any]] = {}  # events for jobs whose submit is in flight
+        self.tasks: set[asyncio.Task[None]] = set()
         self.webhooks_rejected = 0  # bad or missing signature
         self.webhooks_duplicate = 0  # an event id seen before
 
@@ -89,6 +91,17 @@ async def settle(backend: Any, job: Job, camber_job: dict[str, Any]) -> None:
         job.error = camber_job.get("error") or f"Camber job {job.camber_status}"
 
 
+async def settle_soon(backend: Any, job: Job, event: dict[str, Any], attempts: int = 5) -> None:
+    """Settle an event the app acknowledged before it knew the job: nobody will send it again,
+    so a failed download is retried here (0.1 s, doubled each time)."""
+    for attempt in range(attempts):
+        try:
+            await settle(backend, job, event)
+            return
+        except CamberError:
+            await asyncio.sleep(0.1 * 2**attempt)
+
+
 def create_app() -> FastAPI:
     webhook_secret = os.environ.get("WEBHOOK_SECRET", "")
     public_url = os.environ.get("PUBLIC_URL", "http://127.0.0.1:8000")
@@ -101,6 +114,9 @@ def create_app() -> FastAPI:
         try:
             yield
         finally:
+            for task in list(store.tasks):
+                task.cancel()
+            await asyncio.gather(*store.tasks, return_exceptions=True)
             await app.state.backend.aclose()
 
     app = FastAPI(title="document jobs", lifespan=lifespan)
@@ -119,11 +135,12 @@ def create_app() -> FastAPI:
         job.camber_status = camber_job.get("status")
         store.by_camber_id[job.camber_job_id] = job
         early = store.early.pop(job.camber_job_id, None)
-        if early is not None:  # its webhook came before this answer
-            try:
-                await settle(request.app.state.backend, job, early)
-            except CamberError:
-                pass  # stays pending: polling settles it
+        if early is not None:  # its webhook came before this answer, and was acknowledged
+            task = asyncio.get_running_loop().create_task(
+                settle_soon(request.app.state.backend, job, early)
+            )
+            store.tasks.add(task)
+            task.add_done_callback(store.tasks.discard)
         return job
 
     @app.get("/jobs/{job_id}")
