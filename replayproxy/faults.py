@@ -122,8 +122,10 @@ class Faults:
         return out
 
     async def _late(self, due: Due) -> None:
+        """The hold counts from when the webhook fell due and replaces its recorded delay."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.late_ready.wait(), self.variant.hold)
+            await asyncio.wait_for(self.late_ready.wait(), max(self.variant.hold, due.delay))
+        due.delay = 0.0
         self.replayer._send([due])
 
     async def _flush_after(self, seconds: float) -> None:

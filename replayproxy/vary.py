@@ -156,8 +156,9 @@ class Matrix:
         out = table(("variant", "what was done", "exit", "divergence", "time", "result"), rows)
         passed = sum(c.passed for c in self.cells)
         out += (
-            f"\n\n{len(self.cells)} variants, {passed} passed, {len(self.broken)} broke an "
-            f"expectation; {self.seconds:.1f}s with -j {self.jobs}"
+            f"\n\n{len(self.cells)} runs (recorded and {len(self.cells) - 1} variants), "
+            f"{passed} passed, {len(self.broken)} broke an expectation; "
+            f"{self.seconds:.1f}s with -j {self.jobs}"
         )
         if self.broken:
             out += "\nexpected to survive, but failed: " + ", ".join(

@@ -30,7 +30,7 @@ def test_matrix_json_junit_and_expectations(tmp_path: Path) -> None:
     junit = tmp_path / "vary.xml"
     only = "webhook-1-duplicate,interaction-4-503-once,webhook-1-lost"
     proc = replayproxy("vary", CASSETTE, "--only", only, "-j", "2", "--json", "--junit",
-                       str(junit), "--", *SAMPLE, cwd=tmp_path)
+                       str(junit), "--html", str(tmp_path / "html"), "--", *SAMPLE, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     matrix = json.loads(proc.stdout)
     rows = {v["variant"]: v for v in matrix["variants"]}
@@ -53,6 +53,15 @@ def test_matrix_json_junit_and_expectations(tmp_path: Path) -> None:
     assert failure is not None and "may fail" in failure.get("message")
     assert "events=[]" in failure.text
     assert all(cases[n].find("failure") is None for n in rows if n != "webhook-1-lost")
+
+    # the HTML: an index linking one timeline page (inspect --html, with that run's report) each
+    index = (tmp_path / "html" / "index.html").read_text()
+    for name in rows:
+        assert f"href='{name}.html'" in index
+        page = (tmp_path / "html" / f"{name}.html").read_text()
+        assert f"replayproxy vary: {name}" in page
+    dup_page = (tmp_path / "html" / "webhook-1-duplicate.html").read_text()
+    assert '"copy": 2' in dup_page or '"copy":2' in dup_page
 
 
 def test_a_broken_expectation_exits_1_and_the_matrix_says_which(tmp_path: Path) -> None:
