@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import html
 import json
@@ -25,11 +26,11 @@ from typing import Any
 
 from .api import ReplayProxy
 from .atomic import write_atomic
-from .cassette import load
+from .cassette import Cassette, load
 from .config import Config
 from .errors import ReplayProxyError
 from .inspect import table
-from .replayer import ReplayOptions
+from .replayer import Replayer, ReplayOptions
 from .report import Report
 from .runner import command_env
 from .variants import BASELINE, Variant, derive, expectation, find, select
@@ -37,6 +38,20 @@ from .variants import BASELINE, Variant, derive, expectation, find, select
 #: The variable a command run by `vary` (or `run --variant`) finds its variant's name in.
 VARIANT_ENV = "REPLAYPROXY_VARIANT"
 OUTPUT_TAIL = 4000  # characters of a command's output kept for the report
+
+
+class _Preloaded(ReplayProxy):
+    """A ReplayProxy that replays a copy of a cassette parsed once for the whole matrix, so a
+    variant's proxy starts without reading and parsing the file again."""
+
+    def __init__(self, tape: Cassette, path: str | Path, **kwargs: Any):
+        super().__init__(path, **kwargs)
+        self.tape = tape
+
+    def _handler(self) -> Replayer:
+        self.replayer = Replayer(copy.deepcopy(self.tape), self.config, self.options)
+        self.report = self.replayer.report
+        return self.replayer
 
 
 def variants_of(cassette: str | Path, config: Config) -> list[Variant]:
@@ -251,6 +266,7 @@ class Matrix:
 async def _run_cell(
     cell: Cell,
     cassette: str | Path,
+    tape: Cassette,
     command: Sequence[str],
     config: Config,
     options: ReplayOptions,
@@ -258,7 +274,8 @@ async def _run_cell(
     timeout: float,
 ) -> None:
     variant = None if cell.variant is BASELINE else cell.variant
-    proxy = ReplayProxy(
+    proxy = _Preloaded(
+        tape,
         cassette,
         config=config,
         listen="127.0.0.1:0",
@@ -315,7 +332,8 @@ async def run_matrix(
     """Run `command` under the recorded conversation and under every selected variant."""
     if not command:
         raise ReplayProxyError("no command to run: put it after `--`")
-    chosen = select(variants_of(cassette, config), only)
+    tape = load(cassette)
+    chosen = select(derive(copy.deepcopy(tape), config.webhooks.signature), only)
     expect = config.vary.expect
     cells = [Cell(v, expectation(v.name, expect)) for v in (BASELINE, *chosen)]
     jobs = max(1, jobs or os.cpu_count() or 1)
@@ -324,7 +342,7 @@ async def run_matrix(
 
     async def one(cell: Cell) -> None:
         async with gate:
-            await _run_cell(cell, cassette, command, config, base, export, timeout)
+            await _run_cell(cell, cassette, tape, command, config, base, export, timeout)
         if on_cell is not None:
             on_cell(cell)
 
