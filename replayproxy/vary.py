@@ -16,6 +16,7 @@ import dataclasses
 import html
 import json
 import os
+import shutil
 import signal
 import time
 import xml.etree.ElementTree as ET
@@ -30,7 +31,7 @@ from .cassette import Cassette, load
 from .config import Config
 from .errors import ReplayProxyError
 from .inspect import table
-from .replayer import Replayer, ReplayOptions
+from .replayer import Replayer, ReplayOptions, local_secrets
 from .report import Report
 from .runner import command_env
 from .variants import BASELINE, Variant, derive, expectation, find, select
@@ -171,7 +172,8 @@ class Matrix:
         out = table(("variant", "what was done", "exit", "divergence", "time", "result"), rows)
         passed = sum(c.passed for c in self.cells)
         out += (
-            f"\n\n{len(self.cells)} runs (recorded and {len(self.cells) - 1} variants), "
+            f"\n\n{len(self.cells)} runs (recorded and {len(self.cells) - 1} "
+            f"variant{'s' * (len(self.cells) != 2)}), "
             f"{passed} passed, {len(self.broken)} broke an expectation; "
             f"{self.seconds:.1f}s with -j {self.jobs}"
         )
@@ -332,7 +334,10 @@ async def run_matrix(
     """Run `command` under the recorded conversation and under every selected variant."""
     if not command:
         raise ReplayProxyError("no command to run: put it after `--`")
+    if shutil.which(command[0]) is None:
+        raise ReplayProxyError(f"command not found: {command[0]}")
     tape = load(cassette)
+    local_secrets(config, needed=bool(tape.webhooks))  # once, not once per variant
     chosen = select(derive(copy.deepcopy(tape), config.webhooks.signature), only)
     expect = config.vary.expect
     cells = [Cell(v, expectation(v.name, expect)) for v in (BASELINE, *chosen)]

@@ -18,10 +18,13 @@ SAMPLE = [sys.executable, "-m", "replayproxy.sample_app", "--wait", "2"]
 SECRET = "vary-test-local-secret"
 
 
-def replayproxy(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def replayproxy(*args: str, cwd: Path, timeout: float = 120,
+                secret: str | None = SECRET) -> subprocess.CompletedProcess:
     exe = shutil.which("replayproxy")
     cmd = [exe] if exe else [sys.executable, "-m", "cli"]
-    env = {**os.environ, "WEBHOOK_SECRET": SECRET}
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_SECRET"}
+    if secret is not None:
+        env["WEBHOOK_SECRET"] = secret
     return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -91,6 +94,12 @@ def test_run_variant_reproduces_one_cell_and_names_unknown_ones(tmp_path: Path) 
     proc = replayproxy("vary", CASSETTE, "--only", "interaction-99-*", "--", "true",
                        cwd=tmp_path)
     assert proc.returncode == 2 and "matches no variant" in proc.stderr
+    proc = replayproxy("vary", CASSETTE, "--", "no-such-command-here", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "replayproxy: command not found: no-such-command-here"
+    proc = replayproxy("vary", CASSETTE, "--", "true", cwd=tmp_path, secret=None)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "WEBHOOK_SECRET" in proc.stderr  # said once, before any variant runs
 
 
 RENDEZVOUS = textwrap.dedent(
