@@ -415,6 +415,9 @@ def run(
         from replayproxy.vary import VARIANT_ENV, variant_named
 
         options = dataclasses.replace(options, variant=variant_named(cassette, config, variant))
+        source = click.get_current_context().get_parameter_source("timing")
+        if source is click.core.ParameterSource.DEFAULT:  # as `vary` runs it
+            options = dataclasses.replace(options, timing="recorded")
         extra_env[VARIANT_ENV] = variant
     proxy = open_proxy(
         cassette,
