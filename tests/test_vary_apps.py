@@ -64,7 +64,7 @@ def vary(folder: Path, only: str, *command: str) -> dict:
 
 
 E2E = (sys.executable, "e2e.py", "--wait", "3")
-PROBES = "webhook-1-early,webhook-1-duplicate,interaction-3-reset"
+PROBES = "webhook-1-early,interaction-3-reset"  # each finds one bug; each passes the other
 
 
 def failing(rows: dict) -> list[str]:
@@ -80,8 +80,7 @@ def test_vary_finds_the_planted_bug_with_the_right_variant(
     tmp_path: Path, patch: tuple[str, str], finder: str
 ) -> None:
     rows = vary(app_copy(tmp_path, patch), PROBES, *E2E)
-    assert list(rows) == ["recorded", "webhook-1-early", "webhook-1-duplicate",
-                          "interaction-3-reset"]
+    assert list(rows) == ["recorded", "webhook-1-early", "interaction-3-reset"]
     assert failing(rows) == [finder], {n: r["output_tail"] for n, r in rows.items()}
     assert "e2e: FAILED: timed out" in rows[finder]["output_tail"]
 
@@ -89,7 +88,8 @@ def test_vary_finds_the_planted_bug_with_the_right_variant(
 def test_the_unbugged_example_app_passes_the_expected_variants_and_the_probes(
     tmp_path: Path,
 ) -> None:
-    only = PROBES + ",webhook-2-sender-retry,webhooks-reordered,interaction-1-503-once"
+    only = (PROBES + ",webhook-1-duplicate,webhook-2-sender-retry,webhooks-reordered,"
+            "interaction-1-503-once")
     rows = vary(app_copy(tmp_path, None), only, *E2E)
     assert len(rows) == 7
     assert failing(rows) == [], {n: r["output_tail"] for n, r in rows.items() if not r["passed"]}
@@ -101,6 +101,6 @@ def test_the_sample_app_survives_the_expected_variants_of_its_three_jobs(tmp_pat
     """The committed three-job cassette was recorded from the sample app (tests/camber_session)."""
     shutil.copytree(ROOT / "cassettes", tmp_path / "cassettes")
     (tmp_path / "cassettes" / "camber_jobs.yaml").symlink_to("camber-jobs.yaml")
-    only = "webhook-3-early,webhook-2-sender-retry,interaction-34-503-once,interaction-4-429"
+    only = "webhook-3-early,webhook-2-sender-retry,interaction-34-503-once"
     rows = vary(tmp_path, only, sys.executable, "-m", "replayproxy.sample_app", "--wait", "5")
     assert failing(rows) == [], {n: r["output_tail"] for n, r in rows.items() if not r["passed"]}
