@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -374,6 +375,11 @@ def demo(keep: str | None) -> None:
     show_default=True,
     help="Exit status when the command passed but the replay diverged (125: git bisect skip).",
 )
+@click.option(
+    "--variant",
+    metavar="NAME",
+    help="Play one misbehaviour of Camber (a name `replayproxy vary` shows).",
+)
 @replay_options
 @https_options
 @friendly
@@ -387,6 +393,7 @@ def run(
     upstream: str | None,
     upstream_ca: str | None,
     divergence_exit_code: int,
+    variant: str | None,
     **kw: Any,
 ) -> None:
     """Start the proxy on a free port, run COMMAND with its URL, stop, exit with its status.
@@ -407,6 +414,18 @@ def run(
         kw["drain_timeout"] = 30.0  # recording: webhooks owed by staging take longer
     if record and not config.upstream and not https["forward"]:
         raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
+    options = build_options(kw)
+    extra_env = {}
+    if variant is not None:
+        if record:
+            raise ReplayProxyError("--variant replays; it does not go with --record")
+        from replayproxy.vary import VARIANT_ENV, variant_named
+
+        options = dataclasses.replace(options, variant=variant_named(cassette, config, variant))
+        source = click.get_current_context().get_parameter_source("timing")
+        if source is click.core.ParameterSource.DEFAULT:  # as `vary` runs it
+            options = dataclasses.replace(options, timing="recorded")
+        extra_env[VARIANT_ENV] = variant
     proxy = open_proxy(
         cassette,
         mode="all" if record else "replay",
@@ -414,7 +433,7 @@ def run(
         upstream_ca=upstream_ca,
         config=config,
         listen=listen or "127.0.0.1:0",
-        options=build_options(kw),
+        options=options,
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
         strict=kw["strict"],
@@ -427,12 +446,119 @@ def run(
         verb = "recording" if record else "replaying"
         click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
 
-    returncode, report = eventloop.run(run_command(proxy, command, names, started))
+    returncode, report = eventloop.run(run_command(proxy, command, names, started, extra_env))
     for line in proxy.recorder.warnings() if proxy.recorder is not None else ():
         click.echo(f"replayproxy: {line}", err=True)
     diverged = bool(getattr(report, "diverged", False))
     click.echo(f"replayproxy: {report.summary()}", err=True)
     sys.exit(exit_status(returncode, diverged, divergence_exit_code))
+
+
+@main.command(short_help="Run a command once per misbehaviour of Camber; print the matrix.")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@config_option
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Only these variants: names, globs (interaction-7-*), or webhooks / interactions; "
+    "comma-separated or repeated.",
+)
+@click.option(
+    "-j", "--jobs", type=click.IntRange(1, 256), help="Variants run at once (default: cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML.")
+@click.option(
+    "--html",
+    "html_dir",
+    type=click.Path(file_okay=False),
+    help="Write one timeline page per variant and an index.html into this folder.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds one run of the command may take before it is stopped.",
+)
+@click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    help="Also export the proxy URL as NAME (default: config export_env).",
+)
+@click.option(
+    "--timing",
+    type=click.Choice(TIMINGS),
+    default="recorded",
+    show_default=True,
+    help="When recorded webhooks are sent (default: as recorded, so a variant changes one thing).",
+)
+@click.option("--fast-forward", is_flag=True, help="Answer polling loops with their final state.")
+@click.option(
+    "--webhook-url",
+    help="Where webhooks go when the app sent no callback URL and webhooks.forward_to is unset.",
+)
+@friendly
+def vary(
+    cassette: str,
+    command: tuple[str, ...],
+    config_path: str | None,
+    only: tuple[str, ...],
+    jobs: int | None,
+    as_json: bool,
+    junit_path: str | None,
+    html_dir: str | None,
+    timeout: float,
+    env_name: str | None,
+    timing: str,
+    fast_forward: bool,
+    webhook_url: str | None,
+) -> None:
+    """Run COMMAND once per variant of CASSETTE (a webhook lost, late, early, twice; a 503, a
+    429, a timeout, a reset, a slow answer...), each against its own proxy; print the matrix.
+
+    Exit 1 when a variant the app must survive (config vary.expect) failed.
+    """
+    import json
+
+    from replayproxy.vary import run_matrix
+
+    config = settings(config_path)
+    options = ReplayOptions(timing=timing, fast_forward=fast_forward, webhook_url=webhook_url)
+    names = [n for n in (env_name or config.export_env,) if n]
+    tty = sys.stderr.isatty()
+
+    def done(cell: Any) -> None:
+        if tty:
+            click.echo(f"  {cell.variant.name}: {cell.verdict()}", err=True)
+
+    matrix = eventloop.run(
+        run_matrix(
+            cassette,
+            command,
+            config=config,
+            only=list(only) or None,
+            jobs=jobs,
+            options=options,
+            export=names,
+            timeout=timeout,
+            on_cell=done,
+        )
+    )
+    if junit_path:
+        from pathlib import Path
+
+        from replayproxy.atomic import write_atomic
+
+        write_atomic(Path(junit_path), matrix.junit())
+    if html_dir:
+        index = matrix.write_html(html_dir, cassette)
+        click.echo(f"wrote {index}", err=True)
+    click.echo(json.dumps(matrix.to_dict(), indent=2) if as_json else matrix.text())
+    sys.exit(matrix.exit_status)
 
 
 @main.command("diff")

@@ -101,6 +101,28 @@ class DiffConfig:
 
 
 @dataclass(frozen=True)
+class ExpectConfig:
+    """`vary.expect`: globs of variant names the app must survive, and those it may fail
+    (a name matching both may fail)."""
+
+    survive: tuple[str, ...] = (
+        "recorded",
+        "webhook-*-duplicate",
+        "webhooks-reordered",
+        "webhook-*-sender-retry",
+        "interaction-*-503-once",
+        "interaction-*-429",
+        "interaction-*-slow",
+    )
+    may_fail: tuple[str, ...] = ("webhook-*-lost",)
+
+
+@dataclass(frozen=True)
+class VaryConfig:
+    expect: ExpectConfig = field(default_factory=ExpectConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:8080"
     upstream: str | None = None
@@ -115,6 +137,7 @@ class Config:
     variables: VariablesConfig = field(default_factory=VariablesConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     diff: DiffConfig = field(default_factory=DiffConfig)
+    vary: VaryConfig = field(default_factory=VaryConfig)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with top-level fields changed; `None` means 'not given' and is skipped."""

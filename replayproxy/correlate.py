@@ -144,6 +144,24 @@ def _end(item: Interaction) -> float | None:
     return float(at) + float(item.meta.get("duration") or 0.0)
 
 
+def exchanges_of(
+    interactions: Sequence[Interaction],
+    body: bytes,
+    *,
+    first: int = 0,
+    values: Sequence[set[str]] | None = None,
+) -> list[int]:
+    """The webhook's conversation: the 1-based numbers of the exchanges carrying one of its ids."""
+    ids = webhook_ids(body)
+    if not ids:
+        return []
+    return [
+        index + 1
+        for index in range(first, len(interactions))
+        if ids & (values[index] if values is not None else exchange_values(interactions[index]))
+    ]
+
+
 def correlate(
     interactions: Sequence[Interaction],
     body: bytes,
@@ -159,13 +177,7 @@ def correlate(
     carried the callback URL the webhook arrived on. `values` may hold precomputed
     `exchange_values` for every interaction, to correlate many webhooks cheaply.
     """
-    ids = webhook_ids(body)
-    conversation = []
-    if ids:
-        for index in range(first, len(interactions)):
-            carried = values[index] if values is not None else exchange_values(interactions[index])
-            if ids & carried:
-                conversation.append(index)
+    conversation = [n - 1 for n in exchanges_of(interactions, body, first=first, values=values)]
     if not conversation:
         if hint is None:
             return Correlation(None, None, 0.0)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -38,6 +40,7 @@ class Job:
     deliveries: list[Delivery]
     build: Build
     delay: float = 0.0
+    hang_up_first: bool = False  # a sender that times out: hang up unread once, then retry
 
 
 class Deliverer:
@@ -77,7 +80,31 @@ class Deliverer:
             if wait > 0:
                 await asyncio.sleep(wait)
             for delivery in job.deliveries:
+                if job.hang_up_first and delivery is job.deliveries[0]:
+                    await self._hang_up(delivery, job.build)
                 await self._deliver(delivery, job.build)
+
+    async def deliver_now(self, job: Job) -> None:
+        """Deliver `job` (every copy, every retry) before returning: for a webhook that must
+        arrive before the answer the caller is holding."""
+        await self._run([job])
+
+    async def _hang_up(self, delivery: Delivery, build: Build) -> None:
+        """Send one attempt and close the connection as soon as the answer starts, unread: what
+        the app sees when the sender's timeout expires just as it answers."""
+        out = build(int(time.time()))
+        error = "hung up before reading the answer (sender timed out), then retried"
+        try:
+            async with asyncio.timeout(self.timeout.total):
+                reader, writer = await _connect(out.url)
+                writer.write(_raw_request(out))
+                await writer.drain()
+                await reader.read(1)
+                writer.close()
+        except (TimeoutError, OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        delivery.attempts.append(Attempt(None, error, round(time.monotonic() - self.started, 4)))
+        await asyncio.sleep(self.backoff)
 
     async def _deliver(self, delivery: Delivery, build: Build) -> None:
         for attempt in range(self.attempts):
@@ -210,6 +237,24 @@ async def send_recorded(
                 sent.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             results.append(sent)
     return results
+
+
+async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    context = ssl.create_default_context() if secure else None
+    return await asyncio.open_connection(parts.hostname, port, ssl=context)
+
+
+def _raw_request(out: Outgoing) -> bytes:
+    """The attempt as HTTP/1.1 bytes, for a connection the sender will drop."""
+    parts = urlsplit(out.url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"{out.method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines += [f"{k}: {v}" for k, v in out.headers if k.lower() not in ("host", "content-length")]
+    lines += [f"Content-Length: {len(out.body)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + out.body
 
 
 def _retry_after(value: str | None) -> float | None:

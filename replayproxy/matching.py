@@ -350,6 +350,13 @@ class Matcher:
                 if value is not None and recorded in self.variables:
                     self.bindings.bind(recorded, value)
 
+    def release(self, number: int) -> None:
+        """Make answer `number` unused again: a fault answered in its place (faults.py)."""
+        index = number - 1
+        self.used[index] = 0
+        key = self.normals[index].fingerprint
+        self.cursor[key] = min(self.cursor[key], self.groups[key].index(index))
+
     def unused(self) -> list[int]:
         return [i + 1 for i, used in enumerate(self.used) if not used]
 

@@ -11,10 +11,16 @@ Under `replayproxy run` (which sets REPLAYPROXY_RUN) no proxy is started: the fi
 the outer one, which does the checking. The config comes from the pytest root, never the current
 folder: `--replayproxy-config FILE`, else the ini option `replayproxy_config` (relative to the ini
 file), else `replayproxy.yaml` in the rootdir, else the defaults.
+
+`vary=` in the marker ("webhooks", a glob, a list of names, or True for all) parametrizes the
+test over the cassette's variants (variants.py), the baseline `recorded` first; test ids carry
+the variant's name, so `pytest -k webhook-1-early` reproduces one. A variant `vary.expect` says
+the app may fail is marked xfail (not strict).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator
@@ -26,7 +32,10 @@ import pytest
 
 from .config import DEFAULT_CONFIG_FILE, Config, load_config
 from .errors import ReplayProxyError
+from .journal import open_cassette
+from .replayer import ReplayOptions
 from .runner import RUN_ENV, URL_ENV, open_proxy
+from .variants import RECORDED, derive, expectation, find, select
 
 PLUGIN_MODES = ("replay", "record", "new_episodes", "all")
 
@@ -111,6 +120,42 @@ def cassette_path(item: pytest.Item, given: str | Path | None) -> Path:
     return folder / "cassettes" / module / f"{name}.yaml"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`vary=` in the marker: one test per variant, named after it."""
+    marker = metafunc.definition.get_closest_marker("replayproxy")
+    vary = marker.kwargs.get("vary") if marker else None
+    if not vary or metafunc.config.option.replayproxy_mode != "replay":
+        return
+    given = marker.args[0] if marker.args else marker.kwargs.get("cassette")
+    path = cassette_path(metafunc.definition, given)
+    try:
+        config = marker.kwargs.get("config") or session_config(metafunc.config)
+        chosen = select(derive(open_cassette(path), config.webhooks.signature), vary)
+    except ReplayProxyError as exc:
+        raise pytest.UsageError(f"replayproxy: {metafunc.definition.nodeid}: {exc}") from None
+    params = []
+    may_fail = pytest.mark.xfail(reason="vary.expect: may fail", strict=False)
+    for name in [RECORDED, *(v.name for v in chosen)]:
+        allowed = expectation(name, config.vary.expect) == "may-fail"
+        params.append(pytest.param(name, id=name, marks=[may_fail] if allowed else []))
+    metafunc.parametrize("replayproxy_variant", params, indirect=True)
+
+
+@pytest.fixture
+def replayproxy_variant(request: pytest.FixtureRequest) -> str | None:
+    """The name of the variant this test runs under (`vary=` in the marker), else None."""
+    return getattr(request, "param", None)
+
+
+def _with_variant(path: Path, config: Config, kwargs: dict[str, Any], name: str | None) -> None:
+    kwargs.pop("vary", None)
+    if name is None or name == RECORDED:
+        return
+    variant = find(derive(open_cassette(path), config.webhooks.signature), name)
+    options = kwargs.get("options") or ReplayOptions()
+    kwargs["options"] = dataclasses.replace(options, variant=variant)
+
+
 @dataclass
 class OuterProxy:
     """The proxy `replayproxy run` started around this pytest session: it serves its own
@@ -126,7 +171,7 @@ class OuterProxy:
 
 
 @pytest.fixture
-def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
+def replayproxy(request: pytest.FixtureRequest, replayproxy_variant: str | None) -> Iterator[Any]:
     """A running SyncReplayProxy for this test: `.url` for the app, `.report` so far."""
     outer = os.environ.get(RUN_ENV)
     if outer and os.environ.get(URL_ENV):
@@ -143,6 +188,7 @@ def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
     kwargs["strict"] = bool(kwargs.get("strict") or opts.replayproxy_strict)
     try:
         config = kwargs.pop("config", None) or session_config(request.config)
+        _with_variant(path, config, kwargs, replayproxy_variant)
         upstream = opts.replayproxy_upstream or config.upstream
         if mode != "replay" and not upstream:
             raise ReplayProxyError(
@@ -172,7 +218,7 @@ def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
-def _replayproxy_marker(request: pytest.FixtureRequest) -> None:
+def _replayproxy_marker(request: pytest.FixtureRequest, replayproxy_variant: str | None) -> None:
     """A test marked `replayproxy` gets the proxy even when it does not ask for the fixture."""
     if request.node.get_closest_marker("replayproxy") is not None:
         request.getfixturevalue("replayproxy")

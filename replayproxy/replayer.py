@@ -14,6 +14,7 @@ from .coding import accepts, encode_body
 from .config import Config, env_names, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
+from .faults import Faults
 from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
@@ -22,6 +23,7 @@ from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
+from .variants import Variant
 from .webhooks import Schedule, event_id, faults, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
@@ -43,6 +45,7 @@ class ReplayOptions:
     drain_timeout: float = 5.0
     shift_time: bool = False
     fast_forward: bool = False
+    variant: Variant | None = None  # one misbehaviour of Camber to play (faults.py)
 
 
 @dataclass(slots=True)
@@ -107,7 +110,7 @@ class Replayer:
         self.options = options or ReplayOptions()
         validate(config.webhooks.signature)
         opts = self.options
-        self.faults = faults(
+        self.deliberate = faults(
             config.webhooks.signature,
             bad_signature=opts.bad_signature,
             stale_timestamp=opts.stale_timestamp,
@@ -124,10 +127,10 @@ class Replayer:
         self.schedule = Schedule(cassette, self.options.timing, self.options.speed)
         self.report = Report(
             interactions_total=len(cassette.interactions),
-            faults=[asdict(f) for f in self.faults],
+            faults=[asdict(f) for f in self.deliberate],
             signed_with=signed_with(config),
         )
-        for fault in self.faults:
+        for fault in self.deliberate:
             log.warning("replayproxy: %s", fault.line())
         self.deliverer = Deliverer(
             attempts=config.webhooks.attempts,
@@ -137,6 +140,7 @@ class Replayer:
         )
         if self.options.shift_time:
             _shift_cassette(cassette)
+        self.faults = Faults(self.options.variant, self) if self.options.variant else None
         find = Finder(self.matcher.variables)
         self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
@@ -185,6 +189,8 @@ class Replayer:
         match = self.matcher.match(req, origin)
         if match is None:
             return None
+        if self.faults is not None and (instead := await self.faults.before(request, match)):
+            return instead
         self.report.served += 1
         answer = self.prepared[match.number - 1]
         if log.isEnabledFor(logging.INFO):
@@ -198,12 +204,16 @@ class Replayer:
             headers, payload = _coded(answer, headers, payload)
         resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
+        if self.faults is not None:
+            due = self.faults.gate(due)
         if due:
             # The app must have its answer before the webhook that follows it arrives; if the
             # app hung up meanwhile, the webhooks are still due (and reported), not lost.
             try:
                 await resp.prepare(request)
                 await resp.write_eof()
+            except ConnectionError:
+                pass
             finally:
                 self._send(due)
         return resp
@@ -233,9 +243,11 @@ class Replayer:
         }
         return web.json_response(body, status=self.config.unmatched_status)
 
-    def _send(self, due) -> None:
-        """Webhooks due together go out one after the other, in recorded (or shuffled) order."""
-        jobs = [self._job(d.number, d.delay) for d in order(due, self.options.shuffle_webhooks)]
+    def _send(self, due, ordered: bool = False) -> None:
+        """Webhooks due together go out one after the other, in recorded (or shuffled) order;
+        `ordered`: in the order given."""
+        due = due if ordered else order(due, self.options.shuffle_webhooks)
+        jobs = [self._job(d.number, d.delay) for d in due]
         self.deliverer.submit([job for job in jobs if job is not None])
 
     def _job(self, number: int, delay: float) -> Job | None:
@@ -245,13 +257,12 @@ class Replayer:
         fallback = self.config.webhooks.forward_to or self.options.webhook_url
         bindings = self.matcher.bindings
         url = target(hook, bindings, self.matcher.variables, fallback)
-        test = (
-            "bad-signature"
-            if self.options.bad_signature
-            else ("stale-timestamp" if self.options.stale_timestamp else None)
-        )
+        kind = self.faults.webhook(number) if self.faults is not None else None
+        bad = self.options.bad_signature or kind == "bad-signature"
+        stale = self.options.stale_timestamp or kind == "stale-timestamp"
+        test = "bad-signature" if bad else ("stale-timestamp" if stale else None)
         signature = self.config.webhooks.signature
-        kind = event_type(hook)
+        event = event_type(hook)
         copies = [
             Delivery(
                 number,
@@ -259,9 +270,9 @@ class Replayer:
                 copy=n + 1,
                 test=test,
                 event_id=event_id(hook, signature),
-                event_type=kind,
+                event_type=event,
             )
-            for n in range(max(1, self.options.duplicate_webhooks))
+            for n in range(max(1, self.options.duplicate_webhooks) + (kind == "duplicate"))
         ]
         self.report.deliveries.extend(copies)
         if not url:
@@ -278,14 +289,16 @@ class Replayer:
                 self.secrets,
                 signature,
                 now=now,
-                bad_signature=self.options.bad_signature,
-                stale_timestamp=self.options.stale_timestamp,
+                bad_signature=bad,
+                stale_timestamp=stale,
             )
 
-        return Job(copies, build, delay)
+        return Job(copies, build, delay, hang_up_first=kind == "sender-retry")
 
     async def close(self) -> Report:
         """Wait (bounded) for webhooks in flight, then stop; the report is final after this."""
+        if self.faults is not None:
+            self.faults.close()
         await self.deliverer.drain(self.options.drain_timeout)
         await self.deliverer.close()
         return self.refresh()
@@ -296,6 +309,8 @@ class Replayer:
         report, interactions = self.report, self.cassette.interactions
         report.unused = self.matcher.unused()
         report.webhooks_never_due = self.schedule.pending()
+        if self.faults is not None:  # a lost webhook is never due by design
+            report.webhooks_never_due = self.faults.excused(report.webhooks_never_due)
         report.waiting, report.event_types, report.labels = {}, {}, {}
         for number in report.webhooks_never_due:
             report.waiting[number] = sorted(self.schedule.needs.get(number, ()))

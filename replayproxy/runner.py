@@ -107,7 +107,11 @@ def tls_env(proxy: Any) -> dict[str, str]:
 
 
 async def run_command(
-    proxy: ReplayProxy, command: Sequence[str], export: Sequence[str] = (), on_start: Any = None
+    proxy: ReplayProxy,
+    command: Sequence[str],
+    export: Sequence[str] = (),
+    on_start: Any = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, Report]:
     """Start `proxy`, run `command` (inheriting stdio) with its URL exported, stop, report."""
     if not command:
@@ -115,10 +119,10 @@ async def run_command(
     async with proxy:
         if on_start is not None:
             on_start(proxy.url)
+        extra = {**tls_env(proxy), **(extra_env or {})}
+        env = command_env(proxy.url, export, extra, proxy.path)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *command, env=command_env(proxy.url, export, tls_env(proxy), proxy.path)
-            )
+            proc = await asyncio.create_subprocess_exec(*command, env=env)
         except FileNotFoundError:
             raise ReplayProxyError(f"command not found: {command[0]}") from None
         except PermissionError:

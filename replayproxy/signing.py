@@ -192,6 +192,12 @@ def _check_template(template: str, allowed: frozenset[str], required: str, what:
         raise ConfigError(f"signature {what} {template!r} must contain {{{required}}}")
 
 
+def signs_timestamp(config: SignatureConfig) -> bool:
+    """Whether the scheme signs a timestamp (so a stale one can be detected at all)."""
+    scheme = _scheme(config)
+    return scheme.carries_timestamp and "timestamp" in _fields(scheme.payload)
+
+
 def validate(config: SignatureConfig) -> None:
     """Reject a signature config that could not sign or verify, before any webhook arrives."""
     _scheme(config)

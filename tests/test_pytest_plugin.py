@@ -332,3 +332,83 @@ def test_config_comes_from_the_rootdir_not_the_current_folder(pytester: pytest.P
     (project / "pytest.ini").write_text("[pytest]\nreplayproxy_config = conf/rp.yaml\n")
     assert inner("-q", "../project/tests", cwd=sub) == "597"
     assert inner("-q", "project/tests", cwd=pytester.path) == "597"
+
+
+VARIED = """
+import dataclasses, os, time
+import pytest, requests
+
+HOOKS = []
+
+
+@pytest.fixture
+def receiver():
+    HOOKS.clear()
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            HOOKS.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hooks"
+    server.shutdown()
+
+
+def test_submit(receiver, replayproxy, replayproxy_variant):
+    replayer = replayproxy.proxy.replayer  # the cassette has no target: tell it the receiver's
+    replayer.options = dataclasses.replace(replayer.options, webhook_url=receiver)
+    body = {"command": "python run.py invoice.pdf", "engine_type": "MPI"}
+    for _ in range(2):  # a client that retries a 503 / 429 once
+        resp = requests.post(replayproxy.url + "/v1/jobs", json=body)
+        if resp.status_code not in (429, 503):
+            break
+    for _ in range(3):
+        requests.get(replayproxy.url + "/v1/jobs/6238")
+    deadline = time.monotonic() + 2
+    while not HOOKS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert HOOKS, f"no webhook under {replayproxy_variant}"
+    with open(os.environ["SEEN_FILE"], "a") as seen:
+        seen.write(replayproxy_variant + "\\n")
+"""
+
+
+def test_vary_parametrizes_over_variants_named_in_test_ids(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save(job_cassette(), pytester.path / "cassettes" / "jobs.yaml")
+    pytester.makepyfile(
+        test_varied=VARIED.replace(
+            "def test_submit", '@pytest.mark.replayproxy("cassettes/jobs.yaml", '
+            'vary=["webhooks", "interaction-1-503-once"])\ndef test_submit'
+        )
+    )
+    seen = pytester.path / "seen.txt"
+    monkeypatch.setenv("WEBHOOK_SECRET", "plugin-vary-secret")
+    monkeypatch.setenv("SEEN_FILE", str(seen))
+    result = run(pytester, "-n", "2", "-p", "xdist", "-v")
+    ids = {line.split("::test_submit[", 1)[1].split("]", 1)[0]
+           for line in result.outlines if "::test_submit[" in line}
+    assert ids == {"recorded", "webhook-1-lost", "webhook-1-late", "webhook-1-early",
+                   "webhook-1-duplicate", "webhook-1-sender-retry", "webhook-1-bad-signature",
+                   "interaction-1-503-once"}
+    # lost: no webhook comes (xfail, vary.expect allows it); bad-signature: the receiver
+    # accepts a forged webhook, so the replay diverged and the test fails, as it should
+    result.assert_outcomes(passed=6, xfailed=1, failed=1)
+    result.stdout.fnmatch_lines(["*_ test_submit[[]webhook-1-bad-signature[]] _*",
+                                 "*replay diverged from*"])
+    assert '"test": "bad-signature"' in result.stdout.str()
+    assert sorted(seen.read_text().split()) == sorted(
+        ["recorded", "webhook-1-late", "webhook-1-early", "webhook-1-duplicate",
+         "webhook-1-sender-retry", "webhook-1-bad-signature", "interaction-1-503-once"])
+    result = run(pytester, "-k", "webhook-1-early")
+    result.assert_outcomes(passed=1, deselected=7)

@@ -6,6 +6,7 @@ the URL of a replayproxy serving a recorded session, and this client cannot tell
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any, Protocol
 
@@ -21,11 +22,18 @@ class ExecutionBackend(Protocol):
 
     async def get_job_status(self, camber_job_id: int) -> dict[str, Any]: ...
 
+    async def download(self, output: str) -> bytes: ...
+
     async def aclose(self) -> None: ...
 
 
 class CamberService:
-    """Submits document jobs to Camber and polls them; Camber calls `callback_url` when done."""
+    """Submits document jobs to Camber, polls them and downloads their outputs; Camber calls
+    `callback_url` when a job is done. A 429 or 5xx answer is retried twice (after its
+    Retry-After when given); a connection error or a timeout is not (a submit may have
+    reached Camber), it raises CamberError."""
+
+    ATTEMPTS = 3
 
     def __init__(self, base_url: str, api_key: str, callback_url: str, timeout: float = 30.0):
         self.callback_url = callback_url
@@ -49,14 +57,26 @@ class CamberService:
     async def get_job_status(self, camber_job_id: int) -> dict[str, Any]:
         return await self._call("GET", f"/v1/jobs/{camber_job_id}")
 
+    async def download(self, output: str) -> bytes:
+        """An output file, by the path Camber lists it under (`jobs/<id>/outputs/<name>`)."""
+        return (await self._request("GET", f"/v1/{output.lstrip('/')}")).content
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            resp = await self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CamberError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        return (await self._request(method, path, **kwargs)).json()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.ATTEMPTS):
+            try:
+                resp = await self.client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise CamberError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            transient = resp.status_code == 429 or resp.status_code >= 500
+            if not transient or attempt + 1 == self.ATTEMPTS:
+                break
+            await asyncio.sleep(min(_seconds(resp.headers.get("Retry-After")) or 0.1, 5.0))
         if resp.is_error:
             raise CamberError(f"{method} {path} answered {resp.status_code}: {resp.text[:200]}")
-        return resp.json()
+        return resp
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -71,7 +91,15 @@ def get_execution_backend(public_url: str) -> ExecutionBackend:
         base_url=_require("CAMBER_API_URL"),
         api_key=_require("CAMBER_API_KEY"),
         callback_url=f"{public_url.rstrip('/')}/webhooks/camber",
+        timeout=float(os.environ.get("CAMBER_TIMEOUT", "30")),
     )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _require(name: str) -> str:

@@ -4,6 +4,11 @@
     GET  /jobs/{id}         the job's status and result (?refresh=true also asks Camber)
     POST /webhooks/camber   Camber's callback, HMAC-SHA256 signed with WEBHOOK_SECRET
 
+A completed job's outputs are downloaded from Camber before the job counts as completed (by the
+webhook route, or by a poll). A webhook that fails to download answers 502 and is not marked
+seen, so Camber's retry gets another go; a webhook that beats the submit's answer is kept and
+applied when that answer arrives.
+
 Run it with `uvicorn main:create_app --factory` and the environment: CAMBER_API_URL,
 CAMBER_API_KEY, WEBHOOK_SECRET, PUBLIC_URL (where Camber reaches this app), EXECUTION_BACKEND.
 The job table is a dict here; a real service keeps it in its database.
@@ -11,6 +16,7 @@ The job table is a dict here; a real service keeps it in its database.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -50,7 +56,9 @@ class Store:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
         self.by_camber_id: dict[int, Job] = {}
-        self.seen_events: set[str] = set()
+        self.seen_events: set[str] = set()  # events processed (or kept for later)
+        self.early: dict[int, dict[str, Any]] = {}  # events for jobs whose submit is in flight
+        self.tasks: set[asyncio.Task[None]] = set()
         self.webhooks_rejected = 0  # bad or missing signature
         self.webhooks_duplicate = 0  # an event id seen before
 
@@ -63,16 +71,35 @@ def signature_ok(body: bytes, header: str | None, secret: str) -> bool:
     return hmac.compare_digest(header.removeprefix("sha256=").encode(), expected.encode())
 
 
-def apply_camber_status(job: Job, camber_job: dict[str, Any]) -> None:
-    """Move a pending job to completed/failed when Camber says it is final."""
+async def settle(backend: Any, job: Job, camber_job: dict[str, Any]) -> None:
+    """Move a pending job to completed (outputs downloaded) or failed when Camber says it is
+    final. A failed download raises CamberError and leaves the job pending."""
     job.camber_status = camber_job.get("status", job.camber_status)
     if job.status != "pending" or job.camber_status not in FINAL:
         return
-    job.status = FINAL[job.camber_status]
-    if job.status == "completed":
-        job.result = {"camber_job_id": job.camber_job_id, "outputs": camber_job.get("outputs", [])}
+    if FINAL[job.camber_status] == "completed":
+        files = {}
+        for output in camber_job.get("outputs", []):
+            data = await backend.download(output)
+            files[output] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if job.status != "pending":  # settled meanwhile (a poll, a retry)
+            return
+        job.result = {"camber_job_id": job.camber_job_id, "outputs": list(files), "files": files}
+        job.status = "completed"
     else:
+        job.status = "failed"
         job.error = camber_job.get("error") or f"Camber job {job.camber_status}"
+
+
+async def settle_soon(backend: Any, job: Job, event: dict[str, Any], attempts: int = 5) -> None:
+    """Settle an event the app acknowledged before it knew the job: nobody will send it again,
+    so a failed download is retried here (0.1 s, doubled each time)."""
+    for attempt in range(attempts):
+        try:
+            await settle(backend, job, event)
+            return
+        except CamberError:
+            await asyncio.sleep(0.1 * 2**attempt)
 
 
 def create_app() -> FastAPI:
@@ -87,6 +114,9 @@ def create_app() -> FastAPI:
         try:
             yield
         finally:
+            for task in list(store.tasks):
+                task.cancel()
+            await asyncio.gather(*store.tasks, return_exceptions=True)
             await app.state.backend.aclose()
 
     app = FastAPI(title="document jobs", lifespan=lifespan)
@@ -104,6 +134,13 @@ def create_app() -> FastAPI:
         job.camber_job_id = int(camber_job["job_id"])
         job.camber_status = camber_job.get("status")
         store.by_camber_id[job.camber_job_id] = job
+        early = store.early.pop(job.camber_job_id, None)
+        if early is not None:  # its webhook came before this answer, and was acknowledged
+            task = asyncio.get_running_loop().create_task(
+                settle_soon(request.app.state.backend, job, early)
+            )
+            store.tasks.add(task)
+            task.add_done_callback(store.tasks.discard)
         return job
 
     @app.get("/jobs/{job_id}")
@@ -114,9 +151,9 @@ def create_app() -> FastAPI:
         if refresh and job.camber_job_id is not None:  # poll: the fallback when no webhook came
             try:
                 camber_job = await request.app.state.backend.get_job_status(job.camber_job_id)
+                await settle(request.app.state.backend, job, camber_job)
             except CamberError as exc:
                 raise HTTPException(502, detail=str(exc)) from exc
-            apply_camber_status(job, camber_job)
         return job
 
     @app.post("/webhooks/camber")
@@ -131,9 +168,13 @@ def create_app() -> FastAPI:
             store.webhooks_duplicate += 1
             return JSONResponse({"ok": True, "duplicate": True})
         job = store.by_camber_id.get(event.get("job_id"))
-        if job is None:  # not (yet) known, e.g. the submit is still in flight: Camber retries
-            return JSONResponse({"error": "unknown job"}, status_code=404)
-        apply_camber_status(job, event)
+        if job is None:  # it beat the submit's answer: kept, applied when the answer comes
+            store.early[event.get("job_id")] = event
+        else:
+            try:
+                await settle(request.app.state.backend, job, event)
+            except CamberError as exc:  # not marked seen: Camber's retry gets another go
+                return JSONResponse({"error": str(exc)}, status_code=502)
         if event_id is not None:
             store.seen_events.add(event_id)
         return JSONResponse({"ok": True})
