@@ -57,6 +57,14 @@ class RedactConfig:
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    """`replayproxy check`: accepted findings (fingerprints) and extra placeholder values."""
+
+    allow: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class VariablesConfig:
     """Values that change from run to run, beyond those found by their shape."""
 
@@ -93,6 +101,7 @@ class Config:
     redact: RedactConfig = field(default_factory=RedactConfig)
     variables: VariablesConfig = field(default_factory=VariablesConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with top-level fields changed; `None` means 'not given' and is skipped."""
