@@ -37,6 +37,10 @@ EXTRA = {
 }
 
 
+#: Matches of one format reported per text at most (a body of a million fake keys is one leak).
+MAX_PER_TEXT = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Format:
     name: str
@@ -64,7 +68,7 @@ def formats() -> tuple[tuple[Format, ...], re2._Regexp]:  # type: ignore[name-de
         compiled = _re2(pattern, False)
         assert compiled is not None
         found.append(Format(name, *compiled))
-    anyone = re2.compile("|".join(f"(?:{f.pattern.pattern})" for f in found))
+    anyone = re2.compile(b"|".join(b"(?:" + f.pattern.pattern + b")" for f in found), _options())
     return tuple(found), anyone
 
 
@@ -72,27 +76,41 @@ def _re2(pattern: str, ignore_case: bool) -> tuple[object, bool] | None:
     word_end = pattern.endswith(r"(?!\w)")
     if word_end:
         pattern = pattern[: -len(r"(?!\w)")]
-    pattern = re.sub(r"\{(\d+),(\d{4,})\}", lambda m: "{" + m.group(1) + ",1000}", pattern)
+    # RE2 caps counted repetitions at 1000 (and large ones bloat its DFA): "at least n" instead
+    pattern = re.sub(r"\{(\d+),(\d{3,})\}", lambda m: "{" + m.group(1) + ",}", pattern)
     if ignore_case:
         pattern = f"(?i:{pattern})"
-    options = re2.Options()
-    options.log_errors = False
     try:
-        return re2.compile(pattern, options), word_end
+        return re2.compile(pattern.encode(), _options()), word_end
     except re2.error:
         return None  # lookbehind: the keyword-assignment patterns for source code
 
 
+def _options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 64 << 20  # room for the DFA of the combined pattern
+    return options
+
+
 def find(text: str) -> Iterator[tuple[str, str]]:
     """(format name, the credential) for each known format in `text`, linear in its length."""
+    if len(text) < 16:  # shorter than any format
+        return
     table, anyone = formats()
-    if not text or anyone.search(text) is None:
+    data = text.encode("utf-8", "surrogatepass")  # once: RE2 on str re-encodes per search
+    if anyone.search(data) is None:
         return
     for fmt in table:
-        for m in fmt.pattern.finditer(text):
-            if fmt.word_end and m.end() < len(text) and _word(text[m.end()]):
+        pos = 0
+        for _ in range(MAX_PER_TEXT):
+            m = fmt.pattern.search(data, pos)
+            if m is None:
+                break
+            pos = max(m.end(), pos + 1)
+            if fmt.word_end and m.end() < len(data) and _word(data[m.end()]):
                 continue
-            if fmt.name == "JSON Web Token" and not _jwt(m[0]):
+            if fmt.name == "JSON Web Token" and not _jwt(m[0].decode("ascii", "replace")):
                 continue
             # a pattern that captures after some context (`://user:(password)@`) names the
             # secret by its group; otherwise the match, carried on to the end of its token (a
@@ -103,32 +121,35 @@ def find(text: str) -> Iterator[tuple[str, str]]:
                 later = [span for span in inner if span[0] > start]
                 if later:
                     start, end = max(later, key=lambda span: span[1] - span[0])
-            if start == m.start():
-                end = _token_end(text, end)
-            secret = _CONTEXT.sub("", text[start:end].strip("\"' \t\r\n:"))
+            if fmt.name == "Private Key":  # the whole block, BEGIN to END, not its first line
+                begin = data.rfind(b"-----", max(0, start - 8), start)
+                block = _PEM.match(data, begin if begin >= 0 else start)
+                if block:
+                    start, end = block.span()
+                pos = max(pos, end)
+            elif start == m.start():
+                end = _TOKEN_RUN.match(data, end).end()
+                pos = max(pos, end)  # the next search starts after this token: linear
+            raw = data[start:end].decode("utf-8", "replace")
+            secret = _CONTEXT.sub("", raw.strip("\"' \t\r\n:"))
             if secret:
                 yield fmt.name, secret
-
-
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-=")
 
 
 _CONTEXT = re.compile(r"^[A-Za-z]{2,32}=")  # AccountKey=...: the name is not the secret
 
 
-def _token_end(text: str, end: int, limit: int = 4096) -> int:
-    stop = min(len(text), end + limit)
-    while end < stop and text[end] in _TOKEN_CHARS:
-        end += 1
-    return end
-
+_TOKEN_RUN = re.compile(rb"[A-Za-z0-9_=-]{0,4096}")
+_PEM = re.compile(
+    rb"-*BEGIN [A-Z0-9 ]{0,40}-----[A-Za-z0-9+/=\s\\:,-]{0,65536}?-----END [A-Z0-9 ]{0,40}-----"
+)
 
 def names() -> list[str]:
     return sorted({f.name for f in formats()[0]})
 
 
-def _word(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
+def _word(byte: int) -> bool:
+    return chr(byte).isalnum() or byte == 0x5F
 
 
 def _jwt(token: str) -> bool:

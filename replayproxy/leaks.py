@@ -21,7 +21,10 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+import re2
 
 from . import formats
 from .cassette import Headers, Interaction, Webhook, header
@@ -29,6 +32,8 @@ from .variables import MINTED_HEADERS, shape
 
 MARKER = "<redacted>"
 
+#: Candidates read from one text at most (pairs, elements, URLs): linear, and enough.
+MAX_MATCHES = 10_000
 #: The most a compressed body is inflated to for scanning (a bomb stops there).
 MAX_DECODED = 64 * 1024 * 1024
 
@@ -86,12 +91,21 @@ def _substance(run: str) -> bool:
     return len(run) >= 20 or (any(c.isdigit() for c in run) and any(c.isalpha() for c in run))
 
 
-def trivial(value: str) -> bool:
-    """Never a secret, whatever its name: a number, a boolean, a URL or path, a date."""
+_WORD = re.compile(r"[a-z]{1,12}|[A-Z][a-z]{1,12}")
+_PROSE = re.compile(
+    r"\(?(?:[A-Z]?[a-z]+|[A-Z]{2,6})[',.;:!?)]*(?:\s+\(?(?:[A-Z]?[a-z]+|[A-Z]{2,6})[',.;:!?)]*)+"
+)
+
+
+def trivial(value: str, plain_words: bool = True) -> bool:
+    """Never a secret, whatever its name: a number, a boolean, a URL or path, a date, a plain
+    word (`active`, `Password`) or prose (`Your session has expired.`)."""
     v = value.strip().strip("\"'")
     if len(v) > 4096:
         return False
     if _NUMBER.fullmatch(v) or v.lower() in _WORDS:
+        return True
+    if plain_words and (_WORD.fullmatch(v) or (len(v) <= 400 and _PROSE.fullmatch(v))):
         return True
     if _TIME.fullmatch(v):
         return True
@@ -209,13 +223,16 @@ def secret_name(name: str, extra: frozenset[str] = frozenset()) -> int:
 # ---------------------------------------------------------------------------------------------
 # text: pairs, bearer tokens, XML elements, URLs (bounded repetitions: linear)
 
-_PAIR = re.compile(
-    r"(?<![A-Za-z0-9_])([A-Za-z][A-Za-z0-9_.-]{0,40})[\"']?\s{0,3}[:=]\s{0,3}[\"']?"
-    r"([^\s\"'<>&,;{}()\[\]]{1,1024})"
+# RE2 over UTF-8 bytes: linear whatever the text (Python's engine took seconds per MiB on
+# `a.a.a.`); a pair's name must hold a word secret names hold, so ordinary text yields nothing.
+_PAIR = re2.compile(
+    rb"(?:^|[^A-Za-z0-9_])([A-Za-z0-9_.-]{0,24}(?i:pass|pwd|secret|token|key|auth|sess|sid|"
+    rb"credential|cookie|jwt|bearer)[A-Za-z0-9_.-]{0,24})[\"']?\s{0,3}[:=]\s{0,3}[\"']?"
+    rb"([^\s\"'<>&,;{}()\[\]]+)"
 )
-_BEARER = re.compile(r"\b(?:Bearer|Token|token|bearer)\s{1,3}([A-Za-z0-9._~+/=-]{8,4096})")
-_ELEMENT = re.compile(r"<([A-Za-z][\w:.-]{0,40})(?:\s[^<>]{0,512})?>([^<]{1,4096})</")
-_URL = re.compile(r"https?://[^\s\"'<>\\]{1,4096}")
+_BEARER = re2.compile(rb"\b(?:Bearer|Token|token|bearer)\s{1,3}([A-Za-z0-9._~+/=-]{16,})")
+_ELEMENT = re2.compile(rb"<([A-Za-z][\w:.-]{0,40})(?:\s[^<>]*)?>([^<]+)</")
+_URL = re2.compile(rb"https?://[^\s\"'<>\\]+")
 _COOKIE_NOISE = frozenset({"lang", "locale", "theme", "tz", "timezone", "currency", "country"})
 
 
@@ -223,8 +240,9 @@ _COOKIE_NOISE = frozenset({"lang", "locale", "theme", "tz", "timezone", "currenc
 # bodies
 
 
-def decoded(body: bytes, headers: Headers) -> bytes | None:
-    """The body with its Content-Encoding undone (gzip, deflate, br), or None if it cannot be."""
+def decoded(body: bytes, headers: Headers) -> bytes:
+    """The body with its Content-Encoding undone (gzip, deflate, br); the bytes as they are
+    when they are not so encoded (vcrpy may store the decoded text under the header)."""
     coding = (header(headers, "content-encoding") or "").lower()
     codings = [c.strip() for c in coding.split(",") if c.strip() and c.strip() != "identity"]
     data = body
@@ -243,9 +261,9 @@ def decoded(body: bytes, headers: Headers) -> bytes | None:
                 decompressor = brotli.Decompressor()
                 data = decompressor.process(data)[:MAX_DECODED]
             else:
-                return None
-        except Exception:  # a corrupt body: hostile input, not a reason to fail the check
-            return None
+                return body
+        except Exception:  # not encoded as it says: read it as it is
+            return body
     return data
 
 
@@ -363,22 +381,32 @@ class Scanner:
 
     def text(self, field_: str, text: str) -> None:
         """Free text (XML, HTML, logs): formats, `name=value` pairs, bearer tokens, URLs."""
-        if self.formats(field_, text):
-            return
-        for m in _BEARER.finditer(text):
-            token = m[1]
-            if len(token) >= 16 and not placeholder(token, self.placeholders):
+        self.formats(field_, text)
+        data = text.encode("utf-8", "surrogatepass")
+        for m in islice(_BEARER.finditer(data), MAX_MATCHES):
+            token = _str(m[1])
+            if not placeholder(token, self.placeholders):
                 self.add(field_, token, "token after Bearer")
-        for m in _PAIR.finditer(text):
-            name, value = m[1], m[2]
-            if secret_name(name, self.names) and _credential_like(value, self.placeholders):
-                self.add(f"{field_}.{name}", value, "secret-named value in text")
-        for m in _ELEMENT.finditer(text):
-            name, value = m[1].rpartition(":")[2], m[2].strip()
-            if secret_name(name, self.names) and _credential_like(value, self.placeholders):
-                self.add(f"{field_}.{name}", value, "secret-named XML element")
-        for m in _URL.finditer(text):
-            self.url(field_, m[0], formats_done=True)
+        for m in islice(_PAIR.finditer(data), MAX_MATCHES):
+            name = _str(m[1])
+            self.in_text(f"{field_}.{name}", name, _str(m[2]), "secret-named value in text")
+        for m in islice(_ELEMENT.finditer(data), MAX_MATCHES):
+            name = _str(m[1]).rpartition(":")[2]
+            self.in_text(f"{field_}.{name}", name, _str(m[2]).strip(), "secret-named XML element")
+        for m in islice(_URL.finditer(data), MAX_MATCHES):
+            self.url(field_, _str(m[0]), formats_done=True)
+
+    def in_text(self, field_: str, name: str, value: str, reason: str) -> None:
+        """In free text a name is weaker evidence: the value must look like a credential too."""
+        if len(value) < 6:
+            return
+        strength = secret_name(name, self.names)
+        if not strength or any(value == leak.secret for leak in self.out[-8:]):
+            return
+        if strength == STRONG_NAME and _credential_like(value, self.placeholders):
+            self.add(field_, value, reason)
+        elif strength == WEAK_NAME and token_like(value):
+            self.add(field_, value, reason)
 
     def url(self, field_: str, url: str, formats_done: bool = False) -> None:
         """A URL's password and its secret-named query (and fragment) parameters."""
@@ -456,7 +484,7 @@ class Scanner:
         scheme, _, credentials = value.strip().partition(" ")
         if not credentials:
             scheme, credentials = "", scheme
-        if placeholder(credentials, self.placeholders) or trivial(credentials):
+        if placeholder(credentials, self.placeholders) or trivial(credentials, plain_words=False):
             return
         if "=" in credentials and "," in credentials:  # Digest, AWS4: name=value, ...
             for item in credentials.split(","):
@@ -493,8 +521,6 @@ class Scanner:
         if not raw:
             return
         data = decoded(raw, headers)
-        if data is None:
-            return
         ctype = (header(headers, "content-type") or "").lower()
         if "multipart/" in ctype and "boundary=" in ctype:
             self.multipart(prefix, data, ctype)
@@ -566,6 +592,10 @@ class Scanner:
                     pass
             if " " in value or "=" in value or "<" in value:
                 self.text(where, value)
+
+
+def _str(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _secret_part(value: str) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cassette import Cassette, Request, header
 from .config import Config, MatchConfig
-from .variables import Bindings, Rules, detect, dotted_get
+from .variables import Bindings, Rules, detect, dotted_get, json_leaves
 
 _PLACEHOLDER = "\x00"
 
@@ -47,12 +47,22 @@ def _canonical(data: Any) -> str:
 class Normaliser:
     """Turns requests into `Normal`s under one config; shared by matching, recording and diff."""
 
-    def __init__(self, match: MatchConfig, rules: Rules, base_path: str = ""):
+    def __init__(
+        self,
+        match: MatchConfig,
+        rules: Rules,
+        base_path: str = "",
+        redacted: Redacted | None = None,
+    ):
         self.match = match
+        self.redacted = redacted or Redacted()
         self.rules = rules
         self.base_path = base_path.rstrip("/")
-        self.ignore_query = frozenset(match.ignore_query)
-        self.ignore_body = tuple(tuple(p.split(".")) for p in match.ignore_body_fields)
+        self.ignore_query = frozenset((*match.ignore_query, *self.redacted.query))
+        self.ignore_form = frozenset(self.redacted.form)
+        self.ignore_body = tuple(
+            tuple(p.split(".")) for p in (*match.ignore_body_fields, *self.redacted.body_fields)
+        )
         self.match_headers = tuple(h.lower() for h in match.headers)
         self.key_headers = frozenset({"content-type", *self.match_headers, *rules.headers})
         self.known: dict[tuple[Any, ...], Normal] = {}  # the recording's requests: all of them
@@ -134,7 +144,11 @@ class Normaliser:
             path = "".join(out) + path[last:]
         segments = path.split("/")
         for i, segment in enumerate(segments):
-            if segment and "{" not in segment:
+            for prefix, suffix in self.redacted.segments.get(i, ()):
+                if segment.startswith(prefix) and segment.endswith(suffix):
+                    segments[i] = segment = prefix + REDACTED + suffix
+                    break
+            if segment and "{" not in segment and REDACTED not in segment:
                 value = self._value(f"path.{i}", unquote(segment), slots)
                 if value is not segment and isinstance(value, str) and value[:1] == _PLACEHOLDER:
                     segments[i] = "{" + value[1:] + "}"
@@ -144,6 +158,8 @@ class Normaliser:
         out, seen = [], {}
         for key, value in sorted(pairs):
             if section == "query" and key in self.ignore_query:
+                continue
+            if section == "form" and key in self.ignore_form:
                 continue
             n = seen[key] = seen.get(key, -1) + 1
             position = f"{section}.{key}" if n == 0 else f"{section}.{key}.{n}"
@@ -222,6 +238,54 @@ class NearMiss:
     differences: list[str]
 
 
+REDACTED = "<redacted>"
+
+
+@dataclass(slots=True)
+class Redacted:
+    """Where a cassette's requests hold the marker: whatever the app sends there matches.
+
+    A value recorded as `<redacted>` (by the recorder, by `check --fix`, by hand) is not in the
+    recording, so it cannot count at replay: the query parameter, form field or JSON field is
+    left out of matching, and a path segment `bot<redacted>` matches `bot` + anything."""
+
+    query: set[str] = field(default_factory=set)
+    form: set[str] = field(default_factory=set)
+    body_fields: set[str] = field(default_factory=set)
+    segments: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cassette: Cassette) -> Redacted:
+        out = cls()
+        for item in cassette.interactions:
+            req = item.request
+            if REDACTED in req.uri:
+                parts = urlsplit(req.uri)
+                for i, segment in enumerate(parts.path.split("/")):
+                    if REDACTED in segment:
+                        prefix, _, suffix = segment.partition(REDACTED)
+                        out.segments.setdefault(i, set()).add((prefix, suffix))
+                for key, value in parse_qsl(parts.query, keep_blank_values=True):
+                    if REDACTED in value:
+                        out.query.add(key)
+            if req.body and REDACTED.encode() in req.body:
+                ctype = (header(req.headers, "content-type") or "").lower()
+                if "application/x-www-form-urlencoded" in ctype:
+                    pairs = parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
+                    out.form.update(k for k, v in pairs if REDACTED in v)
+                else:
+                    try:
+                        data = json.loads(req.body)
+                    except (ValueError, UnicodeDecodeError):
+                        continue
+                    out.body_fields.update(
+                        position[len("body.") :]
+                        for position, value in json_leaves(data)
+                        if isinstance(value, str) and REDACTED in value
+                    )
+        return out
+
+
 def normaliser(cassette: Cassette, config: Config) -> Normaliser:
     """The normaliser for a cassette: its upstream's base path is not part of the match."""
     upstream = cassette.meta.get("upstream") or config.upstream or ""
@@ -231,7 +295,9 @@ def normaliser(cassette: Cassette, config: Config) -> Normaliser:
         ignore_query=(*config.match.ignore_query, *config.redact.query),
         ignore_body_fields=(*config.match.ignore_body_fields, *config.redact.body_fields),
     )
-    return Normaliser(match, Rules.from_config(config.variables), urlsplit(upstream).path)
+    return Normaliser(
+        match, Rules.from_config(config.variables), urlsplit(upstream).path, Redacted.of(cassette)
+    )
 
 
 def ensure_variables(cassette: Cassette, normalise: Normaliser) -> None:
