@@ -200,9 +200,12 @@ def check_paths(
 
 
 def read_allow(path: str | Path) -> set[str]:
-    """Fingerprints, one a line; `#` starts a comment."""
+    """Fingerprints, one a line; `#` starts a comment. A missing file accepts nothing (it can
+    only make `check` stricter, never hide a finding)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return set()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read allow-list: {exc.strerror}") from None
     return {

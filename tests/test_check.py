@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from helpers import exchange, job_cassette, webhook
 
 from cli import main
-from replayproxy.cassette import Variable, save
-from replayproxy.check import entropy, looks_random
+from replayproxy.cassette import Cassette, Variable, save
+from replayproxy.check import check_cassette, entropy, looks_random
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -112,3 +113,73 @@ def test_entropy_heuristics() -> None:
     assert not looks_random("9fceb02d0ae598e95dc970b74767f19372d61af8a")  # hex: a hash
     assert not looks_random("the_quick_brown_fox_jumps_over")  # words
     assert not looks_random("01HZX3Y4Z5A6B7C8D9E0F1G2H3")  # a ULID
+
+
+# ---------------------------------------------------------------------------------------------
+# what is never a finding, and what always is (the README's lists)
+
+NEVER = [
+    ("Authorization", "Bearer <redacted>"),
+    ("Authorization", "Basic REDACTED"),
+    ("Cookie", "SID=<redacted>; lang=en; theme=dark"),
+    ("Set-Cookie", "lang=en; Path=/"),
+    ("X-Notion-Token", "ntn_***"),
+    ("X-Api-Key", "XXXXXXXXXXXXXXXX"),
+    ("X-Auth-Token", "{{auth_token}}"),
+    ("Access-Control-Allow-Credentials", "true"),
+    ("x-ratelimit-remaining-tokens", "59"),
+    ("X-Amz-Cf-Id", "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LmZx9Qw8Er7Ty6Ui5Op4As3D=="),
+    ("x-ms-request-id", "3f0c1a2b-1111-2222-3333-444455556666"),
+    ("ETag", '"9fceb02d0ae598e95dc970b74767f193"'),
+    ("Report-To", '{"endpoints":[{"url":"https://a.nel.cloudflare.com/report/v4?s=Zx9Qw8Er7Ty6'
+                  'Ui5Op4As3Df2Gh1Jk0Lm"}],"group":"cf-nel","max_age":604800}'),
+    ("NEL", '{"success_fraction":0,"report_to":"cf-nel","max_age":604800}'),
+    ("Location", "https://cdn.example.com/tiles/12/2048/1361.png?v=Zx9Qw8Er7Ty6Ui5Op4As3Df2"),
+    ("X-Session-Expires", "2024-05-01T00:00:00Z"),
+    ("X-Secret-Rotation", "/v1/keys/rotate"),
+]
+ALWAYS = [
+    ("Authorization", "Bearer k8Jq2mZx7Lp4Rt9Vw3Ny6Hb1"),
+    ("Cookie", "lang=en; PHPSESSID=9f86d081884c7d659a2feaa0c55ad015"),
+    ("X-Api-Key", "live-3kd9Fq2LmZ"),
+    ("X-Session", "9f86d081884c7d659a2feaa0c55ad015"),  # a 32-hex session handle
+    ("X-Deploy", "deploying with ghp_" + "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm1234"),
+]
+
+
+def _cassette_with(headers: list[tuple[str, str]]) -> Cassette:
+    cassette = job_cassette()
+    cassette.interactions[0].response.headers += headers
+    return cassette
+
+
+@pytest.mark.parametrize(("name", "value"), NEVER, ids=[n for n, _ in NEVER])
+def test_never_a_finding(name: str, value: str) -> None:
+    assert check_cassette(_cassette_with([(name, value)]), "x") == []
+
+
+@pytest.mark.parametrize(("name", "value"), ALWAYS, ids=[n for n, _ in ALWAYS])
+def test_always_a_finding(name: str, value: str) -> None:
+    (finding,) = check_cassette(_cassette_with([(name, value)]), "x")
+    assert finding.field.startswith(f"response.headers.{name}")
+    assert finding.secret in value and len(finding.secret) >= 10
+
+
+def test_a_placeholder_the_config_names_is_not_a_finding(tmp_path: Path) -> None:
+    save(_cassette_with([("X-Api-Key", "dev-key-not-a-secret")]), tmp_path / "c.yaml")
+    code, _ = cli("check", str(tmp_path / "c.yaml"))
+    assert code == 1
+    (tmp_path / "cfg.yaml").write_text("check:\n  placeholders: [dev-key-not-a-secret]\n")
+    code, out = cli("check", "--config", str(tmp_path / "cfg.yaml"), str(tmp_path / "c.yaml"))
+    assert code == 0, out
+
+
+def test_formats_come_from_detect_secrets_through_re2() -> None:
+    from replayproxy import formats
+
+    names = set(formats.names())
+    assert {"Stripe Access Key", "GitHub Token", "GitLab Token", "Slack Token",
+            "JSON Web Token", "Telegram Bot Token", "AWS Access Key", "Private Key",
+            "OpenAI Token", "Basic Auth Credentials"} <= names
+    crafted = "eyJ-" * 50_000 + "sk-a" * 50_000  # quadratic for the library's own patterns
+    assert list(formats.find(crafted)) == []
