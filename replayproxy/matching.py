@@ -276,7 +276,7 @@ class Redacted:
                 else:
                     try:
                         data = json.loads(req.body)
-                    except (ValueError, UnicodeDecodeError):
+                    except (ValueError, UnicodeDecodeError, RecursionError):
                         continue
                     out.body_fields.update(
                         position[len("body.") :]

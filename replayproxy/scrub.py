@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 
 from .cassette import Cassette, Headers
 from .check import Finding
-from .leaks import MARKER, decoded, encoded
+from .leaks import MARKER, MAX_DECODED, decoded, encoded
 
 
 def spellings(secret: str) -> list[str]:
@@ -31,6 +31,8 @@ def _replace(text: str, secret: str) -> str:
 
 def _replace_body(body: bytes, headers: Headers, secret: str) -> tuple[bytes, bool]:
     plain = decoded(body, headers)
+    if len(plain) >= MAX_DECODED and plain is not body:
+        return body, False  # inflated only in part: writing it back would lose the rest
     text = plain.decode("utf-8", "surrogateescape")
     new = _replace(text, secret)
     if new == text:

@@ -183,3 +183,26 @@ def test_formats_come_from_detect_secrets_through_re2() -> None:
             "OpenAI Token", "Basic Auth Credentials"} <= names
     crafted = "eyJ-" * 50_000 + "sk-a" * 50_000  # quadratic for the library's own patterns
     assert list(formats.find(crafted)) == []
+
+
+def test_hostile_bodies_are_no_traceback(tmp_path: Path) -> None:
+    import gzip
+
+    cassette = job_cassette()
+    bodies = [
+        (b"\x1f\x8b\x08not gzip at all", [("Content-Encoding", "gzip")]),
+        (gzip.compress(b"\xff\xfe" * 1000), [("Content-Encoding", "gzip")]),
+        (b"x" * 100, [("Content-Encoding", "br, zstd")]),
+        (b"[" * 100_000 + b"]" * 100_000, [("Content-Type", "application/json")]),
+        (b"--b\r\nno headers--b--", [("Content-Type", "multipart/form-data; boundary=")]),
+        (b"a=%zz&token=%ff%fe", [("Content-Type", "application/x-www-form-urlencoded")]),
+        (bytes(range(256)) * 64, [("Content-Type", "application/octet-stream")]),
+    ]
+    for item, (body, headers) in zip(cassette.interactions, bodies[:5], strict=False):
+        item.response.body, item.response.headers = body, headers
+    cassette.interactions[0].request.body, cassette.interactions[0].request.headers = bodies[5]
+    cassette.interactions[1].request.body, cassette.interactions[1].request.headers = bodies[6]
+    cassette.interactions[2].request.uri = "http://[::1/%zz?token=%ff"
+    save(cassette, tmp_path / "hostile.yaml")
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "hostile.yaml")])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
