@@ -28,8 +28,6 @@ from . import formats
 from .cassette import Headers, Interaction, Webhook, header
 from .variables import MINTED_HEADERS, shape
 
-MARKER = "<redacted>"
-
 #: Candidates read from one text at most (pairs, elements, URLs): linear, and enough.
 MAX_MATCHES = 10_000
 #: The most a compressed body is inflated to for scanning (a bomb stops there).

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cassette import Cassette, Request, header
 from .config import Config, MatchConfig
+from .redact import MARKER as REDACTED
 from .variables import Bindings, Rules, detect, dotted_get, json_leaves
 
 _PLACEHOLDER = "\x00"
@@ -236,9 +237,6 @@ class NearMiss:
     number: int
     request: str
     differences: list[str]
-
-
-REDACTED = "<redacted>"
 
 
 @dataclass(slots=True)

@@ -14,7 +14,8 @@ from urllib.parse import quote, quote_plus
 
 from .cassette import Cassette, Headers
 from .check import Finding
-from .leaks import MARKER, MAX_DECODED, decoded, encoded
+from .leaks import MAX_DECODED, decoded, encoded
+from .redact import MARKER
 
 
 def spellings(secret: str) -> list[str]:
