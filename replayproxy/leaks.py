@@ -151,9 +151,12 @@ def token_like(value: str) -> bool:
 _SPLIT = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 STRONG = frozenset(
     "password passwd pwd passphrase pass secret secrets token apikey authorization auth "
-    "credential credentials session sessionid sessid sess sid ssid psid hsid apisid sapisid "
-    "jsessionid phpsessid aspxauth jwt bearer privatekey accesskey secretkey authtoken".split()
+    "credential credentials session sessionid sessid sess jsessionid phpsessid aspxauth jwt "
+    "bearer privatekey accesskey secretkey authtoken".split()
 )
+#: Session ids by their short names: secret in a cookie or a query (`?sid=`), but in a JSON
+#: field or a header `sid` is as often a public id (Twilio's message and account SIDs).
+SID = frozenset("sid ssid psid hsid apisid sapisid".split())
 #: Words that make a name a session handle even when it ends in `id`.
 SESSION = frozenset("session sessionid sessid sess sid jsessionid phpsessid psid ssid".split())
 #: A name with one of these is about a secret, not one: counts, kinds, places, pagination.
@@ -166,7 +169,7 @@ NOT = frozenset(
     "method methods scope scopes prefix masked last4 prompt completion max min total tokens "
     "tokenizer issuer audience lifetime duration timeout state status enabled required present "
     "valid used label description display placeholder example provider mode strategy "
-    "location resource allow control expose keys tile tiles length".split()
+    "location resource allow control expose keys tile tiles length socket".split()
 )
 #: `<qualifier> key` names a credential (`x-api-key`, AccountKey, Ocp-Apim-Subscription-Key).
 KEY_QUALIFIERS = frozenset(
@@ -180,7 +183,7 @@ _SUFFIXES = ("token", "secret", "password", "passwd", "apikey", "sessionid", "se
 _NOT_PREFIXES = ("page", "next", "skip", "sync", "continuation", "csrf", "xsrf", "delta",
                  "cursor", "max", "total", "prompt", "completion", "resume", "public")
 #: Extra words that make a cookie name a session cookie.
-COOKIE_WORDS = frozenset("remember logged login identity cookies user".split())
+COOKIE_WORDS = frozenset("remember logged login identity cookies user".split()) | SID
 #: A path segment after one of these is a handle (`/sessions/<id>`, `/download/<handle>`).
 PATH_WORDS = frozenset(
     "session sessions token tokens key keys secret secrets apikey apikeys download downloads "
@@ -360,11 +363,13 @@ class Scanner:
                 hit = True
         return hit
 
-    def named(self, field_: str, name: str, value: str, what: str) -> None:
+    def named(
+        self, field_: str, name: str, value: str, what: str, extra: frozenset[str] = frozenset()
+    ) -> None:
         """A value under a name: a format anywhere; any real value under a secret name."""
         if self.formats(field_, value):
             return
-        strength = secret_name(name, self.names)
+        strength = secret_name(name, self.names | extra if extra else self.names)
         if not strength or placeholder(value, self.placeholders) or trivial(value):
             if value.startswith(("http://", "https://")):
                 self.url(field_, value)
@@ -420,7 +425,7 @@ class Scanner:
                     ):
                         self.add(where, value, "secret-named query parameter not redacted")
                 else:
-                    self.named(where, name, value, "query parameter")
+                    self.named(where, name, value, "query parameter", SID)
 
     # -- locations -----------------------------------------------------------------------------
 
@@ -451,7 +456,7 @@ class Scanner:
             ) and (_handle(segment) or token_like(segment)):
                 self.add(where, segment, f"handle after /{segments[i - 1]}/ in the path")
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            self.named(f"{base}query.{name}", name, value, "query parameter")
+            self.named(f"{base}query.{name}", name, value, "query parameter", SID)
 
     def headers(self, prefix: str, headers: Headers, part: str) -> None:
         for index, (name, value) in enumerate(headers):

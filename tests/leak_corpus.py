@@ -141,6 +141,9 @@ NOISE_HEADERS = [
     ("Via", f"1.1 {_rand(32, _HEX)}.cloudfront.net (CloudFront)"),
     ("traceparent", f"00-{_rand(32, _HEX)}-{_rand(16, _HEX)}-01"),
     ("Date", "Wed, 01 May 2024 00:00:00 GMT"),
+    ("Sec-WebSocket-Accept", base64.b64encode(_rng.randbytes(20)).decode()),
+    ("Vary", "Accept-Encoding, Authorization, Cookie"),
+    ("X-Goog-Api-Client", "gl-python/3.11.7 grpc/1.62.0 gax/2.17.1"),
 ]
 
 NOISE_JSON = {
@@ -187,6 +190,12 @@ NOISE_JSON = {
     "secret_name": "prod-db",
     "api_version": "2024-05-01",
     "token": None,
+    "sid": "SM" + _rand(32, _HEX),
+    "account_sid": "AC" + _rand(32, _HEX),
+    "system_fingerprint": "fp_" + _rand(10, _HEX),
+    "token_endpoint": "https://oauth2.example.com/token",
+    "id_token_signing_alg_values_supported": ["RS256"],
+    "secret_scanning": {"status": "disabled"},
 }
 
 NOISE_HTML = f"""<!doctype html><html><head>
