@@ -507,7 +507,7 @@ def check_command(
             results = apply_fix(cassette, [f for f in findings if f.cassette == name])
             for finding, changed in results:
                 state = "fixed" if changed else "not fixed (not found as written)"
-                click.echo(f"{state}: {finding.render()}")
+                click.echo(f"{state}: {finding.render()}", err=as_json)  # stdout stays JSON
             if any(changed for _, changed in results):
                 save(cassette, name)
         # what is left, read back from the files as written

@@ -197,8 +197,14 @@ def words(name: str) -> list[str]:
     return [w.lower() for w in _SPLIT.findall(name[:128])]
 
 
-def secret_name(name: str, extra: frozenset[str] = frozenset()) -> int:
-    """2 for a name that holds a credential, 1 for one that may (`key`, `x_key`), else 0."""
+def secret_name(
+    name: str, extra: frozenset[str] = frozenset(), names: frozenset[str] = frozenset()
+) -> int:
+    """2 for a name that holds a credential, 1 for one that may (`key`, `x_key`), else 0.
+    `extra` are more secret words for this place, `names` whole names (the config's redact
+    names), lowercase."""
+    if names and name.lower() in names:
+        return STRONG_NAME
     parts = words(name)
     if not parts:
         return 0
@@ -300,7 +306,7 @@ class Scanner:
         known: Iterable[str] = (),
     ):
         self.placeholders = frozenset(p for p in placeholders if p)
-        self.names = frozenset(w for n in names for w in words(n))
+        self.names = frozenset(n.lower() for n in names if n)
         self.known = [k for k in known if len(k) >= 8]  # a shorter one would hit prose
         self.out: list[Leak] = []
         self.where = ""
@@ -369,7 +375,7 @@ class Scanner:
         """A value under a name: a format anywhere; any real value under a secret name."""
         if self.formats(field_, value):
             return
-        strength = secret_name(name, self.names | extra if extra else self.names)
+        strength = secret_name(name, extra, self.names)
         if not strength or placeholder(value, self.placeholders) or trivial(value):
             if value.startswith(("http://", "https://")):
                 self.url(field_, value)
@@ -398,7 +404,7 @@ class Scanner:
         """In free text a name is weaker evidence: the value must look like a credential too."""
         if len(value) < 6:
             return
-        strength = secret_name(name, self.names)
+        strength = secret_name(name, names=self.names)
         if not strength or any(value == leak.secret for leak in self.out[-8:]):
             return
         if strength == STRONG_NAME and _credential_like(value, self.placeholders):
@@ -420,7 +426,7 @@ class Scanner:
             for name, value in parse_qsl(raw, keep_blank_values=True):
                 where = f"{field_}.{section}.{name}"
                 if formats_done:  # the whole text was searched for formats already
-                    if secret_name(name, self.names) == STRONG_NAME and not (
+                    if secret_name(name, names=self.names) == STRONG_NAME and not (
                         placeholder(value, self.placeholders) or trivial(value)
                     ):
                         self.add(where, value, "secret-named query parameter not redacted")
@@ -451,7 +457,7 @@ class Scanner:
                 if value:
                     self.named(where, name, value, "path parameter")
             before = segments[i - 1].lower() if i > 0 else ""
-            if (before in PATH_WORDS or secret_name(before, self.names) == STRONG_NAME) and (
+            if (before in PATH_WORDS or secret_name(before, names=self.names) == STRONG_NAME) and (
                 not placeholder(segment, self.placeholders) and not trivial(segment)
             ) and (_handle(segment) or token_like(segment)):
                 self.add(where, segment, f"handle after /{segments[i - 1]}/ in the path")
@@ -490,7 +496,7 @@ class Scanner:
                 val = val.strip('"')
                 if name.lower() in ("signature", "response", "credential", "oauth_signature"):
                     continue  # derived from the secret, or the key's public id
-                if secret_name(name, self.names) == STRONG_NAME and not placeholder(
+                if secret_name(name, names=self.names) == STRONG_NAME and not placeholder(
                     val, self.placeholders
                 ):
                     self.add(f"{field_}.{name}", val, "secret in Authorization")
@@ -509,7 +515,7 @@ class Scanner:
             parts = set(words(name))
             if name.lower() in _COOKIE_NOISE or placeholder(cookie, self.placeholders):
                 continue
-            strength = secret_name(name, self.names | COOKIE_WORDS)
+            strength = secret_name(name, COOKIE_WORDS, self.names)
             if parts & COOKIE_WORDS and not parts & NOT:
                 strength = STRONG_NAME
             if strength == STRONG_NAME and not trivial(unquote(cookie)):

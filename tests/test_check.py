@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,24 @@ def test_hostile_bodies_are_no_traceback(tmp_path: Path) -> None:
     save(cassette, tmp_path / "hostile.yaml")
     result = CliRunner().invoke(main, ["check", str(tmp_path / "hostile.yaml")])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+
+
+def test_the_config_redact_names_are_secret_names_whole(tmp_path: Path) -> None:
+    cassette = _cassette_with(
+        [("X-Camber-Client", "c4mb3r-2024-prod"), ("X-Amz-Cf-Pop", "FRA56-P1")]
+    )
+    save(cassette, tmp_path / "c.yaml")
+    code, out = cli("check", str(tmp_path / "c.yaml"))
+    assert code == 0, out  # no secret word in the name, no known format
+    (tmp_path / "cfg.yaml").write_text("redact:\n  headers: [X-Camber-Client]\n")
+    code, out = cli("check", "--config", str(tmp_path / "cfg.yaml"), str(tmp_path / "c.yaml"))
+    assert code == 1 and "X-Camber-Client" in out and "X-Amz-Cf-Pop" not in out, out
+
+
+def test_fix_with_json_keeps_stdout_json(tmp_path: Path) -> None:
+    cassette = _cassette_with([("X-Api-Key", "live-3kd9Fq2LmZ")])
+    save(cassette, tmp_path / "c.yaml")
+    result = CliRunner().invoke(main, ["check", "--fix", "--json", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["findings"] == []
+    assert "fixed: " in result.stderr and "live-3kd9Fq2LmZ" not in (tmp_path / "c.yaml").read_text()
