@@ -238,6 +238,7 @@ _PAIR = re2.compile(
 _BEARER = re2.compile(rb"\b(?:Bearer|Token|token|bearer)\s{1,3}([A-Za-z0-9._~+/=-]{16,})")
 _ELEMENT = re2.compile(rb"<([A-Za-z][\w:.-]{0,40})(?:\s[^<>]*)?>([^<]+)</")
 _URL = re2.compile(rb"https?://[^\s\"'<>\\]+")
+_SCHEME = re.compile(r"(?:Bearer|bearer|Token|token)\s{1,3}[A-Za-z0-9._~+/=-]{16,}\s*$")
 _COOKIE_NOISE = frozenset({"lang", "locale", "theme", "tz", "timezone", "currency", "country"})
 
 
@@ -376,6 +377,8 @@ class Scanner:
         if self.formats(field_, value):
             return
         strength = secret_name(name, extra, self.names)
+        if not strength and _SCHEME.match(value):
+            strength = STRONG_NAME  # `Bearer <token>` is a credential whatever holds it
         if not strength or placeholder(value, self.placeholders) or trivial(value):
             if value.startswith(("http://", "https://")):
                 self.url(field_, value)

@@ -138,6 +138,8 @@ NEVER = [
     ("Location", "https://cdn.example.com/tiles/12/2048/1361.png?v=Zx9Qw8Er7Ty6Ui5Op4As3Df2"),
     ("X-Session-Expires", "2024-05-01T00:00:00Z"),
     ("X-Secret-Rotation", "/v1/keys/rotate"),
+    ("WWW-Authenticate", 'Bearer realm="api", error="invalid_token"'),
+    ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
 ]
 ALWAYS = [
     ("Authorization", "Bearer k8Jq2mZx7Lp4Rt9Vw3Ny6Hb1"),
@@ -145,6 +147,7 @@ ALWAYS = [
     ("X-Api-Key", "live-3kd9Fq2LmZ"),
     ("X-Session", "9f86d081884c7d659a2feaa0c55ad015"),  # a 32-hex session handle
     ("X-Deploy", "deploying with ghp_" + "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm1234"),
+    ("X-Upstream", "Bearer k8Jq2mZx7Lp4Rt9Vw3Ny6Hb1"),  # a token after Bearer, whatever the name
 ]
 
 
