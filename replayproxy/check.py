@@ -92,8 +92,11 @@ def _key(name: str) -> str:
 
 
 def mask(value: str) -> str:
-    """The first four characters, no more: enough to recognise, not to use."""
-    return value[:4] + "..." if len(value) > 8 else "..."
+    """The first four characters, no more: enough to recognise, not to use (printable: a lone
+    surrogate from a JSON string is shown escaped)."""
+    if len(value) <= 8:
+        return "..."
+    return value[:4].encode("utf-8", "backslashreplace").decode("utf-8") + "..."
 
 
 # ---------------------------------------------------------------------------------------------
