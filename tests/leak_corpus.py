@@ -13,7 +13,6 @@ import asyncio
 import base64
 import gzip
 import hashlib
-import hmac
 import json
 import random
 import string
@@ -436,7 +435,3 @@ def record_corpus(folder: Path, planted: bool = True) -> dict[str, str]:
     record_vcrpy(folder / "vcrpy.yaml", planted)
     record_webhooks(folder / "webhooks.yaml", planted)
     return _values(planted)
-
-
-def signed_check(body: bytes, secret: str) -> str:  # for tests that verify the re-signing
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
