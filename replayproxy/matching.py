@@ -144,11 +144,11 @@ class Normaliser:
                 last = end
             path = "".join(out) + path[last:]
         segments = path.split("/")
+        for pattern in self.redacted.paths.get(len(segments), ()):
+            if _fits_redacted(segments, pattern):
+                segments = list(pattern)
+                break
         for i, segment in enumerate(segments):
-            for prefix, suffix in self.redacted.segments.get(i, ()):
-                if segment.startswith(prefix) and segment.endswith(suffix):
-                    segments[i] = segment = prefix + REDACTED + suffix
-                    break
             if segment and "{" not in segment and REDACTED not in segment:
                 value = self._value(f"path.{i}", unquote(segment), slots)
                 if value is not segment and isinstance(value, str) and value[:1] == _PLACEHOLDER:
@@ -245,24 +245,30 @@ class Redacted:
 
     A value recorded as `<redacted>` (by the recorder, by `check --fix`, by hand) is not in the
     recording, so it cannot count at replay: the query parameter, form field or JSON field is
-    left out of matching, and a path segment `bot<redacted>` matches `bot` + anything."""
+    left out of matching; a path with a segment `bot<redacted>` matches the same path with `bot`
+    + anything there (every other segment as recorded)."""
 
     query: set[str] = field(default_factory=set)
     form: set[str] = field(default_factory=set)
     body_fields: set[str] = field(default_factory=set)
-    segments: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+    paths: dict[int, list[tuple[str, ...]]] = field(default_factory=dict)  # by segment count
 
     @classmethod
-    def of(cls, cassette: Cassette) -> Redacted:
+    def of(cls, cassette: Cassette, base_path: str = "") -> Redacted:
         out = cls()
+        base = base_path.rstrip("/")
         for item in cassette.interactions:
             req = item.request
             if REDACTED in req.uri:
                 parts = urlsplit(req.uri)
-                for i, segment in enumerate(parts.path.split("/")):
-                    if REDACTED in segment:
-                        prefix, _, suffix = segment.partition(REDACTED)
-                        out.segments.setdefault(i, set()).add((prefix, suffix))
+                path = parts.path or "/"
+                if base and path.startswith(base + "/"):
+                    path = path[len(base) :]
+                segments = tuple(path.split("/"))
+                if any(REDACTED in segment for segment in segments):
+                    known = out.paths.setdefault(len(segments), [])
+                    if segments not in known:
+                        known.append(segments)
                 for key, value in parse_qsl(parts.query, keep_blank_values=True):
                     if REDACTED in value:
                         out.query.add(key)
@@ -284,6 +290,17 @@ class Redacted:
         return out
 
 
+def _fits_redacted(segments: list[str], pattern: tuple[str, ...]) -> bool:
+    for segment, recorded in zip(segments, pattern, strict=True):
+        if REDACTED in recorded:
+            prefix, _, suffix = recorded.partition(REDACTED)
+            if not (segment.startswith(prefix) and segment.endswith(suffix)):
+                return False
+        elif segment != recorded:
+            return False
+    return True
+
+
 def normaliser(cassette: Cassette, config: Config) -> Normaliser:
     """The normaliser for a cassette: its upstream's base path is not part of the match."""
     upstream = cassette.meta.get("upstream") or config.upstream or ""
@@ -293,8 +310,9 @@ def normaliser(cassette: Cassette, config: Config) -> Normaliser:
         ignore_query=(*config.match.ignore_query, *config.redact.query),
         ignore_body_fields=(*config.match.ignore_body_fields, *config.redact.body_fields),
     )
+    base = urlsplit(upstream).path
     return Normaliser(
-        match, Rules.from_config(config.variables), urlsplit(upstream).path, Redacted.of(cassette)
+        match, Rules.from_config(config.variables), base, Redacted.of(cassette, base)
     )
 
 

@@ -198,6 +198,34 @@ def test_fix_cleans_a_recorded_cassette_that_still_replays_and_matches(tmp_path:
     assert json.loads(answers[4][1])["access_token"] == "<redacted>"
 
 
+def test_a_redacted_path_segment_stands_for_any_value_in_that_path_only() -> None:
+    from helpers import exchange
+
+    from replayproxy.cassette import Cassette, Request
+    from replayproxy.matching import Matcher
+
+    cassette = Cassette([
+        exchange("GET", "/download/sessions/<redacted>/report.csv"),
+        exchange("GET", "/v1/jobs/6238/outputs"),
+        exchange("GET", "/v1/jobs/6239/outputs"),
+        exchange("GET", "/bot<redacted>/sendMessage?chat_id=1"),
+        exchange("GET", "/v1/feed?access_token=<redacted>&limit=5"),
+    ])
+    matcher = Matcher(cassette, Config())
+
+    def number(uri: str) -> int | None:
+        found = matcher.match(Request("GET", uri))
+        return found.number if found else None
+
+    assert number("/v1/jobs/6239/outputs") == 3  # other paths keep every segment
+    assert number("/v1/jobs/6238/outputs") == 2
+    assert number("/download/sessions/9f86d081884c7d659a2feaa0c55ad015/report.csv") == 1
+    assert number("/download/sessions/9f86d081884c7d659a2feaa0c55ad015/other.csv") is None
+    assert number(f"/bot{TELEGRAM}/sendMessage?chat_id=1") == 4
+    assert number(f"/bot{TELEGRAM}/sendMessage?chat_id=2") is None
+    assert number(f"/v1/feed?limit=5&access_token={JWT}") == 5
+
+
 def test_fix_in_a_compressed_body_written_by_vcrpy_which_still_replays_it(tmp_path: Path) -> None:
     import urllib.request
 
