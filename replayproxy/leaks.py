@@ -19,6 +19,7 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import islice
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -197,6 +198,7 @@ def words(name: str) -> list[str]:
     return [w.lower() for w in _SPLIT.findall(name[:128])]
 
 
+@lru_cache(maxsize=8192)  # names repeat: every request carries the same few
 def secret_name(
     name: str, extra: frozenset[str] = frozenset(), names: frozenset[str] = frozenset()
 ) -> int:
