@@ -19,9 +19,10 @@ from replayproxy.cassette import load
 from replayproxy.config import Config, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
+from replayproxy.journal import open_cassette
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
-from replayproxy.replayer import ReplayOptions, near_miss_text
+from replayproxy.replayer import ReplayOptions
 from replayproxy.signing import SCHEMES
 from replayproxy.timeline import load_report, write_html
 from replayproxy.webhooks import TIMINGS
@@ -63,6 +64,15 @@ async def until_signalled(
     finally:
         result = await stop()
     return result
+
+
+async def drain_owed(recorder: Any, timeout: float) -> None:
+    """Wait (bounded) for webhooks the session is owed; a second SIGINT/SIGTERM stops at once."""
+    loop = asyncio.get_running_loop()
+    now = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, now.set)
+    await recorder.drain(timeout, now, lambda line: click.echo(line, err=True))
 
 
 def with_live_view(proxy: ReplayProxy) -> tuple[Callable[[], Awaitable[str]], Any]:
@@ -157,7 +167,8 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--strict",
             is_flag=True,
-            help="Exit 1 when a request went unmatched or a webhook failed or stayed pending.",
+            help="Also require every interaction used and every webhook delivered "
+            "(replay: and exit 1 when the replay diverged).",
         ),
         click.option(
             "--report",
@@ -211,7 +222,8 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=float,
             default=5.0,
             show_default=True,
-            help="Seconds to wait at shutdown for webhooks still due.",
+            help="Seconds to wait at shutdown for webhooks still due (with run --record: "
+            "still owed, default 30).",
         ),
         click.option(
             "--fast-forward",
@@ -266,22 +278,14 @@ def replay(cassette: str, listen: str | None, config_path: str | None, **kw: Any
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        strict=kw["strict"],
     )
     shown = " (forward proxy)" if https["forward"] else ""
     start, stop = with_live_view(proxy)
     report = eventloop.run(
         until_signalled(start, stop, f"replayproxy replaying {cassette} on {{url}}{shown}")
     )
-    if report.unmatched:
-        click.echo(near_miss_text(report), err=True)
-    summary = report.webhooks_summary()
-    click.echo(
-        f"served {report.served}, unmatched {len(report.unmatched)}, "
-        f"unused {len(report.unused)} of {report.interactions_total}; webhooks delivered "
-        f"{summary['delivered']}, rejected {summary['rejected']}, failed {summary['failed']}, "
-        f"pending {summary['pending'] + len(summary['never_due'])}",
-        err=True,
-    )
+    click.echo(report.summary(), err=True)
     sys.exit(1 if kw["strict"] and report.diverged else 0)
 
 
@@ -305,7 +309,7 @@ def inspect(
     cassette: str, config_path: str | None, html_path: str | None, report_path: str | None
 ) -> None:
     """Show CASSETTE's interactions, webhooks and variables as tables."""
-    tape = load(cassette)
+    tape = open_cassette(cassette)
     report = load_report(report_path) if report_path else None
     ensure_variables(tape, normaliser(tape, settings(config_path)))
     click.echo(render_inspect(tape, color=sys.stdout.isatty()))
@@ -398,6 +402,9 @@ def run(
 
     config = settings(config_path, upstream=upstream)
     https = https_kwargs(kw)
+    source = click.get_current_context().get_parameter_source("drain_timeout")
+    if record and source == click.core.ParameterSource.DEFAULT:
+        kw["drain_timeout"] = 30.0  # recording: webhooks owed by staging take longer
     if record and not config.upstream and not https["forward"]:
         raise ReplayProxyError("--record needs --upstream URL (or `upstream:` in the config)")
     proxy = open_proxy(
@@ -410,6 +417,7 @@ def run(
         options=build_options(kw),
         report_path=kw["report_path"],
         allow_remote=kw["allow_remote"],
+        strict=kw["strict"],
         **https,
     )
     names = [n for n in (env_name or config.export_env,) if n]
@@ -420,17 +428,10 @@ def run(
         click.echo(f"replayproxy {verb} {cassette} on {url} ({shown})", err=True)
 
     returncode, report = eventloop.run(run_command(proxy, command, names, started))
+    for line in proxy.recorder.warnings() if proxy.recorder is not None else ():
+        click.echo(f"replayproxy: {line}", err=True)
     diverged = bool(getattr(report, "diverged", False))
-    if diverged:
-        if report.unmatched:
-            click.echo(near_miss_text(report), err=True)
-        summary = report.webhooks_summary()
-        click.echo(
-            f"replayproxy: replay diverged: served {report.served}, unmatched "
-            f"{len(report.unmatched)}; webhooks delivered {summary['delivered']}, failed "
-            f"{summary['failed']}, pending {summary['pending'] + len(summary['never_due'])}",
-            err=True,
-        )
+    click.echo(f"replayproxy: {report.summary()}", err=True)
     sys.exit(exit_status(returncode, diverged, divergence_exit_code))
 
 
@@ -439,18 +440,29 @@ def run(
 @click.argument("b", type=click.Path(dir_okay=False))
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="PATH",
+    help="Drop this field (as printed, e.g. response.body.created_at; * for one segment). "
+    "Repeatable; adds to config diff.ignore.",
+)
 @friendly
-def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None:
+def diff_command(
+    a: str, b: str, config_path: str | None, as_json: bool, ignore: tuple[str, ...]
+) -> None:
     """What changed from recording A to recording B; exit 1 when they differ.
 
-    Variables, timestamps, header order, redacted values and consistently renamed upstream ids
-    are not differences.
+    Interactions pair by conversation (the job they belong to), not by position. Variables,
+    timestamps, header order, redacted values and consistently renamed upstream ids are not
+    differences.
     """
     import json
 
     from replayproxy.diff import diff
 
-    result = diff(load(a), load(b), settings(config_path))
+    result = diff(open_cassette(a), open_cassette(b), settings(config_path), ignore=ignore)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
     sys.exit(0 if result.equal else 1)
 
@@ -530,6 +542,29 @@ def check_command(
     click.echo(f"ok: {len(cassettes)} cassette(s), no findings{tail}", err=True)
 
 
+@main.command("recover")
+@click.argument("cassette", type=click.Path(dir_okay=False))
+@config_option
+@friendly
+def recover_command(cassette: str, config_path: str | None) -> None:
+    """Save the session a recorder that died left in CASSETTE.journal.
+
+    Into CASSETTE when it is still the file that session started from; after a re-record
+    (`--mode all`, `run --record`) or when CASSETTE changed since, into CASSETTE's name with
+    `.recovered` before the suffix, leaving CASSETTE as it is.
+    """
+    from pathlib import Path
+
+    from replayproxy.journal import journal_path, recover
+
+    done = recover(cassette, settings(config_path))
+    if done is None:
+        click.echo(f"replayproxy: nothing to recover: {journal_path(cassette)} does not exist",
+                   err=True)
+        return
+    click.echo(f"replayproxy: {done.describe(journal_path(cassette), Path(cassette))}", err=True)
+
+
 @main.command("send-webhook")
 @click.argument("cassette", type=click.Path(dir_okay=False))
 @click.option("--index", type=int, metavar="N", help="Send webhook N (as `inspect` numbers it).")
@@ -552,9 +587,9 @@ def send_webhook(
 ) -> None:
     """Send recorded webhooks from CASSETTE to --to, re-signed now with the local secret.
 
-    The secret comes from the environment variable that webhooks.local_secret_env names
-    (default WEBHOOK_SECRET). Prints the receiver's status and body for each; exits 1 when any
-    answer is not 2xx.
+    The secrets come from the environment variables webhooks.local_secret_env lists (default
+    WEBHOOK_SECRET), each exactly as set. Prints the receiver's status and body for each; exits
+    1 when any answer is not 2xx.
     """
     import dataclasses
 
@@ -567,17 +602,27 @@ def send_webhook(
     if scheme:
         signature = dataclasses.replace(signature, scheme=scheme)
     validate(signature)
-    tape = load(cassette)
+    tape = open_cassette(cassette)
     numbers = pick(tape, index, send_all)
     secrets = local_secrets(config, needed=True)
     results = eventloop.run(
         send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
     )
+    from replayproxy.clip import clip_bytes
+    from replayproxy.replayer import signed_with
+    from replayproxy.report import signature_hint
+
+    used = dataclasses.replace(
+        config, webhooks=dataclasses.replace(config.webhooks, signature=signature)
+    )
     for sent in results:
         answer = f"{sent.status} {sent.reason}".strip() if sent.status else f"error {sent.error}"
         click.echo(f"webhook {sent.number} ({sent.event_id or 'no event id'}) -> {url}: {answer}")
         if sent.body:
-            click.echo(sent.body.decode("utf-8", "replace").rstrip())
+            click.echo(clip_bytes(sent.body).rstrip())
+    hint = signature_hint([sent.status for sent in results], signed_with(used))
+    if hint:
+        click.echo(hint, err=True)
     sys.exit(0 if all(sent.ok for sent in results) else 1)
 
 
@@ -608,6 +653,13 @@ def send_webhook(
     is_flag=True,
     help="Allow listening on a non-loopback address (prints a warning).",
 )
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="On Ctrl-C, seconds to wait for webhooks still owed (a second Ctrl-C stops at once).",
+)
 @https_options
 @friendly
 def record(
@@ -619,6 +671,7 @@ def record(
     public_url: str | None,
     upstream_ca: str | None,
     allow_remote: bool,
+    drain_timeout: float,
     **kw: Any,
 ) -> None:
     """Forward to the upstream and record the traffic and its webhooks into CASSETTE.
@@ -626,6 +679,8 @@ def record(
     With --forward the app uses the proxy as HTTPS_PROXY/HTTP_PROXY instead, and --upstream is
     only needed for requests sent to the proxy directly.
     """
+    from pathlib import Path
+
     from replayproxy.journal import journal_path
 
     config = settings(config_path, listen=listen, upstream=upstream)
@@ -651,12 +706,8 @@ def record(
             view = RecordView(lambda: (recorder.recorded, recorder.last, recorder.webhooks))
             views.append(asyncio.get_running_loop().create_task(view.run()))
         if proxy.recovered is not None:
-            click.echo(
-                f"replayproxy: recovered {proxy.recovered.interactions} exchanges and "
-                f"{proxy.recovered.webhooks} webhooks from {journal_path(cassette)} "
-                f"(a session that ended without saving) into {cassette}",
-                err=True,
-            )
+            line = proxy.recovered.describe(journal_path(cassette), Path(cassette))
+            click.echo(f"replayproxy: {line}", err=True)
         return url
 
     class Banner:
@@ -671,6 +722,8 @@ def record(
             return f"replayproxy replaying {cassette} on {url} (mode {mode}: not recording)"
 
     async def stop() -> Any:
+        if proxy.recorder is not None:
+            await drain_owed(proxy.recorder, drain_timeout)
         for task in views:
             task.cancel()
         await asyncio.gather(*views, return_exceptions=True)
@@ -682,9 +735,12 @@ def record(
         click.echo(
             f"recorded {recorder.recorded} exchanges and {len(recorder.webhooks)} "
             f"webhooks into {cassette}; replayed {recorder.replayed}; upstream failures "
-            f"{recorder.failed}; refused webhooks {recorder.refused_webhooks}",
+            f"{recorder.failed}; webhooks refused for a bad upstream signature "
+            f"{recorder.refused_webhooks}, refused by the app {len(recorder.app_refused)}",
             err=True,
         )
+        for line in recorder.warnings():
+            click.echo(f"replayproxy: {line}", err=True)
     else:
         report = proxy.report
         click.echo(
@@ -730,18 +786,35 @@ def ca_command(directory: str | None) -> None:
     show_default=True,
     help="Seconds between a job's statuses.",
 )
+@config_option
+@click.option(
+    "--scheme",
+    type=click.Choice(SCHEMES),
+    help="Signature scheme of its webhooks (default: config webhooks.upstream_signature, "
+    "else webhooks.signature).",
+)
 @click.option(
     "--allow-remote",
     is_flag=True,
     help="Allow listening on a non-loopback address (prints a warning).",
 )
 @friendly
-def sandbox(listen: str, step_seconds: float, allow_remote: bool) -> None:
-    """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in
-    CAMBER_WEBHOOK_SECRET), for the demo, the docs and tests."""
+def sandbox(
+    listen: str, step_seconds: float, config_path: str | None, scheme: str | None,
+    allow_remote: bool,
+) -> None:
+    """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in the variables
+    webhooks.upstream_secret_env names, default CAMBER_WEBHOOK_SECRET), for the demo, the docs
+    and tests."""
     from replayproxy import sandbox as sandbox_module
 
-    sandbox_module.main(listen, allow_remote=allow_remote, step_seconds=step_seconds)
+    sandbox_module.main(
+        listen,
+        allow_remote=allow_remote,
+        config=settings(config_path),
+        scheme=scheme,
+        step_seconds=step_seconds,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,9 @@ bind the server, and on exit drain webhooks, stop, and write the report (or the 
 Modes: `replay` (the default) serves the cassette; `once`, `new_episodes`, `all` and `none` mean
 what they mean in vcrpy: `once` records when the cassette does not exist and replays it when it
 does; `new_episodes` replays what matches and records what does not; `all` re-records; `none`
-only replays. Record modes first recover a journal a killed session left (`recovered`).
+only replays. Record modes lock the cassette's journal for the session (one recorder per
+cassette) and first recover a journal a killed session left (`recovered`); `replay` and `none`
+refuse a cassette with a journal beside it (journal.open_cassette).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from .cassette import load
 from .config import Config, parse_listen
-from .errors import ConfigError
-from .journal import Recovered, recover
+from .errors import ConfigError, WebhookError
+from .journal import Recovered, claim, open_cassette
 from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
 from .report import Report
@@ -54,6 +56,7 @@ class ReplayProxy:
         hosts: str | Sequence[str] | None = None,
         tls: bool = False,
         ca_dir: str | Path | None = None,
+        strict: bool = False,
     ):
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
@@ -61,6 +64,7 @@ class ReplayProxy:
             raise ConfigError("--tls serves the reverse proxy over HTTPS; it does not go with "
                               "--forward (clients reach a forward proxy over plain HTTP)")
         self.mode = mode
+        self.strict = strict  # also require every interaction used, every webhook delivered
         self.forward = forward  # HTTPS_PROXY mode (forward.py): CONNECT, local CA
         self.hosts = hosts
         self.tls = tls
@@ -78,7 +82,7 @@ class ReplayProxy:
         self.report_path = report_path
         self.allow_remote = allow_remote
         self.url = ""
-        self.report = Report()
+        self.report = Report(strict=strict)
         self.replayer: Replayer | None = None
         self._server: Server | ForwardServer | None = None
 
@@ -88,26 +92,43 @@ class ReplayProxy:
         return self.recorder is not None
 
     def _handler(self) -> Any:
-        if self.mode != "replay":
-            self.recovered = recover(self.path, self.config)
-        exists = self.path.exists()
-        if self.mode in ("replay", "none") or (self.mode == "once" and exists):
-            self.replayer = Replayer(load(self.path), self.config, self.options)
+        if self.mode in ("replay", "none"):
+            self.replayer = Replayer(
+                open_cassette(self.path), self.config, self.options, forward=self.forward
+            )
             self.report = self.replayer.report
+            self.report.strict = self.strict
             return self.replayer
-        base = load(self.path) if self.mode == "new_episodes" and exists else None
-        self.recorder = Recorder(
-            self.path,
-            self.config,
-            upstream=self.upstream or self.config.upstream or "",
-            base=base,
-            upstream_ca=self.upstream_ca,
-            public_url=self.public_url,
-            options=self.options,
-            forward=self.forward,
-        )
+        # one recorder per cassette: locked for the session; a dead session's journal is saved
+        held = claim(self.path, self.config)
+        self.recovered = held.recovered
+        try:
+            exists = self.path.exists()
+            if self.mode == "once" and exists:
+                held.release()
+                self.replayer = Replayer(
+                    load(self.path), self.config, self.options, forward=self.forward
+                )
+                self.report = self.replayer.report
+                return self.replayer
+            base = load(self.path) if self.mode == "new_episodes" and exists else None
+            self.recorder = Recorder(
+                self.path,
+                self.config,
+                upstream=self.upstream or self.config.upstream or "",
+                base=base,
+                upstream_ca=self.upstream_ca,
+                public_url=self.public_url,
+                options=self.options,
+                forward=self.forward,
+                claim=held,
+            )
+        except BaseException:
+            held.release()
+            raise
         if self.recorder.replayer is not None:
             self.report = self.recorder.replayer.report
+            self.report.strict = self.strict
         return self.recorder
 
     def _load_ca(self) -> CertificateAuthority | None:
@@ -174,8 +195,7 @@ class ReplayProxy:
         if self.recorder is not None:
             await self.recorder.close()
             if self.recorder.replayer is not None:
-                self.report = self.recorder.replayer.report
-                self.report.unused = self.recorder.replayer.matcher.unused()
+                self.report = self.recorder.replayer.refresh()
             if self.report_path:
                 self.report.write(self.report_path)
             return self.report
@@ -186,12 +206,33 @@ class ReplayProxy:
                 self.report.write(self.report_path)
         return self.report
 
+    async def wait_for_webhooks(self, timeout: float = 10.0) -> Report:
+        """Return once every webhook due so far is settled (delivered, or refused when it was
+        meant to be); raise WebhookError with the report's sentences when one failed, was
+        accepted though deliberately bad, or is still being retried after `timeout` seconds."""
+        replayer = self.replayer or (self.recorder.replayer if self.recorder else None)
+        if replayer is None:
+            return self.report
+        settled = await replayer.deliverer.drain(timeout)
+        report = replayer.refresh()
+        bad = [d.sentence(report.signed_with) for d in report.deliveries if not d.as_expected]
+        if bad:
+            head = "webhooks not delivered as expected" + (
+                "" if settled else f" (still being delivered after {timeout:g}s)"
+            )
+            raise WebhookError("\n".join([head + ":", *bad]))
+        return report
+
     async def __aenter__(self) -> ReplayProxy:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+
+async def _refresh(replayer: Replayer) -> Report:
+    return replayer.refresh()
 
 
 class SyncReplayProxy:
@@ -208,7 +249,15 @@ class SyncReplayProxy:
 
     @property
     def report(self) -> Report:
+        """The report so far while the proxy runs (final once exited)."""
+        replayer = self.proxy.replayer
+        if replayer is not None and self._loop.is_running():
+            return self._call(_refresh(replayer))
         return self.proxy.report
+
+    def wait_for_webhooks(self, timeout: float = 10.0) -> Report:
+        """`ReplayProxy.wait_for_webhooks`, from synchronous code."""
+        return self._call(self.proxy.wait_for_webhooks(timeout))
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from . import __version__, yamlload
+from . import __version__, vcrformat, yamlload
 from .atomic import write_atomic
 from .errors import CassetteError
 
@@ -226,11 +226,7 @@ def save(cassette: Cassette, path: str | Path) -> None:
 # loading: fast with libyaml; line numbers are looked up only when something is wrong
 
 
-class _Invalid(Exception):
-    def __init__(self, path: tuple[Any, ...], message: str):
-        super().__init__(message)
-        self.path = path
-        self.message = message
+_Invalid = vcrformat.Invalid
 
 
 def load(path: str | Path) -> Cassette:
@@ -247,7 +243,9 @@ def load(path: str | Path) -> Cassette:
 def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
     try:
         # each interaction becomes objects as soon as it is read: peak memory stays near the result
-        data = yamlload.load(text, {"interactions": _read_interaction})
+        data = vcrformat.parse_json(text)
+        if data is None:
+            data = yamlload.load(text, {"interactions": _read_interaction})
         return from_data(data)
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count(b"\n" if isinstance(text, bytes) else "\n") + 1
@@ -258,7 +256,7 @@ def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
         raise CassetteError(_yaml_message(exc, source)) from None
     except _Invalid as exc:
         where = _dotted(exc.path)
-        line = _line_of(text, exc.path)
+        line = _line_of(vcrformat.composable(text), exc.path)
         loc = f"{source}:{line}" if line else source
         message = f"{where}: {exc.message}" if where else exc.message
         raise CassetteError(f"{loc}: {message}") from None
@@ -363,6 +361,7 @@ def _body(value: Any, path: tuple[Any, ...]) -> bytes:
 
 
 def from_data(data: Any) -> Cassette:
+    vcrformat.check_top(data)
     if not isinstance(data, dict):
         raise _Invalid(
             (), f"a cassette is a mapping with 'version' and 'interactions', got {_kind(data)}"
@@ -399,6 +398,7 @@ def _read_interaction(item: Any, index: int) -> Interaction:
 
 
 def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
+    item = vcrformat.interaction(item, path)
     req = _need(item, "request", dict, path)
     res = _need(item, "response", dict, path)
     rpath, spath = (*path, "request"), (*path, "response")

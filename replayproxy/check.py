@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
-from .cassette import Cassette, load
+from .cassette import Cassette
 from .config import Config
 from .errors import CassetteError, ConfigError
+from .journal import open_cassette
 from .leaks import Leak, Scanner, entropy, looks_random
 from .redact import secret_values
 
@@ -149,9 +150,22 @@ def check_variables(cassette: Cassette, name: str, ctx: Context) -> Iterator[Fin
         yield Finding(name, where, field_, message, "variable")
 
 
+def missing_webhooks(cassette: Cassette, name: str, ctx: Context) -> Iterator[Finding]:
+    """The exchanges whose webhook never came while recording (the recorder notes them as
+    `webhooks_missing` when it stopped first): a replay cannot send what was never recorded."""
+    for n in cassette.meta.get("webhooks_missing") or []:
+        if isinstance(n, int):
+            yield Finding(
+                name, f"interaction {n}", "replayproxy.webhooks_missing",
+                "it sent a callback URL, but the recording stopped before its webhook came: a "
+                "replay will never send it; record again and let the session wait for it",
+                "webhook",
+            )
+
+
 Check = Callable[[Cassette, str, Context], Iterable[Finding]]
 #: Run in this order on every cassette that loads.
-CHECKS: list[Check] = [check_secrets, check_causes, check_variables]
+CHECKS: list[Check] = [check_secrets, check_causes, check_variables, missing_webhooks]
 
 
 def _interaction_of(position: str) -> int | None:
@@ -189,7 +203,7 @@ def check_paths(
     for path in paths:
         name = str(path)
         try:
-            cassette = load(path)
+            cassette = open_cassette(path)
         except CassetteError as exc:
             message = str(exc)
             if message.startswith(name):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,14 +76,36 @@ class VariablesConfig:
 
 @dataclass(frozen=True)
 class WebhooksConfig:
+    """Webhooks both ways. `signature` is what the app verifies (and what replayproxy signs for
+    it); `upstream_signature` is what the upstream sends (verified at the ingress while
+    recording), the same as `signature` unless given. A secret variable list is key rotation:
+    the first variable holds the current secret, the others earlier ones still accepted."""
+
     callback_fields: tuple[str, ...] = ("callback_url", "webhook_url", "callbackUrl", "webhookUrl")
     forward_to: str | None = None
-    upstream_secret_env: str = "CAMBER_WEBHOOK_SECRET"
-    local_secret_env: str = "WEBHOOK_SECRET"
+    upstream_secret_env: tuple[str, ...] = ("CAMBER_WEBHOOK_SECRET",)
+    local_secret_env: tuple[str, ...] = ("WEBHOOK_SECRET",)
     signature: SignatureConfig = field(default_factory=SignatureConfig)
+    upstream_signature: SignatureConfig | None = None
     attempts: int = 5
     backoff: float = 0.05
     timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        # One name is a list of one, whether it came from a file or from Python.
+        for name in ("upstream_secret_env", "local_secret_env"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+
+    @property
+    def upstream_scheme(self) -> SignatureConfig:
+        """How the upstream signs: `upstream_signature`, else `signature`."""
+        return self.upstream_signature or self.signature
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    ignore: tuple[str, ...] = ()  # fields `diff` drops, as it prints them: response.body.x
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,7 @@ class Config:
     redact: RedactConfig = field(default_factory=RedactConfig)
     variables: VariablesConfig = field(default_factory=VariablesConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    diff: DiffConfig = field(default_factory=DiffConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
 
     def replace(self, **changes: Any) -> Config:
@@ -175,11 +197,34 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
 
 
-def env_secrets(name: str | None, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The secret(s) in environment variable `name`: several (key rotation) split on commas or
-    white space. Secrets come only from the environment, never from flags or files."""
-    raw = (os.environ if environ is None else environ).get(name or "", "")
-    return [s for s in re.split(r"[,\s]+", raw) if s]
+def env_secrets(
+    names: str | Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The secrets in the environment variables `names`, in order: each variable's exact value
+    (no splitting, no trimming: a secret is an opaque string, commas and spaces included), unset
+    or empty ones skipped, repeats dropped. The one place secrets are read; only from the
+    environment, never from flags or files."""
+    env = os.environ if environ is None else environ
+    listed = [names] if isinstance(names, str) else list(names or ())
+    values = {}
+    for name in listed:
+        value = env.get(name, "") if name else ""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # os.environ's stand-ins for bytes that are not UTF-8
+            raise ConfigError(
+                f"the environment variable {name} is not valid UTF-8: a secret is text, signed "
+                "and verified as its UTF-8 bytes, as the providers do"
+            ) from None
+        if value:
+            values[value] = None
+    return list(values)
+
+
+def env_names(names: str | Sequence[str] | None) -> str:
+    """The variables `names`, for a message: `A` or `A, B`."""
+    listed = [names] if isinstance(names, str) else list(names or ())
+    return ", ".join(n for n in listed if n) or "(none)"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

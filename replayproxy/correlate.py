@@ -72,18 +72,69 @@ def webhook_ids(body: bytes) -> set[str]:
     return {i for i in map(id_like, _leaves(data)) if i is not None}
 
 
-def exchange_values(item: Interaction) -> set[str]:
-    """Every value an exchange carries where an id could be."""
+def _values(data: Any) -> set[str]:
+    return {str(v) for v in _leaves(data) if not isinstance(v, bool) and v is not None}
+
+
+def request_values(item: Interaction) -> set[str]:
+    """Every value an exchange's request carries where an id could be."""
     parts = urlsplit(item.request.uri)
     values = {unquote(s) for s in parts.path.split("/") if s}
     values.update(v for _, v in parse_qsl(parts.query, keep_blank_values=True))
-    for raw in (item.request.body, item.response.body):
-        data = _json(raw)
-        if data is not None:
-            values.update(
-                str(v) for v in _leaves(data) if not isinstance(v, bool) and v is not None
-            )
+    data = _json(item.request.body)
+    if data is not None:
+        values |= _values(data)
     return values
+
+
+def exchange_values(item: Interaction) -> set[str]:
+    """Every value an exchange carries where an id could be."""
+    values = request_values(item)
+    data = _json(item.response.body)
+    if data is not None:
+        values |= _values(data)
+    return values
+
+
+def _ids(values: Iterator[Any] | set[str]) -> set[str]:
+    return {i for i in map(id_like, values) if i is not None}
+
+
+def conversations(interactions: Sequence[Interaction]) -> list[str | None]:
+    """The upstream id each exchange is about (its conversation: a job, say), or None.
+
+    An upstream id is an id-like value an answer introduced (the app had not sent it before)
+    and the app later sent back, such as the `job_id` a submit returned and the polls carry in
+    their path. An exchange belongs to the earliest-introduced upstream id its request carries,
+    else to the one its answer carries when it carries exactly one (the submit that minted it);
+    a listing of several jobs belongs to none.
+    """
+    introduced: dict[str, int] = {}
+    own: set[str] = set()  # what the app sent before any answer did: its own values
+    anchors: dict[str, int] = {}
+    sent_ids, got_ids = [], []
+    for index, item in enumerate(interactions):
+        sent = _ids(request_values(item))
+        for value in sent:
+            if value in introduced:
+                anchors.setdefault(value, introduced[value])
+            else:
+                own.add(value)
+        data = _json(item.response.body)
+        got = _ids(_leaves(data)) if data is not None else set()
+        for value in got - own:
+            introduced.setdefault(value, index)
+        sent_ids.append(sent)
+        got_ids.append(got)
+    out: list[str | None] = []
+    for sent, got in zip(sent_ids, got_ids, strict=True):
+        mine = sorted((anchors[v], v) for v in sent if v in anchors)
+        if mine:
+            out.append(mine[0][1])
+            continue
+        answered = {v for v in got if v in anchors}
+        out.append(answered.pop() if len(answered) == 1 else None)
+    return out
 
 
 def _end(item: Interaction) -> float | None:

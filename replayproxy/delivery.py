@@ -9,6 +9,7 @@ recorded event id stays the same across retries and copies.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from .cassette import Cassette
+from .clip import clip_bytes
 from .config import SignatureConfig
 from .errors import ReplayProxyError
 from .report import Attempt, Delivery
@@ -24,6 +26,8 @@ from .variables import Bindings
 from .webhooks import Outgoing, event_id, outgoing
 
 Build = Callable[[int], Outgoing]
+
+log = logging.getLogger("replayproxy")
 
 
 @dataclass(slots=True)
@@ -37,8 +41,16 @@ class Job:
 
 
 class Deliverer:
-    def __init__(self, *, attempts: int = 5, backoff: float = 0.05, timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.05,
+        timeout: float = 10.0,
+        scrub: Callable[[str], str] = str,
+    ):
         self.attempts = max(1, attempts)
+        self.scrub = scrub  # the app's answers are quoted in the report and logs: no secrets
         self.backoff = backoff
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -75,10 +87,21 @@ class Deliverer:
                 delivery.attempts.append(Attempt(None, f"cannot build the webhook: {exc}", 0.0))
                 delivery.outcome = "failed"
                 return
-            status, error, retry_after = await self._attempt(out)
-            delivery.attempts.append(
-                Attempt(status, error, round(time.monotonic() - self.started, 4))
-            )
+            sent = time.monotonic()
+            status, error, retry_after, answer = await self._attempt(out)
+            done = time.monotonic()
+            at = round(done - self.started, 4)
+            delivery.attempts.append(Attempt(status, error, at, self.scrub(answer) or None))
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "webhook %d attempt %d -> %s: %s at %.3fs (%.1f ms)",
+                    delivery.webhook,
+                    attempt + 1,
+                    out.url,
+                    status if status is not None else f"no answer ({error})",
+                    at,
+                    (done - sent) * 1000,
+                )
             if status is not None and 200 <= status < 300:
                 delivery.outcome = "delivered"
                 return
@@ -91,15 +114,20 @@ class Deliverer:
                 )
         delivery.outcome = "failed"
 
-    async def _attempt(self, out: Outgoing) -> tuple[int | None, str | None, float | None]:
+    async def _attempt(
+        self, out: Outgoing
+    ) -> tuple[int | None, str | None, float | None, str]:
+        """One POST: the status (None: no answer), the error, Retry-After, the answer's start."""
         try:
             async with self.session().request(
                 out.method, out.url, data=out.body, headers=out.headers
             ) as resp:
-                await resp.read()
-                return resp.status, None, _retry_after(resp.headers.get("Retry-After"))
+                body = await resp.read()
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                return resp.status, None, retry_after, clip_bytes(body)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return None, error, None, ""
 
     async def drain(self, timeout: float) -> bool:
         """Wait for deliveries in flight; True when none is left."""

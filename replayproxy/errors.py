@@ -11,3 +11,7 @@ class ConfigError(ReplayProxyError):
 
 class CassetteError(ReplayProxyError):
     pass
+
+
+class WebhookError(ReplayProxyError):
+    """A due webhook was not delivered as expected (`wait_for_webhooks`): the message says how."""

@@ -5,7 +5,8 @@ One listener sniffs the first request head of every connection:
 - `CONNECT host:port` to an intercepted host: answer `200 Connection Established`, terminate TLS
   with a leaf for `host` signed by the local CA, and hand the decrypted connection to the same
   aiohttp application reverse mode serves (recorder or replayer), with `https://host:port` as
-  that connection's upstream.
+  that connection's upstream. A tunnel whose first byte does not open a TLS handshake carries
+  plain HTTP (undici's ProxyAgent tunnels http:// URLs too): `http://host:port` is its upstream.
 - `CONNECT` to any other host (outside `--hosts`): tunnelled untouched (a raw byte pipe) while
   recording; refused with 403 while replaying, so nothing leaves the machine.
 - Anything else (plain HTTP proxy requests in absolute form, and origin-form requests such as
@@ -19,6 +20,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import sys
 import tempfile
@@ -31,7 +33,14 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
-from .server import DEFAULT_MAX_HEADER_SIZE, Handler, HandlerRunner, check_listen, is_loopback
+from .server import (
+    DEFAULT_MAX_HEADER_SIZE,
+    Handler,
+    HandlerRunner,
+    Verbatim,
+    check_listen,
+    is_loopback,
+)
 from .tls import system_roots_pem, upstream_context
 from .upstream import Upstream, UpstreamError
 
@@ -242,6 +251,19 @@ class ForwardServer:
         transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         attach = _Attach()
         loop = asyncio.get_running_loop()
+        first = await _first_byte(transport)
+        if not first:
+            transport.abort()
+            self._open.discard(transport)
+            return
+        if first != TLS_HANDSHAKE:
+            self._open.discard(transport)
+            self._origins[transport] = origin("http", host, port)
+            transport.set_protocol(attach)
+            forget = lambda: self._origins.pop(transport, None)  # noqa: E731
+            attach.attach(self.runner.server(), transport, forget)
+            transport.resume_reading()
+            return
         try:
             tls = await loop.start_tls(
                 transport,
@@ -355,12 +377,37 @@ class ForwardServer:
             return web.json_response(
                 {"error": f"{upstream} failed: {exc}", "upstream": upstream}, status=502
             )
-        return web.Response(
+        return Verbatim(
             status=answer.status,
-            reason=answer.reason or None,
+            reason=answer.reason,
             body=answer.body,
-            headers=app_headers(answer),
+            headers=app_headers(answer, head=request.method == "HEAD"),
         )
+
+
+#: The first byte of a TLS record carrying a handshake (a ClientHello opens every TLS session).
+TLS_HANDSHAKE = b"\x16"
+
+
+async def _first_byte(transport: asyncio.Transport) -> bytes:
+    """The tunnel's first byte, left unread (b"" when the client closes or is silent): peeked
+    through a duplicate of the socket, since the transport must hand TLS every byte."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:  # pragma: no cover - every transport here sits on a socket
+        return TLS_HANDSHAKE
+    peek = socket.socket(fileno=os.dup(sock.fileno()))
+    peek.setblocking(False)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(peek.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, HANDSHAKE_TIMEOUT)
+        return peek.recv(1, socket.MSG_PEEK)
+    except (TimeoutError, OSError):
+        return b""
+    finally:
+        loop.remove_reader(peek.fileno())
+        peek.close()
 
 
 class _Front(asyncio.Protocol):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from .cassette import Cassette, Webhook
+from .matching import origin_of
 
 Style = Callable[[int, int, str], str]
 
@@ -86,25 +87,37 @@ def status_style(status_column: int, statuses: Sequence[int]) -> Style:
 
 
 def render_inspect(cassette: Cassette, color: bool = False) -> str:
-    """The tables; `color` (only on a TTY) shows error statuses in red."""
+    """The tables; `color` (only on a TTY) shows error statuses in red. A cassette with
+    several hosts gets a host column and a line saying how each mode tells them apart."""
     out = [f"interactions ({len(cassette.interactions)})"]
+    origins = [origin_of(item.request.uri) for item in cassette.interactions]
+    hosts = sorted({o for o in origins if o is not None})
+    several = len(hosts) > 1
     rows = []
     for n, item in enumerate(cassette.interactions, start=1):
         parts = urlsplit(item.request.uri)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
+        row: tuple[object, ...] = (n, item.request.method, target)
+        if several:
+            row = (*row, origins[n - 1] or "-")
         rows.append(
             (
-                n,
-                item.request.method,
-                target,
+                *row,
                 item.response.status,
                 _size(len(item.response.body)),
                 _at(item.meta.get("at")),
             )
         )
     statuses = [item.response.status for item in cassette.interactions]
-    style = status_style(3, statuses) if color else None
-    out.append(table(("#", "method", "path", "status", "body", "time"), rows, style))
+    columns = ("#", "method", "path", *(("host",) if several else ()), "status", "body", "time")
+    style = status_style(columns.index("status"), statuses) if color else None
+    out.append(table(columns, rows, style))
+    if several:
+        out.append(
+            f"several hosts ({len(hosts)}): {', '.join(hosts)}. Forward mode matches each "
+            "request's host too; reverse mode answers requests for the same path in recorded "
+            "order, whatever host they were recorded for."
+        )
     out.append("")
     out.append(f"webhooks ({len(cassette.webhooks)})")
     rows = [

@@ -4,7 +4,9 @@ Every request is normalised once: the path becomes a template (minted segments -
 query is sorted, a JSON body becomes canonical data with minted leaves replaced by placeholders.
 The resulting fingerprint is a dict key, so a lookup costs the same with 10 or 100,000
 interactions. Within a fingerprint group, candidates play in recorded order; the values at
-minted positions are compared against the replay's bindings (recorded -> live).
+minted positions are compared against the replay's bindings (recorded -> live). The host is not
+in the fingerprint: where the live request's origin is known (forward mode) and the cassette has
+answers from it, only those fit; otherwise (reverse mode) the recorded order decides.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cassette import Cassette, Request, header
+from .clip import LIMIT, clip
 from .config import Config, MatchConfig
 from .redact import MARKER as REDACTED
 from .variables import Bindings, Rules, detect, dotted_get, json_leaves
@@ -39,6 +42,23 @@ class Normal:
     def fingerprint(self) -> tuple[Any, ...]:
         body = self.body if isinstance(self.body, (bytes, tuple)) else _canonical(self.body)
         return (self.method, self.template, self.query, body, self.headers)
+
+
+def origin_of(url: str) -> str | None:
+    """'scheme://host:port' of an absolute URL (host lowercased, default port spelled out), so
+    that a recorded URI and forward mode's origin compare; None for a bare path."""
+    if url[:1] == "/" or "//" not in url:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    if not parts.scheme or not host:
+        return None
+    scheme = parts.scheme.lower()
+    return f"{scheme}://{host}:{port or (443 if scheme == 'https' else 80)}"
 
 
 def _canonical(data: Any) -> str:
@@ -340,9 +360,20 @@ class Matcher:
             self.groups.setdefault(normal.fingerprint, []).append(index)
             self.by_path.setdefault(normal.template, []).append(index)
         self.cursor = dict.fromkeys(self.groups, 0)
+        self._origins: list[str | None] | None = None  # the recorded ones, once asked for
+        self._recorded_origins: frozenset[str | None] = frozenset()
 
-    def match(self, req: Request) -> Match | None:
+    def origins(self) -> list[str | None]:
+        if self._origins is None:
+            self._origins = [origin_of(i.request.uri) for i in self.cassette.interactions]
+            self._recorded_origins = frozenset(self._origins)
+        return self._origins
+
+    def match(self, req: Request, origin: str | None = None) -> Match | None:
+        """The answer for `req`; `origin` (forward mode: the one it was sent to) narrows the
+        candidates to those recorded for the same origin."""
         live = self.normalise(req)
+        host = self._host(origin)
         key = live.fingerprint
         group = self.groups.get(key)
         if group is None:
@@ -350,12 +381,12 @@ class Matcher:
         start = self.cursor[key]
         for j in range(start, len(group)):
             index = group[j]
-            if not self.used[index] and self._fits(index, live):
+            if not self.used[index] and self._fits(index, live, host):
                 skipped: list[int] = []
                 if self.fast_forward and live.method in ("GET", "HEAD"):
                     # a polling loop: answer with the final recorded state at once
                     for later in group[j + 1 :]:
-                        if not self.used[later] and self._fits(later, live):
+                        if not self.used[later] and self._fits(later, live, host):
                             skipped.append(index + 1)
                             self.used[index] = 1
                             index = later
@@ -366,12 +397,24 @@ class Matcher:
                 self._bind(index, live)
                 return Match(index + 1, repeat=False, skipped=tuple(skipped))
         for index in reversed(group):
-            if self._fits(index, live):
+            if self._fits(index, live, host):
                 self._bind(index, live)
                 return Match(index + 1, repeat=True)
         return None
 
-    def _fits(self, index: int, live: Normal) -> bool:
+    def _host(self, origin: str | None) -> str | None:
+        """The live origin to match on, when the cassette has answers recorded for it; else
+        None and the host does not count (a cassette recorded against one host, or in
+        reverse mode, replays whatever host the app now names)."""
+        host = origin_of(origin) if origin else None
+        if host is None:
+            return None
+        self.origins()
+        return host if host in self._recorded_origins else None
+
+    def _fits(self, index: int, live: Normal, host: str | None = None) -> bool:
+        if host is not None and self.origins()[index] not in (None, host):
+            return False
         for position, recorded in self.normals[index].slots.items():
             value = live.slots.get(position)
             if recorded in self.variables:
@@ -394,9 +437,12 @@ class Matcher:
 
     # -- explaining a miss ---------------------------------------------------------------------
 
-    def near_misses(self, req: Request, limit: int = 3) -> list[NearMiss]:
+    def near_misses(
+        self, req: Request, limit: int = 3, origin: str | None = None
+    ) -> list[NearMiss]:
         """The closest recorded requests, most matching rules first, with what differed."""
         live = self.normalise(req)
+        host = self._host(origin)
         pool = self.by_path.get(live.template, [])
         if len(pool) < limit:
             same_method = (i for i, n in enumerate(self.normals) if n.method == live.method)
@@ -405,7 +451,7 @@ class Matcher:
             pool = list(dict.fromkeys([*pool, *range(min(len(self.normals), 2000))]))
         scored = []
         for index in pool:
-            differences = self.differences(live, self.normals[index], index)
+            differences = self.differences(live, self.normals[index], index, host)
             scored.append((len(differences), index, differences))
         scored.sort(key=lambda t: (t[0], t[1]))
         return [
@@ -413,12 +459,16 @@ class Matcher:
             for _, i, d in scored[:limit]
         ]
 
-    def differences(self, live: Normal, rec: Normal, index: int) -> list[str]:
+    def differences(
+        self, live: Normal, rec: Normal, index: int, host: str | None = None
+    ) -> list[str]:
         out = []
+        if host is not None and self.origins()[index] not in (None, host):
+            out.append(f"host: {host} vs {self.origins()[index]}")
         if live.method != rec.method:
             out.append(f"method: {live.method} vs {rec.method}")
         if live.template != rec.template:
-            out.append(f"path: {live.path} vs {rec.path}")
+            out.append(f"path: {clip(live.path)} vs {clip(rec.path)}")
         if live.query != rec.query:
             out.append("query: " + _pairs_diff(live.query, rec.query))
         if live.body != rec.body:
@@ -426,11 +476,11 @@ class Matcher:
         if live.headers != rec.headers:
             out.append("headers: " + _pairs_diff(live.headers, rec.headers))
         if not out:
-            if live.fingerprint == rec.fingerprint and not self._fits(index, live):
+            if live.fingerprint == rec.fingerprint and not self._fits(index, live, host):
                 out.append("values: " + self._slot_diff(live, rec))
             elif self.used[index]:
                 out.append("already used (each recorded answer is played once)")
-        return out
+        return [clip(note, 10 * LIMIT) for note in out]  # each part is cut; this bounds the rest
 
     def _slot_diff(self, live: Normal, rec: Normal) -> str:
         for position, recorded in rec.slots.items():
@@ -438,12 +488,15 @@ class Matcher:
             if recorded in self.variables:
                 bound = self.bindings.live.get(recorded)
                 if bound is not None and bound != value:
-                    return f"{position}: {value} vs {bound} (bound earlier to recorded {recorded})"
+                    return (
+                        f"{position}: {_show(value)} vs {_show(bound)} "
+                        f"(bound earlier to recorded {_show(recorded)})"
+                    )
                 owner = self.bindings.recorded.get(value or "")
                 if owner is not None and owner != recorded:
-                    return f"{position}: {value} already stands for recorded {owner}"
+                    return f"{position}: {_show(value)} already stands for recorded {_show(owner)}"
             elif value != recorded:
-                return f"{position}: {value} vs {recorded}"
+                return f"{position}: {_show(value)} vs {_show(recorded)}"
         return "variables differ"
 
 
@@ -457,31 +510,35 @@ def _take(items: Any, n: int) -> list[int]:
 
 
 def describe(req: Request) -> str:
+    """`METHOD /path?query`, the target cut to a bounded length (see `clip`)."""
     parts = urlsplit(req.uri)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    return f"{req.method} {target}"
+    return f"{clip(req.method, 40)} {clip(target)}"
 
 
 def _show(value: Any) -> str:
+    """A compared value as a person reads it, cut to a bounded length."""
     if isinstance(value, str) and value.startswith(_PLACEHOLDER):
         return "{" + value[1:] + "}"
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return clip(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
 
 
-def _pairs_diff(live: tuple, rec: tuple) -> str:
+def _pairs_diff(live: tuple, rec: tuple, limit: int = 3) -> str:
     live_d, rec_d = dict(live), dict(rec)
     notes = []
     for key in sorted(set(live_d) | set(rec_d)):
         a, b = live_d.get(key), rec_d.get(key)
         if a == b:
             continue
+        name = clip(key, 100)
         if a is None:
-            notes.append(f"{key} missing (recorded {key}={_show(b)})")
+            notes.append(f"{name} missing (recorded {name}={_show(b)})")
         elif b is None:
-            notes.append(f"{key}={_show(a)} not in the recording")
+            notes.append(f"{name}={_show(a)} not in the recording")
         else:
-            notes.append(f"{key}={_show(a)} vs {key}={_show(b)}")
-    return ", ".join(notes) or "same values, another order or count"
+            notes.append(f"{name}={_show(a)} vs {name}={_show(b)}")
+    more = [f"... {len(notes) - limit} more"] if len(notes) > limit else []
+    return ", ".join(notes[:limit] + more) or "same values, another order or count"
 
 
 def _body_diff(live: Any, rec: Any, limit: int = 3) -> str:
@@ -500,14 +557,15 @@ def _body_diff(live: Any, rec: Any, limit: int = 3) -> str:
 def _json_diff(live: Any, rec: Any, where: str, notes: list[str]) -> None:
     if isinstance(live, dict) and isinstance(rec, dict):
         for key in sorted(set(live) | set(rec), key=str):
+            path = clip(f"{where}.{key}", 200)
             if key not in rec:
-                notes.append(f"{where}.{key}: {_show(live[key])} not in the recording")
+                notes.append(f"{path}: {_show(live[key])} not in the recording")
             elif key not in live:
-                notes.append(f"{where}.{key}: missing (recorded {_show(rec[key])})")
+                notes.append(f"{path}: missing (recorded {_show(rec[key])})")
             else:
                 _json_diff(live[key], rec[key], f"{where}.{key}", notes)
     elif isinstance(live, list) and isinstance(rec, list) and len(live) == len(rec):
         for i, (a, b) in enumerate(zip(live, rec, strict=True)):
             _json_diff(a, b, f"{where}.{i}", notes)
     elif live != rec or type(live) is not type(rec):
-        notes.append(f"{where}: {_show(live)} vs {_show(rec)}")
+        notes.append(f"{clip(where, 200)}: {_show(live)} vs {_show(rec)}")

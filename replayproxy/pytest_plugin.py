@@ -1,33 +1,37 @@
 """pytest plugin: `@pytest.mark.replayproxy("cassettes/x.yaml")` and the `replayproxy` fixture.
 
-The fixture yields a running `SyncReplayProxy` (`.url`, `.report`), so plain synchronous tests
-work. The cassette defaults to `cassettes/<module>/<test>.yaml` next to the test file; a relative
-path in the marker is taken from the test file's folder too. Each pytest-xdist worker is its own
-process and binds its own free port. When the test body is done the proxy stops (due webhooks
-are drained first); a replay that diverged fails the test with the near-miss explanation.
+The fixture yields a running `SyncReplayProxy` (`.url`, `.report` so far, `.wait_for_webhooks`),
+so plain synchronous tests work. The cassette defaults to `cassettes/<module>/<test>.yaml` next to
+the test file; a relative path in the marker is taken from the test file's folder too. Each
+pytest-xdist worker is its own process and binds its own free port. When the test body is done
+the proxy stops (due webhooks are drained first); a replay that diverged fails the test with the
+report's sentences, or adds them beside the test's own failure.
 
-Options: `--replayproxy-mode replay|record|new_episodes|all` (default replay; `record` records
-cassettes that do not exist yet and replays the others), `--replayproxy-upstream URL`,
-`--replayproxy-config FILE`.
+Under `replayproxy run` (which sets REPLAYPROXY_RUN) no proxy is started: the fixture points at
+the outer one, which does the checking. The config comes from the pytest root, never the current
+folder: `--replayproxy-config FILE`, else the ini option `replayproxy_config` (relative to the ini
+file), else `replayproxy.yaml` in the rootdir, else the defaults.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .config import load_config
+from .config import DEFAULT_CONFIG_FILE, Config, load_config
 from .errors import ReplayProxyError
-from .replayer import near_miss_text
-from .runner import open_proxy
+from .runner import RUN_ENV, URL_ENV, open_proxy
 
 PLUGIN_MODES = ("replay", "record", "new_episodes", "all")
 
 _PROXY = pytest.StashKey[Any]()
+_CONFIG = pytest.StashKey[Config]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,16 +52,52 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--replayproxy-config",
         default=None,
         metavar="FILE",
-        help="replayproxy config file (default: ./replayproxy.yaml when present).",
+        help="replayproxy config file (default: ini replayproxy_config, else "
+        "replayproxy.yaml in the rootdir).",
+    )
+    group.addoption(
+        "--replayproxy-strict",
+        action="store_true",
+        default=False,
+        help="Also fail a test that left an interaction unused or a webhook undelivered.",
+    )
+    parser.addini(
+        "replayproxy_config",
+        "replayproxy config file, relative to this ini file (default: replayproxy.yaml in the "
+        "rootdir)",
+        default=None,
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "replayproxy(cassette=None, **kwargs): run the test against a replayproxy serving "
-        "cassette (default cassettes/<module>/<test>.yaml); kwargs go to ReplayProxy.",
+        "replayproxy(cassette=None, strict=False, **kwargs): run the test against a replayproxy "
+        "serving cassette (default cassettes/<module>/<test>.yaml); kwargs go to ReplayProxy.",
     )
+
+
+def config_path(config: pytest.Config) -> Path | None:
+    """The config file this session uses: the option (from the invocation folder), the ini
+    option (from the ini file's folder), or replayproxy.yaml in the rootdir; None for none."""
+    given = config.option.replayproxy_config
+    if given:
+        return config.invocation_params.dir / given
+    ini = config.getini("replayproxy_config")
+    if ini:
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        return base / str(ini)
+    default = config.rootpath / DEFAULT_CONFIG_FILE
+    return default if default.is_file() else None
+
+
+def session_config(config: pytest.Config) -> Config:
+    """Loaded once per session (every test shares it)."""
+    loaded = config.stash.get(_CONFIG, None)
+    if loaded is None:
+        path = config_path(config)
+        loaded = config.stash[_CONFIG] = load_config(path) if path is not None else Config()
+    return loaded
 
 
 def cassette_path(item: pytest.Item, given: str | Path | None) -> Path:
@@ -71,9 +111,27 @@ def cassette_path(item: pytest.Item, given: str | Path | None) -> Path:
     return folder / "cassettes" / module / f"{name}.yaml"
 
 
+@dataclass
+class OuterProxy:
+    """The proxy `replayproxy run` started around this pytest session: it serves its own
+    cassette, checks the replay and reports when the command ends; nothing to do here."""
+
+    url: str
+    cassette: str
+    report: None = None
+
+    def wait_for_webhooks(self, timeout: float = 10.0) -> None:
+        """The outer proxy delivers and checks webhooks; the test cannot see them settle."""
+        return None
+
+
 @pytest.fixture
 def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A running SyncReplayProxy for this test: `.url` for the app, `.report` after the test."""
+    """A running SyncReplayProxy for this test: `.url` for the app, `.report` so far."""
+    outer = os.environ.get(RUN_ENV)
+    if outer and os.environ.get(URL_ENV):
+        yield OuterProxy(os.environ[URL_ENV], outer)
+        return
     item = request.node
     marker = item.get_closest_marker("replayproxy")
     args = marker.args if marker else ()
@@ -82,8 +140,9 @@ def replayproxy(request: pytest.FixtureRequest) -> Iterator[Any]:
     path = cassette_path(item, given)
     opts = request.config.option
     mode = opts.replayproxy_mode
+    kwargs["strict"] = bool(kwargs.get("strict") or opts.replayproxy_strict)
     try:
-        config = kwargs.pop("config", None) or load_config(opts.replayproxy_config)
+        config = kwargs.pop("config", None) or session_config(request.config)
         upstream = opts.replayproxy_upstream or config.upstream
         if mode != "replay" and not upstream:
             raise ReplayProxyError(
@@ -138,9 +197,11 @@ def _stop(item: pytest.Item, failing: bool) -> None:
     del item.stash[_PROXY]
     proxy.__exit__(None, None, None)
     report = proxy.report
-    if not getattr(report, "diverged", False):
+    text = f"replayproxy: {proxy.proxy.path}: {report.summary()}"
+    if not report.diverged:
+        if report.unused or report.webhooks_never_due:  # reported (pytest -rP shows it)
+            item.add_report_section("call", "replayproxy", text)
         return
-    text = "replay diverged from " + str(proxy.proxy.path) + "\n" + near_miss_text(report)
     item.add_report_section("call", "replayproxy", text)
     if not failing:
         pytest.fail(text, pytrace=False)

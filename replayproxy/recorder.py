@@ -7,21 +7,24 @@ Webhooks arrive under `/__replayproxy/webhooks/`: verified with the upstream sec
 byte-exact, re-signed with the local secret and forwarded to the app, whose answer goes back to
 the sender. `close()` assembles the cassette, saves it atomically and removes the journal.
 
+An exchange that sent a callback URL owes a webhook until one comes (`owe`, `settle`); `drain()`
+is the bounded wait for those at stop, and what never came is noted in the cassette's metadata.
+
 In `new_episodes` mode a request that the existing cassette answers is replayed from it (with its
 webhooks); anything else is forwarded and recorded.
 """
 
 from __future__ import annotations
 
-import gzip
+import asyncio
 import hashlib
 import json
 import logging
 import re
 import ssl
 import time
-import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -29,15 +32,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import brotli
 from aiohttp import web
 
 from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
-from .config import Config, env_secrets
+from .coding import TooLarge, decode_body
+from .config import Config, env_names, env_secrets
+from .correlate import exchange_values, webhook_ids
 from .errors import CassetteError, ConfigError
-from .journal import Journal, Session, assemble, journal_path, read
+from .journal import Claim, Journal, Session, assemble, fingerprint, journal_path, read
+from .journal import claim as claim_journal
 from .redact import Redactor, scrub_logs
-from .replayer import Replayer, ReplayOptions, local_secrets
+from .replayer import HungUp, Replayer, ReplayOptions, local_secrets, read_body
+from .server import UPSTREAM_KEY, Verbatim
 from .signing import (
     SignatureError,
     sign,
@@ -55,12 +61,6 @@ from .webhooks import outgoing
 log = logging.getLogger("replayproxy")
 
 INGRESS = "/__replayproxy/webhooks"
-#: Set on a request by forward mode (forward.py): the origin it goes to, e.g. https://host:8443.
-UPSTREAM_KEY: Any = (
-    web.RequestKey("replayproxy.upstream", str)  # aiohttp >= 3.12 warns about plain str keys
-    if hasattr(web, "RequestKey")
-    else "replayproxy.upstream"
-)
 
 def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
     """The fixed hop-by-hop names, any the Connection header lists, and `also`."""
@@ -90,10 +90,10 @@ def upstream_headers(headers: Any) -> list[tuple[str, str]]:
     return [(str(k), v) for k, v in headers.items() if k.lower() not in skip]
 
 
-def app_headers(answer: Answer) -> list[tuple[str, str]]:
+def app_headers(answer: Answer, head: bool = False) -> list[tuple[str, str]]:
     """The upstream's answer headers as the app gets them: no hop-by-hop ones; aiohttp writes
-    Content-Length anew."""
-    skip = hop_by_hop_listed(answer.connection, "content-length")
+    Content-Length anew, except for a HEAD answer (no body to count), whose own is kept."""
+    skip = hop_by_hop_listed(answer.connection, *(() if head else ("content-length",)))
     return [(k, v) for k, v in answer.pairs if k.lower() not in skip]
 
 
@@ -114,34 +114,6 @@ def _text(value: str) -> str:
         return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
-def decode_body(body: bytes, encoding: str | None) -> tuple[bytes, str | None]:
-    """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded."""
-    if not encoding:
-        return body, None
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    out = body
-    try:
-        for coding in reversed(codings):
-            if coding in ("gzip", "x-gzip"):
-                out = gzip.decompress(out)
-            elif coding == "deflate":
-                try:
-                    out = zlib.decompress(out)
-                except zlib.error:
-                    out = zlib.decompress(out, -zlib.MAX_WBITS)  # raw deflate, as some servers send
-            elif coding == "br":
-                out = brotli.decompress(out)
-            elif coding != "identity":
-                return body, None
-    except (OSError, EOFError, zlib.error, brotli.error):
-        return body, None
-    return out, ", ".join(codings)
-
-
-class TooLarge(Exception):
-    pass
-
-
 class Recorder:
     """One recording session; `handle` serves every request, `close()` writes the cassette."""
 
@@ -156,6 +128,7 @@ class Recorder:
         public_url: str | None = None,
         options: ReplayOptions | None = None,
         forward: bool = False,
+        claim: Claim | None = None,
     ):
         if upstream and "@" in urlsplit(upstream).netloc:
             raise ConfigError(  # the URL itself is not echoed: it holds a password
@@ -171,6 +144,7 @@ class Recorder:
                 f"got {upstream!r}"
             )
         validate(config.webhooks.signature)
+        validate(config.webhooks.upstream_scheme)
         self.path = Path(cassette_path)
         self.forward = forward
         self.config = config
@@ -181,37 +155,47 @@ class Recorder:
         scrub_logs(self.redactor)  # nor in what is logged about requests and webhooks
         # explicit: never SSL_CERT_FILE & co., which may name only the local CA (tls.py)
         self.ssl: ssl.SSLContext = upstream_context(upstream_ca)
-        self.upstream_secrets = env_secrets(config.webhooks.upstream_secret_env)
+        hooks = config.webhooks
+        self.upstream_secrets = env_secrets(hooks.upstream_secret_env)
         if not self.upstream_secrets:
             log.warning(
                 "replayproxy: %s (webhooks.upstream_secret_env) is not set: every incoming "
                 "webhook will be refused with 401",
-                config.webhooks.upstream_secret_env,
+                env_names(hooks.upstream_secret_env),
             )
         self.local_secrets = local_secrets(config, needed=False)
         # a malformed secret (e.g. not whsec_<base64>) fails now, not with a 500 per webhook
-        for what, keys in (
-            (config.webhooks.upstream_secret_env, self.upstream_secrets),
-            (config.webhooks.local_secret_env, self.local_secrets),
+        for names, keys, scheme in (
+            (hooks.upstream_secret_env, self.upstream_secrets, hooks.upstream_scheme),
+            (hooks.local_secret_env, self.local_secrets, hooks.signature),
         ):
             if keys:
                 try:
-                    sign(b"", keys, config.webhooks.signature, timestamp=0)
+                    sign(b"", keys, scheme, timestamp=0)
                 except ConfigError as exc:
-                    raise ConfigError(f"{what}: {exc}") from None
+                    raise ConfigError(f"{env_names(names)}: {exc}") from None
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
-        self.replayer = Replayer(base, config, options) if base is not None else None
+        self.replayer = (
+            Replayer(base, config, options, forward=forward) if base is not None else None
+        )
+        meta = {
+            "upstream": self.upstream or None,
+            "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "signature_scheme": hooks.signature.scheme,
+        }
+        if hooks.upstream_signature is not None:
+            meta["upstream_signature_scheme"] = hooks.upstream_signature.scheme
         self.session = Session(
-            meta={
-                "upstream": self.upstream or None,
-                "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "signature_scheme": config.webhooks.signature.scheme,
-            },
+            meta=meta,
             base_interactions=len(base.interactions) if base else 0,
             base_webhooks=len(base.webhooks) if base else 0,
         )
-        self.journal = Journal(journal_path(self.path), self.session)
+        held = claim or claim_journal(self.path, config)
+        self.session.origin = fingerprint(self.path)
+        # a re-record: the old file stays until a clean stop; a crash recovers beside it
+        self.session.replaces = base is None and self.session.origin is not None
+        self.journal = Journal(journal_path(self.path), self.session, fd=held.take())
         # Exchanges live in the journal, not in memory: a long session's heap stays flat (no
         # growing work for the garbage collector) and `cassette()` reads them back at stop.
         self.recorded = 0
@@ -225,6 +209,12 @@ class Recorder:
         self.replayed = 0
         self.refused_webhooks = 0
         self.failed = 0
+        # exchanges that carried a callback URL and whose webhook has not come (see owe())
+        self.owed: dict[int, Owed] = {}
+        self._settled = asyncio.Event()
+        self.draining = False  # stopping: new app requests get 503 while owed webhooks come
+        self.app_refused: dict[str, tuple[int, str]] = {}  # event -> the app's (status, why)
+        self.unsigned: set[str] = set()  # events that came while the local secret was unset
         self.upstream_client = Upstream(
             ssl_context=self.ssl, timeout=config.upstream_timeout, limit=config.max_body_size
         )
@@ -252,7 +242,7 @@ class Recorder:
 
     async def _read_request(self, request: web.BaseRequest) -> bytes:
         try:
-            return await request.read()
+            return await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge() from None
 
@@ -260,16 +250,26 @@ class Recorder:
         path = request.path
         if path.startswith(INGRESS) and path[len(INGRESS):len(INGRESS) + 1] in ("", "/"):
             return await self.webhook(request)  # never forwarded upstream
+        if self.draining:
+            return _error(
+                503,
+                f"replayproxy is stopping: it waits for {len(self.owed)} webhook(s) still owed "
+                "and forwards no new requests",
+                None,
+            )
         at = self.now()
         try:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("request body", self.config.max_body_size)
+        except HungUp:
+            return web.Response(status=400)  # nobody is there to read it
+        headers = [(str(k), v) for k, v in request.headers.items()]
+        req = Request(request.method, str(request.rel_url), headers, body)
+        # before anything about it is logged or written: what it carries under redacted names
+        self.redactor.learn_request(req)
         if self.replayer is not None:
-            headers = [(str(k), v) for k, v in request.headers.items()]
-            replayed = await self._replay(
-                request, Request(request.method, str(request.rel_url), headers, body)
-            )
+            replayed = await self._replay(request, req)
             if replayed is not None:
                 return replayed
         sent_headers = upstream_headers(request.headers)
@@ -308,14 +308,32 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        passed = storable(app_headers(answer))
-        number = self._record(
-            request, url, sent_headers, body, answer, passed, at, duration
-        )
+        passed = storable(app_headers(answer, head=request.method == "HEAD"))
+        try:
+            number = self._record(
+                request, url, sent_headers, body, answer, passed, at, duration
+            )
+        except TooLarge:
+            self.failed += 1
+            limit = self.config.max_body_size
+            log.warning(
+                "replayproxy: %s %s -> upstream %s: the answer decodes (%s) to more than "
+                "max_body_size (%d bytes); not recorded",
+                request.method, request.rel_url, upstream, answer.content_encoding, limit,
+            )
+            return _error(
+                502,
+                f"the upstream's answer to {request.method} {request.rel_url} decodes "
+                f"({answer.content_encoding}) to more than max_body_size ({limit} bytes); "
+                "not recorded",
+                upstream,
+            )
         for callback in callbacks:
             self.callback_hint.setdefault(callback, number)
-        return web.Response(
-            status=answer.status, reason=answer.reason or None, body=answer.body, headers=passed
+        if callbacks and 200 <= answer.status < 300 and self.last is not None:
+            self.owe(number, self.last, callbacks[0])
+        return Verbatim(
+            status=answer.status, reason=answer.reason, body=answer.body, headers=passed
         )
 
     def _rewrite_callbacks(self, body: bytes) -> tuple[bytes, list[str]]:
@@ -357,9 +375,14 @@ class Recorder:
         """Journal the exchange, redacted and decoded; its 1-based number in the cassette.
 
         `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
-        Content-Length); the cassette's say how long the body it stores is."""
+        Content-Length but a HEAD answer's); the cassette's say how long the body it stores is.
+        An empty body (HEAD, 204, 304) has nothing to decode: its Content-Encoding stays."""
         meta: dict[str, Any] = {"at": at, "duration": duration}
-        decoded, removed = decode_body(answer.body, answer.content_encoding)
+        decoded, removed = (
+            decode_body(answer.body, answer.content_encoding, self.config.max_body_size)
+            if answer.body
+            else (b"", None)
+        )
         stored_headers = passed
         if removed:
             stored_headers = [(k, v) for k, v in passed if k.lower() != "content-encoding"]
@@ -413,12 +436,19 @@ class Recorder:
             body = await self._read_request(request)
         except TooLarge:
             return _too_large("webhook body", self.config.max_body_size)
-        signature = self.config.webhooks.signature
+        except HungUp:
+            return web.Response(status=400)
+        signature = self.config.webhooks.upstream_scheme
         if not self.upstream_secrets:
             self.refused_webhooks += 1
-            return _refuse(
-                f"{self.config.webhooks.upstream_secret_env} is not set: cannot verify webhooks"
-            )
+            names = env_names(self.config.webhooks.upstream_secret_env)
+            if self.refused_webhooks == 1:
+                log.error(
+                    "replayproxy: refused a webhook on %s: %s (webhooks.upstream_secret_env) is "
+                    "not set, so no webhook can be verified, recorded or forwarded",
+                    request.path, names,
+                )
+            return _refuse(f"{names} is not set: cannot verify webhooks")
         headers = {str(k): v for k, v in request.headers.items()}
         try:
             verify(body, request.headers, self.upstream_secrets, signature)
@@ -467,14 +497,105 @@ class Recorder:
             what = f"webhook {len(self.webhooks)}"
             if not self._journal(self.journal.webhook, stored, hint, what=what):
                 self.held.append((len(self.webhooks) - 1, stored, hint))
-        return await self._forward_webhook(hook, target)
+        self.settle(body, target)
+        return await self._forward_webhook(hook, target, key)
 
-    async def _forward_webhook(self, hook: Webhook, target: str) -> web.StreamResponse:
+    # -- webhooks owed: a session that stops before they came records them as missing ----------
+
+    def owe(self, number: int, item: Interaction, callback: str) -> None:
+        """Exchange `number` sent a callback URL and was accepted: a webhook is owed for it."""
+        self.owed[number] = Owed(
+            number, item.request.method, urlsplit(item.request.uri).path, callback,
+            exchange_values(item),
+        )
+
+    def settle(self, body: bytes, target: str) -> None:
+        """A webhook came: it pays the owed exchange that shares an id with it (the job id),
+        else the earliest one owed on that callback URL."""
+        if not self.owed:
+            return
+        ids = webhook_ids(body)
+        paid = [n for n, o in self.owed.items() if ids & o.values]
+        if not paid:
+            paid = [n for n, o in self.owed.items() if o.callback == target][:1]
+        for n in paid:
+            del self.owed[n]
+        if paid:
+            self._settled.set()
+
+    async def drain(self, timeout: float, stop_now: asyncio.Event, say: Any) -> None:
+        """Stop forwarding new requests (503) and wait, up to `timeout` seconds or until
+        `stop_now` is set (a second Ctrl-C), for the webhooks still owed."""
+        self.draining = True
+        if not self.owed:
+            return
+        say(
+            f"replayproxy: stopping: waiting up to {timeout:g}s for {len(self.owed)} webhook(s) "
+            f"still owed ({_owed_list(self.owed.values())}); new requests get 503; "
+            "Ctrl-C again to stop now"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiting = len(self.owed)
+        while self.owed and not stop_now.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._settled.clear()
+            settled = asyncio.ensure_future(self._settled.wait())
+            stopped = asyncio.ensure_future(stop_now.wait())
+            await asyncio.wait({settled, stopped}, timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+            settled.cancel()
+            stopped.cancel()
+            if self.owed and len(self.owed) < waiting:
+                waiting = len(self.owed)
+                say(f"replayproxy: still waiting for {waiting}: {_owed_list(self.owed.values())}")
+
+    def warnings(self) -> list[str]:
+        """What went wrong with webhooks this session, for the closing summary."""
+        out = []
+        if self.app_refused:
+            first = next(iter(self.app_refused.values()))
+            out.append(self._refused_line(len(self.app_refused), *first))
+        if self.unsigned:
+            out.append(
+                f"{len(self.unsigned)} webhook(s) came but "
+                f"{env_names(self.config.webhooks.local_secret_env)} "
+                "(webhooks.local_secret_env) is not set: none reached the app"
+            )
+        if self.owed:
+            out.append(
+                f"{len(self.owed)} webhook(s) never came before the recording stopped: "
+                f"{_owed_list(self.owed.values())}; the cassette notes them (`check` flags it)"
+            )
+        return out
+
+    def _refused_line(self, count: int, status: int, why: str) -> str:
+        names = self.config.webhooks.local_secret_env
+        scheme = self.config.webhooks.signature.scheme
+        current = names[0] if names else "(none)"  # the first variable's secret signs
+        return (
+            f"the app refused {count} webhook(s) signed with ${current} (scheme {scheme}): "
+            f"{status} {why}".rstrip()
+            + f"; is the app's webhook secret the one in {current}?"
+        )
+
+    async def _forward_webhook(self, hook: Webhook, target: str, key: str) -> web.StreamResponse:
         if not self.local_secrets:
+            first = not self.unsigned
+            self.unsigned.add(key)
+            if first:
+                log.error(
+                    "replayproxy: a webhook came for %s, but %s (webhooks.local_secret_env) is "
+                    "not set: it cannot be signed for the app, so the app never gets it "
+                    "(recorded; the sender gets 502)",
+                    target, env_names(self.config.webhooks.local_secret_env),
+                )
             return _error(
                 502,
-                f"{self.config.webhooks.local_secret_env} (webhooks.local_secret_env) is not set: "
-                "cannot sign the webhook for the app",
+                f"{env_names(self.config.webhooks.local_secret_env)} (webhooks.local_secret_env) "
+                "is not set: cannot sign the webhook for the app",
                 None,
             )
         out = outgoing(
@@ -493,11 +614,23 @@ class Recorder:
                 headers = {}
                 if "Content-Type" in resp.headers:
                     headers["Content-Type"] = resp.headers["Content-Type"]
+                if 400 <= resp.status < 500:
+                    self._app_refused(key, resp.status, resp.reason or "", answer, target)
                 return web.Response(status=resp.status, body=answer, headers=headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cause = _cause(exc, self.config.webhooks.timeout)
             log.warning("replayproxy: forwarding a webhook to %s failed: %s", target, cause)
             return _error(502, f"the app at {target} did not answer: {cause}", None, cause=cause)
+
+    def _app_refused(self, key: str, status: int, reason: str, answer: bytes, target: str) -> None:
+        """The app said no to a webhook we signed: most often the secrets differ. Said now,
+        on each refusal, not when a replay fails much later; counted once per event (the
+        sender's retries are the same webhook)."""
+        text = " ".join(answer[:200].decode("utf-8", "replace").split())
+        why = self.redactor.text(f"{reason} {text}".strip())
+        self.app_refused.setdefault(key, (status, why))
+        count = len(self.app_refused)
+        log.warning("replayproxy: %s (at %s)", self._refused_line(count, status, why), target)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -538,6 +671,10 @@ class Recorder:
         if self._app_session is not None:
             await self._app_session.close()
         result = None
+        if self.owed:  # `check` flags a cassette whose session stopped before they came
+            before = self.base.meta.get("webhooks_missing") if self.base is not None else None
+            kept = [n for n in before or [] if isinstance(n, int)]  # new_episodes: still missing
+            self.session.meta["webhooks_missing"] = sorted({*kept, *self.owed})
         if self.recorded or self.webhooks:
             result = self.cassette()
             try:
@@ -548,11 +685,25 @@ class Recorder:
                 raise CassetteError(
                     f"{self.path}: cannot save the cassette: {exc.strerror or exc}; the previous "
                     f"file is unchanged. {self.journal.path} keeps {kept} of this session's "
-                    f"items: the next `record` in this folder recovers them"
+                    f"items: `replayproxy recover {self.path}` (or the next `record`) saves them"
                     + (f" ({lost} could not be journaled and are lost)" if lost else "")
                 ) from None
+            self.journal.saved()
         self.journal.remove()
         return result
+
+
+@dataclass(slots=True)
+class Owed:
+    number: int  # the exchange, as `inspect` numbers it
+    method: str
+    path: str
+    callback: str  # the app's callback URL it sent
+    values: set[str]  # its ids (correlate.exchange_values): the webhook carries one of them
+
+
+def _owed_list(owed: Iterable[Owed]) -> str:
+    return ", ".join(f"interaction {o.number} {o.method} {o.path}" for o in owed)
 
 
 def _body_event_id(body: bytes) -> str | None:

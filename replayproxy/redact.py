@@ -9,27 +9,32 @@ Pure: given a `Redactor` (built from the config and the environment), `interacti
 - query parameters named in `redact.query`, JSON body fields at the dotted paths in
   `redact.body_fields` (request and response bodies);
 - the value of every secret environment variable the config names (`secret_env`,
-  `webhooks.upstream_secret_env`, `webhooks.local_secret_env`, comma-separated lists split),
-  wherever it appears: URI, any header, any body, in plain, JSON-escaped and URL-encoded spellings.
+  `webhooks.upstream_secret_env`, `webhooks.local_secret_env`), whole and exactly as set,
+  wherever it appears: URI, any header, any body, in plain, JSON-escaped, URL-encoded and base64
+  spellings (`variables.spellings`);
+- every value first seen under a redacted header (whole, and its parts: a Bearer token, Basic
+  credentials encoded and decoded, each cookie's value), query parameter or body field, from then
+  on, in the same spellings: an upstream that echoes the request's headers leaks nothing.
 
-Every redacted value becomes `MARKER`.
+Every redacted value becomes `MARKER`; in `Cookie` and `Set-Cookie` only each cookie's value
+does (`session=<redacted>; Path=/; HttpOnly`), so a client's cookie jar still holds the cookie.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-import os
 import re
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .cassette import Headers, Interaction, Request, Response, Webhook
 from .config import Config, env_secrets
-from .variables import dotted_get
+from .variables import dotted_get, spellings
 
 MARKER = "<redacted>"
 
@@ -46,23 +51,19 @@ NOT_SECRET = frozenset({"idempotency-key", "x-idempotency-key"})
 MIN_SECRET_LENGTH = 4
 #: Values learned from redacted headers/fields are scrubbed elsewhere only from this length.
 LEARNED_MIN = 8
+#: Up to this many spellings in all, a body is searched for each with `in` before any regex.
+FEW = 48
 
 
 def secret_values(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The values of every secret env var the config names; comma lists give each part too."""
-    env = os.environ if environ is None else environ
+    """The value of every secret env var the config names, each whole and exactly as set (a
+    secret with spaces or commas is one secret: its words are ordinary text)."""
     names = [
         *config.secret_env,
-        config.webhooks.upstream_secret_env,
-        config.webhooks.local_secret_env,
+        *config.webhooks.upstream_secret_env,
+        *config.webhooks.local_secret_env,
     ]
-    values: list[str] = []
-    for name in names:
-        whole = env.get(name, "").strip() if name else ""
-        for value in [whole, *env_secrets(name, env)]:
-            if len(value) >= MIN_SECRET_LENGTH and value not in values:
-                values.append(value)
-    return values
+    return [v for v in env_secrets(names, environ) if len(v) >= MIN_SECRET_LENGTH]
 
 
 class Redactor:
@@ -78,7 +79,10 @@ class Redactor:
         self.query = frozenset(query)
         self.body_fields = tuple(tuple(p.split(".")) for p in body_fields)
         self.secrets: list[str] = []
+        self._known: set[str] = set()
+        self._seen: set[str] = set()  # header values already learned from
         self._secret: re.Pattern[bytes] | None = None
+        self._few: tuple[bytes, ...] | None = None
         self._header_names: dict[str, bool] = {}
         self.learn(secrets)
 
@@ -88,24 +92,40 @@ class Redactor:
         Values found under a redacted header, query parameter or body field are learned too, so
         an upstream that echoes them (or a later exchange that reuses them) does not leak them.
         """
-        fresh = [v for v in values if len(v) >= minimum and v not in self.secrets]
+        fresh = [v for v in dict.fromkeys(values) if len(v) >= minimum and v not in self._known]
         if not fresh:
             return
         self.secrets.extend(fresh)
-        spellings: dict[bytes, None] = {}
+        self._known.update(fresh)
+        spelled: dict[bytes, None] = {}
         for secret in self.secrets:
-            escaped = json.dumps(secret)[1:-1]
-            for spell in (
-                secret,
-                escaped,
-                json.dumps(escaped)[1:-1],
-                quote(secret, safe=""),
-                quote(secret, safe="/:"),
-                quote_plus(secret),
-            ):
-                spellings[spell.encode("utf-8")] = None
-        ordered = sorted(spellings, key=len, reverse=True)
+            spelled.update(dict.fromkeys(spellings(secret)))
+        ordered = sorted(spelled, key=len, reverse=True)
         self._secret = re.compile(b"|".join(re.escape(s) for s in ordered))
+        # A few literals: `in` (a C substring search each) beats the regex's alternation at
+        # telling that a body holds none of them, which is what nearly every body does. A
+        # spelling that contains a shorter one ("Bearer T" holds "T") need not be searched.
+        least = sorted(spelled, key=len)
+        needed = [x for i, x in enumerate(least) if not any(y in x for y in least[:i])]
+        self._few = tuple(needed) if len(needed) <= FEW else None
+
+    def learn_headers(self, headers: Headers) -> None:
+        """Learn every value under a redacted header name (see `header_secrets`)."""
+        secret, seen = self.is_secret_header, self._seen
+        named = [(k, v) for k, v in headers if v not in seen and secret(k) and v != MARKER]
+        if named:
+            if len(seen) < 4096:  # the same token on every request: parsed once
+                seen.update(v for _, v in named)
+            self.learn((x for k, v in named for x in header_secrets(k, v)), LEARNED_MIN)
+
+    def learn_request(self, req: Request) -> None:
+        """Learn what a request carries under redacted names: headers, query, body fields;
+        before anything about it is written, logged or answered."""
+        self.learn_headers(req.headers)
+        if self.query:
+            self.uri(req.uri)
+        if self.body_fields:
+            self.body(req.body)
 
     @classmethod
     def from_config(cls, config: Config, environ: Mapping[str, str] | None = None) -> Redactor:
@@ -133,6 +153,8 @@ class Redactor:
         """Every secret value in `data` (any spelling) replaced by the marker."""
         if self._secret is None or not data:
             return data
+        if self._few is not None and not _holds(data, self._few):
+            return data
         return self._secret.sub(MARKER.encode(), data)
 
     def text(self, value: str) -> str:
@@ -147,18 +169,21 @@ class Redactor:
         if self._secret is None:
             return False
         joined = "\n".join(texts).encode("utf-8", "surrogateescape")
+        few = self._few
+        if few is not None:
+            return _holds(joined, few) or any(_holds(d, few) for d in data)
         return any(self._secret.search(d) for d in (joined, *data) if d)
 
     def header_names(self, headers: Headers) -> Headers:
         """Only the headers redacted by name."""
         secret = self.is_secret_header
-        return [(k, MARKER if secret(k) else v) for k, v in headers]
+        return [(k, masked(k, v) if secret(k) else v) for k, v in headers]
 
     def header_list(self, headers: Headers) -> Headers:
         if not self.found(*(v for _, v in headers)):
             return self.header_names(headers)
         secret = self.is_secret_header
-        return [(k, MARKER if secret(k) else self.text(v)) for k, v in headers]
+        return [(k, masked(k, v) if secret(k) else self.text(v)) for k, v in headers]
 
     def uri(self, uri: str) -> str:
         if self.query:
@@ -201,6 +226,9 @@ class Redactor:
 
     def interaction(self, item: Interaction) -> Interaction:
         req, res = item.request, item.response
+        # what sits under a redacted name is learned first, so it is scrubbed everywhere
+        self.learn_headers(req.headers)
+        self.learn_headers(res.headers)
         if not (self.query or self.body_fields) and not self.found(
             req.uri, *(v for _, v in req.headers), *(v for _, v in res.headers),
             data=(req.body, res.body),
@@ -229,6 +257,7 @@ class Redactor:
     def webhook(self, hook: Webhook) -> Webhook:
         """Headers by rule; the body only where a secret value appears in it (rare: it is what
         gets signed, so it is otherwise kept byte-exact)."""
+        self.learn_headers(hook.headers)
         return replace(
             hook,
             headers=self.header_list(hook.headers),
@@ -236,6 +265,61 @@ class Redactor:
             path=self.text(hook.path),
             target=self.text(hook.target) if hook.target else hook.target,
         )
+
+
+def masked(name: str, value: str) -> str:
+    """A redacted header's value: the marker, but for cookies only each cookie's value is, its
+    name and attributes kept (`session=<redacted>; Path=/`), so the cookie stays a cookie."""
+    lowered = name.lower()
+    if lowered == "set-cookie":
+        pair, sep, attributes = value.partition(";")
+        cookie, eq, _ = pair.partition("=")
+        return f"{cookie.strip()}={MARKER}{sep}{attributes}" if eq and cookie.strip() else MARKER
+    if lowered == "cookie":
+        names = [item.partition("=") for item in value.split(";")]
+        kept = "; ".join(
+            f"{cookie.strip()}={MARKER}" if eq and cookie.strip() else MARKER
+            for cookie, eq, _ in names
+            if cookie.strip() or eq
+        )
+        return kept or MARKER
+    return MARKER
+
+
+def _holds(data: bytes, literals: tuple[bytes, ...]) -> bool:
+    for literal in literals:
+        if literal in data:
+            return True
+    return False
+
+
+def header_secrets(name: str, value: str) -> list[str]:
+    """The secret values a redacted header carries: the whole value, and for credentials their
+    parts: the token after the scheme (`Bearer T`), Basic credentials both base64-encoded and
+    decoded (`user:password`, and the password), each cookie's value (`Cookie: a=1; b=2`, and a
+    Set-Cookie's first pair)."""
+    value = value.strip()
+    out = [value]
+    lowered = name.lower()
+    if lowered in ("cookie", "set-cookie"):
+        pairs = value.split(";") if lowered == "cookie" else value.split(";", 1)[:1]
+        for pair in pairs:
+            _, eq, cookie = pair.strip().partition("=")
+            if eq:
+                out.append(cookie.strip().strip('"'))
+        return out
+    scheme, space, credentials = value.partition(" ")
+    credentials = credentials.strip()
+    if space and credentials and scheme.isalpha():
+        out.append(credentials)
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                return out
+            out.append(decoded)
+            out.append(decoded.partition(":")[2])
+    return out
 
 
 def _fix_length(headers: Headers, length: int) -> Headers:

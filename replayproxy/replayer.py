@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp.http_exceptions import HttpProcessingError
 
-from .cassette import Cassette, Request, Response
-from .config import Config, env_secrets
+from .cassette import Cassette, Interaction, Request
+from .coding import accepts, encode_body
+from .config import Config, env_names, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
+from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
-from .report import Attempt, Delivery, Report, Unmatched
+from .report import NAMED, Attempt, Delivery, Report, Unmatched
+from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
 from .variables import Finder
-from .webhooks import Schedule, event_id, order, outgoing, target
+from .webhooks import Schedule, event_id, faults, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
 
-#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own.
+#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own
+#: (but a HEAD answer's Content-Length, which counts a body never sent, is served as recorded).
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -49,28 +52,68 @@ class Prepared:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
+    coding: str | None = None  # the Content-Encoding it was recorded in (the body is decoded)
+    coded: bytes | None = None  # the body in that coding, made at its first use
 
 
 def local_secrets(config: Config, needed: bool) -> list[str]:
-    """The app's webhook secret(s) from the environment; several (rotation) split on commas."""
-    name = config.webhooks.local_secret_env
-    secrets = env_secrets(name)
+    """The app's webhook secrets: one per variable `webhooks.local_secret_env` lists (rotation:
+    current first), each exactly as set."""
+    names = config.webhooks.local_secret_env
+    secrets = env_secrets(names)
     if needed and not secrets:
         raise ReplayProxyError(
-            f"the cassette has webhooks to sign, but the environment variable {name} "
+            f"the cassette has webhooks to sign, but the environment variable {env_names(names)} "
             "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
         )
     return secrets
 
 
-class Replayer:
-    """Stateful for one replay run; `app()` is the aiohttp application that serves it."""
+class HungUp(Exception):
+    """The client went away before its request body was whole (logged where it is raised)."""
 
-    def __init__(self, cassette: Cassette, config: Config, options: ReplayOptions | None = None):
+
+async def read_body(request: web.BaseRequest) -> bytes:
+    """The whole request body; HungUp, said in one log line, when the client hung up (or broke
+    the framing) mid-body: that exchange ends there, nothing is forwarded or recorded."""
+    try:
+        return await request.read()
+    except (ConnectionError, HttpProcessingError) as exc:
+        got = request.content.total_bytes
+        length = f" of {request.content_length}" if request.content_length else ""
+        log.warning(
+            "replayproxy: %s %s: the client hung up after %d%s bytes of the body (%s); "
+            "not forwarded, not recorded",
+            request.method, request.rel_url, got, length, exc or type(exc).__name__,
+        )
+        raise HungUp() from None
+
+
+class Replayer:
+    """Stateful for one replay run; `handle()` answers every request. `forward`: requests come
+    through forward mode, which names each one's origin, and the host takes part in matching."""
+
+    def __init__(
+        self,
+        cassette: Cassette,
+        config: Config,
+        options: ReplayOptions | None = None,
+        *,
+        forward: bool = False,
+    ):
         self.cassette = cassette
+        self.forward = forward
         self.config = config
         self.options = options or ReplayOptions()
         validate(config.webhooks.signature)
+        opts = self.options
+        self.faults = faults(
+            config.webhooks.signature,
+            bad_signature=opts.bad_signature,
+            stale_timestamp=opts.stale_timestamp,
+            duplicates=opts.duplicate_webhooks,
+            shuffle_seed=opts.shuffle_webhooks,
+        )
         self.secrets = local_secrets(config, needed=bool(cassette.webhooks))
         if self.secrets:  # a malformed key (e.g. not whsec_<base64>) fails now, not per webhook
             sign(b"", self.secrets, config.webhooks.signature, timestamp=0)
@@ -79,50 +122,81 @@ class Replayer:
         self.redactor = Redactor.from_config(config)
         scrub_logs(self.redactor)
         self.schedule = Schedule(cassette, self.options.timing, self.options.speed)
-        self.report = Report(interactions_total=len(cassette.interactions))
+        self.report = Report(
+            interactions_total=len(cassette.interactions),
+            faults=[asdict(f) for f in self.faults],
+            signed_with=signed_with(config),
+        )
+        for fault in self.faults:
+            log.warning("replayproxy: %s", fault.line())
         self.deliverer = Deliverer(
             attempts=config.webhooks.attempts,
             backoff=config.webhooks.backoff,
             timeout=config.webhooks.timeout,
+            scrub=self.redactor.text,
         )
         if self.options.shift_time:
             _shift_cassette(cassette)
         find = Finder(self.matcher.variables)
-        self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
+        self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
-    def _prepare(self, response: Response, find: Finder) -> Prepared:
-        headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
+    def _prepare(self, item: Interaction, find: Finder) -> Prepared:
+        response = item.response
+        coding = item.meta.get("content_encoding")
+        head = item.request.method == "HEAD"
+        headers = [
+            (k, v)
+            for k, v in response.headers
+            if k.lower() not in _HOP or (head and k.lower() == "content-length" and v.isdigit())
+        ]
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
+        reason = response.reason
+        if "\r" in reason or "\n" in reason:  # not sendable: a status line is one line
+            reason = " ".join(reason.split())
         return Prepared(
-            response.status, response.reason, tuple(headers), response.body, frozenset(values)
+            response.status,
+            reason,
+            tuple(headers),
+            response.body,
+            frozenset(values),
+            coding if isinstance(coding, str) and response.body else None,
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else b""
+        try:
+            body = await read_body(request) if request.body_exists else b""
+        except HungUp:
+            return web.Response(status=400)  # nobody is there to read it
         req = Request(request.method, request.raw_path, list(request.headers.items()), body)
         resp = await self.answer(request, req)
-        return self._miss(req) if resp is None else resp
+        if resp is None:
+            return self._miss(req, request.get(UPSTREAM_KEY) if self.forward else None)
+        return resp
+
+    def _log_served(self, req: Request, number: int, status: int, repeat: bool) -> None:
+        again = ", played again" if repeat else ""
+        log.info("%s -> interaction %d (%d%s)", describe(req), number, status, again)
 
     async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
-        match = self.matcher.match(req)
+        origin = request.get(UPSTREAM_KEY) if self.forward else None
+        match = self.matcher.match(req, origin)
         if match is None:
             return None
         self.report.served += 1
         answer = self.prepared[match.number - 1]
+        if log.isEnabledFor(logging.INFO):
+            self._log_served(req, match.number, answer.status, match.repeat)
         headers, payload = answer.headers, answer.body
         if answer.values:
             bindings = self.matcher.bindings
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
-        resp = web.Response(
-            status=answer.status,
-            reason=answer.reason or None,
-            body=payload,
-            headers=CIMultiDict(headers),
-        )
+        if answer.coding and _accepts(req, answer.coding):
+            headers, payload = _coded(answer, headers, payload)
+        resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if due:
             # The app must have its answer before the webhook that follows it arrives; if the
@@ -134,8 +208,9 @@ class Replayer:
                 self._send(due)
         return resp
 
-    def _miss(self, req: Request) -> web.Response:
-        misses = self.matcher.near_misses(req)
+    def _miss(self, req: Request, origin: str | None = None) -> web.Response:
+        misses = self.matcher.near_misses(req, origin=origin)
+        self.redactor.learn_request(req)  # a redacted query value, token or cookie: never shown
         scrub = self.redactor.text
         near = [
             {
@@ -146,16 +221,15 @@ class Replayer:
             for m in misses
         ]
         shown = scrub(describe(req))
-        self.report.unmatched.append(Unmatched(shown, near))
-        lines = [f"replayproxy: no recorded interaction matches {shown}"]
-        for m in near:
-            differences = "; ".join(m["differences"])
-            lines.append(f"  closest #{m['interaction']} {m['request']}: {differences}")
-        log.warning("\n".join(lines))
+        miss = Unmatched(shown, near)
+        self.report.unmatched.append(miss)
+        text = miss.sentence()
+        log.warning("replayproxy: %s", text)
         body = {
             "error": "no recorded interaction matches this request",
             "request": shown,
             "near_misses": near,
+            "message": text,
         }
         return web.json_response(body, status=self.config.unmatched_status)
 
@@ -177,8 +251,16 @@ class Replayer:
             else ("stale-timestamp" if self.options.stale_timestamp else None)
         )
         signature = self.config.webhooks.signature
+        kind = event_type(hook)
         copies = [
-            Delivery(number, url or "", copy=n + 1, test=test, event_id=event_id(hook, signature))
+            Delivery(
+                number,
+                url or "",
+                copy=n + 1,
+                test=test,
+                event_id=event_id(hook, signature),
+                event_type=kind,
+            )
             for n in range(max(1, self.options.duplicate_webhooks))
         ]
         self.report.deliveries.extend(copies)
@@ -206,9 +288,44 @@ class Replayer:
         """Wait (bounded) for webhooks in flight, then stop; the report is final after this."""
         await self.deliverer.drain(self.options.drain_timeout)
         await self.deliverer.close()
-        self.report.unused = self.matcher.unused()
-        self.report.webhooks_never_due = self.schedule.pending()
-        return self.report
+        return self.refresh()
+
+    def refresh(self) -> Report:
+        """Bring the report's unused interactions and not-yet-due webhooks up to now (and what
+        their sentences name), so it reads true while the replay still runs."""
+        report, interactions = self.report, self.cassette.interactions
+        report.unused = self.matcher.unused()
+        report.webhooks_never_due = self.schedule.pending()
+        report.waiting, report.event_types, report.labels = {}, {}, {}
+        for number in report.webhooks_never_due:
+            report.waiting[number] = sorted(self.schedule.needs.get(number, ()))
+            report.event_types[number] = event_type(self.cassette.webhooks[number - 1])
+        named = {*report.unused[:NAMED], *(n for ns in report.waiting.values() for n in ns)}
+        for number in sorted(named):
+            if 0 < number <= len(interactions):
+                label = describe(interactions[number - 1].request)
+                report.labels[number] = self.redactor.text(label)
+        return report
+
+
+def _accepts(req: Request, coding: str) -> bool:
+    asked = ", ".join(v for k, v in req.headers if k.lower() == "accept-encoding")
+    return accepts(asked, coding)
+
+
+def _coded(answer: Prepared, headers: tuple, payload: bytes) -> tuple[tuple, bytes]:
+    """The answer in the coding it was recorded in, as the upstream sent it to a client that
+    accepts it. A body without live values is coded once and kept."""
+    try:
+        if payload is answer.body:
+            if answer.coded is None:
+                answer.coded = encode_body(payload, answer.coding)
+            coded = answer.coded
+        else:
+            coded = encode_body(payload, answer.coding)
+    except ValueError:  # a coding replayproxy cannot make: the readable body, unlabelled
+        return headers, payload
+    return (*headers, ("Content-Encoding", answer.coding)), coded
 
 
 def _shift_cassette(cassette: Cassette) -> None:
@@ -229,14 +346,11 @@ def _no_target() -> Attempt:
     )
 
 
-def near_miss_text(report: Report) -> str:
-    """A readable account of every miss, for logs and failing tests."""
-    out = []
-    for miss in report.unmatched:
-        out.append(f"unmatched {miss.request}")
-        for near in miss.near_misses:
-            out.append(
-                f"  closest #{near['interaction']} {near['request']}: "
-                + "; ".join(near["differences"])
-            )
-    return "\n".join(out) or json.dumps(report.to_dict())
+def signed_with(config: Config) -> str:
+    """Which secret variable(s) and scheme sign replayed webhooks, as the 401/403 hint says it."""
+    names = config.webhooks.local_secret_env
+    shown = ", ".join(f"${n}" for n in ([names] if isinstance(names, str) else names) if n)
+    return (
+        f"the secret in {shown or 'no variable'} (config webhooks.local_secret_env) and scheme "
+        f"{config.webhooks.signature.scheme} (webhooks.signature.scheme)"
+    )

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from .report import Report
 
 #: The variable every command run under the proxy finds its URL in.
 URL_ENV = "REPLAYPROXY_URL"
+#: Set (to the cassette's path) for a command run under `replayproxy run`: the pytest plugin
+#: then starts no proxy of its own, and the outer one does the checking.
+RUN_ENV = "REPLAYPROXY_RUN"
 
 #: Modes as users name them (pytest-recording's habits) -> ReplayProxy's `mode=`.
 MODES = {
@@ -77,10 +81,14 @@ def exit_status(returncode: int, diverged: bool, divergence_exit_code: int = 1) 
 
 
 def command_env(
-    url: str, export: Sequence[str] = (), extra: dict[str, str] | None = None
+    url: str,
+    export: Sequence[str] = (),
+    extra: dict[str, str] | None = None,
+    cassette: str | Path = "",
 ) -> dict[str, str]:
     env = dict(os.environ)
     env[URL_ENV] = url
+    env[RUN_ENV] = str(cassette) or "1"
     for name in export:
         if name:
             env[name] = url
@@ -109,7 +117,7 @@ async def run_command(
             on_start(proxy.url)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *command, env=command_env(proxy.url, export, tls_env(proxy))
+                *command, env=command_env(proxy.url, export, tls_env(proxy), proxy.path)
             )
         except FileNotFoundError:
             raise ReplayProxyError(f"command not found: {command[0]}") from None
@@ -130,10 +138,20 @@ async def run_command(
                 pass
         try:
             returncode = await proc.wait()
+            recorder = getattr(proxy, "recorder", None)
+            if recorder is not None and recorder.owed:  # webhooks still on their way: wait
+                now = asyncio.Event()
+                for sig in handled:
+                    loop.add_signal_handler(sig, now.set)
+                await recorder.drain(proxy.options.drain_timeout, now, _say)
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
     return returncode, proxy.report
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:

@@ -3,7 +3,10 @@
 Camber's REST paths and webhook format are not public: the routes here are ours, shaped after what
 is known (integer job ids, the status ladder, engine types, node sizes, outputs under
 `jobs/<job_id>/outputs`). Jobs climb one status every `step_seconds`; a final status sends a
-webhook signed with `signing.sign`, retried on failure with the same event id.
+webhook signed with `signing.sign` in any scheme replayproxy knows (the one the config's
+`webhooks.upstream_signature` names, by default `webhooks.signature`), with the secrets in the
+variables `webhooks.upstream_secret_env` lists, retried on failure with the same event id.
+The README's sandbox section is the contract.
 
     GET  /healthz                              no auth; for scripts waiting for the port
     POST /v1/jobs                              submit -> 201 job
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -26,7 +30,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from . import eventloop
-from .config import SignatureConfig, parse_listen
+from .config import Config, SignatureConfig, env_names, env_secrets, parse_listen
 from .errors import ConfigError, ReplayProxyError
 from .server import Server, check_listen
 from .signing import sign
@@ -111,7 +115,7 @@ class SandboxState:
     """Everything the sandbox knows; tests read `jobs` and `deliveries`."""
 
     api_key: str = field(repr=False)
-    webhook_secret: str = field(repr=False)
+    webhook_secrets: tuple[str, ...] = field(repr=False)  # current first (key rotation)
     signature: SignatureConfig
     step_seconds: float
     webhook_url: str | None
@@ -131,24 +135,29 @@ SANDBOX_STATE: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxSta
 def create_app(
     *,
     api_key: str,
-    webhook_secret: str,
+    webhook_secret: str | Sequence[str],
     signature: SignatureConfig = DEFAULT_SIGNATURE,
     step_seconds: float = 0.05,
     webhook_url: str | None = None,
     webhook_attempts: int = 4,
     webhook_backoff: float = 0.05,
 ) -> web.Application:
-    """The sandbox as an aiohttp app; background tasks end with the app's cleanup."""
+    """The sandbox as an aiohttp app; background tasks end with the app's cleanup.
+
+    `webhook_secret`: one secret, or several (rotation: each webhook carries a signature per
+    secret where the scheme has room for more than one, else the first one's), used as given.
+    """
     if not api_key:
         raise ConfigError("sandbox: the API key is empty")
-    if not webhook_secret:
+    secrets_ = (webhook_secret,) if isinstance(webhook_secret, str) else tuple(webhook_secret)
+    if not secrets_ or not all(secrets_):
         raise ConfigError("sandbox: the webhook secret is empty")
     # Fail at start-up, not at the first webhook, when the signature settings are unusable.
-    sign(b"{}", [webhook_secret], signature, timestamp=int(time.time()), webhook_id="evt_check")
+    sign(b"{}", secrets_, signature, timestamp=int(time.time()), webhook_id="evt_check")
     app = web.Application(middlewares=[_json_errors])
     app[SANDBOX_STATE] = SandboxState(
         api_key=api_key,
-        webhook_secret=webhook_secret,
+        webhook_secrets=secrets_,
         signature=signature,
         step_seconds=step_seconds,
         webhook_url=webhook_url,
@@ -183,13 +192,31 @@ async def serve(
 
 
 def main(
-    listen: str = "127.0.0.1:8090", *, allow_remote: bool = False, **create_app_kwargs: Any
+    listen: str = "127.0.0.1:8090",
+    *,
+    allow_remote: bool = False,
+    config: Config | None = None,
+    scheme: str | None = None,
+    **create_app_kwargs: Any,
 ) -> None:
-    """CLI entry: secrets from CAMBER_API_KEY / CAMBER_WEBHOOK_SECRET; SIGINT/SIGTERM stop it."""
+    """CLI entry: the API key from CAMBER_API_KEY; the webhook scheme and secrets as the config
+    says the upstream signs (`webhooks.upstream_signature`, `webhooks.upstream_secret_env`),
+    `scheme` overriding the scheme's name; SIGINT/SIGTERM stop it."""
     host, port = parse_listen(listen)
     check_listen(host, allow_remote)
+    hooks = (config or Config()).webhooks
+    signature = hooks.upstream_scheme
+    if scheme:
+        signature = dataclasses.replace(signature, scheme=scheme)
     create_app_kwargs["api_key"] = _require_env("CAMBER_API_KEY")
-    create_app_kwargs["webhook_secret"] = _require_env("CAMBER_WEBHOOK_SECRET")
+    secrets_ = env_secrets(hooks.upstream_secret_env)
+    if not secrets_:
+        raise ConfigError(
+            f"the sandbox needs the environment variable {env_names(hooks.upstream_secret_env)} "
+            "(webhooks.upstream_secret_env: the secret it signs webhooks with); it is not set"
+        )
+    create_app_kwargs["webhook_secret"] = secrets_
+    create_app_kwargs["signature"] = signature
     create_app_kwargs["allow_remote"] = allow_remote
     eventloop.run(_serve_until_signal(host, port, create_app_kwargs))
 
@@ -284,7 +311,7 @@ async def _deliver(state: SandboxState, url: str, event_id: str, body: bytes) ->
         headers.update(
             sign(
                 body,
-                [state.webhook_secret],
+                state.webhook_secrets,
                 state.signature,
                 timestamp=int(time.time()),
                 webhook_id=event_id,
@@ -428,12 +455,13 @@ async def _output(request: web.Request) -> web.Response:
         return _error(404, "not_found", f"job {job.job_id} has no output {name}")
     if job.status != "COMPLETED":
         return _error(409, "conflict", f"job {job.job_id} is {job.status}; no outputs yet")
-    return web.Response(body=output_bytes(job.job_id), content_type="application/octet-stream")
+    return web.Response(body=output_bytes(job.command), content_type="application/octet-stream")
 
 
-def output_bytes(job_id: int) -> bytes:
-    """4 KiB derived from the job id: same job, same bytes; 0xFF first, so never valid UTF-8."""
-    blocks = (hashlib.sha256(f"{job_id}:{i}".encode()).digest() for i in range(128))
+def output_bytes(command: str) -> bytes:
+    """4 KiB derived from the job's command, as a deterministic job's output is from its input:
+    the same work gives the same bytes whatever id the job got; 0xFF first, never valid UTF-8."""
+    blocks = (hashlib.sha256(f"{command}:{i}".encode()).digest() for i in range(128))
     return b"\xff\xfe" + b"".join(blocks)[2:]
 
 

@@ -24,8 +24,37 @@ log = logging.getLogger("replayproxy")
 #: What record and replay serve: every request, whatever its path.
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
+#: Set on a request by forward mode (forward.py): the origin it goes to, e.g. https://host:8443.
+UPSTREAM_KEY: Any = (
+    web.RequestKey("replayproxy.upstream", str)  # aiohttp >= 3.12 warns about plain str keys
+    if hasattr(web, "RequestKey")
+    else "replayproxy.upstream"
+)
+
 #: Default for `max_header_size`: the request line, any one header, and all headers together.
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
+
+
+class Verbatim(web.Response):
+    """An answer with the headers it is given and no others: aiohttp would add Content-Type
+    (application/octet-stream), Date and Server when they are missing, which a replayed or
+    passed-on answer must not gain. Framing stays aiohttp's: Content-Length (kept as given for
+    a HEAD answer), Transfer-Encoding and Connection."""
+
+    __slots__ = ()
+
+    async def _prepare_headers(self) -> None:
+        headers = self._headers
+        given = [name for name in _ADDED if name in headers]
+        await super()._prepare_headers()
+        if len(given) < len(_ADDED):
+            for name in _ADDED:
+                if name not in given:
+                    headers.popall(name, None)
+
+
+#: What aiohttp adds to an answer that lacks it.
+_ADDED = ("Content-Type", "Date", "Server")
 
 
 def is_loopback(host: str) -> bool:

@@ -279,9 +279,10 @@ def _decode(signature: str, encoding: str) -> bytes | None:
 
 
 def _secrets(secrets: Sequence[str] | str) -> list[str]:
-    """Unique secrets in order; a lone string is one secret, not a sequence of characters."""
+    """Unique secrets in order, each used exactly as given (spaces, commas and all); a lone
+    string is one secret, not a sequence of characters."""
     unique = list(dict.fromkeys([secrets] if isinstance(secrets, str) else secrets))
-    if not unique or not all(s.strip() for s in unique):
+    if not unique or not all(unique):
         raise ConfigError("no webhook secret to sign or verify with (empty secret)")
     return unique
 
@@ -413,6 +414,23 @@ def verify(
             raise SignatureError(
                 f"timestamp {ts} is {when}, outside the {config.tolerance}s tolerance"
             )
+
+
+def carries_timestamp(config: SignatureConfig) -> bool:
+    """Whether the scheme sends a timestamp a receiver can check (so a stale one means something):
+    stripe, standard-webhooks, slack, and custom with {timestamp} in its format or a
+    timestamp_header; not github nor hmac-sha256."""
+    return _scheme(config).carries_timestamp
+
+
+def describe(config: SignatureConfig) -> str:
+    """The scheme and the header it signs in, for messages: `stripe (Stripe-Signature)`."""
+    return f"{config.scheme} ({_scheme(config).header})"
+
+
+def id_header(config: SignatureConfig) -> str | None:
+    """The header that carries the event id in this scheme, if any (e.g. webhook-id)."""
+    return _scheme(config).id_header
 
 
 def signature_header_names(config: SignatureConfig) -> frozenset[str]:

@@ -24,6 +24,12 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
+SWITCHED = (
+    "the upstream answered 101 Switching Protocols (an upgrade, e.g. to WebSocket): only HTTP "
+    "exchanges are proxied and recorded"
+)
+
+
 class UpstreamError(Exception):
     """The exchange failed; the message says how, in words for the app's 502."""
 
@@ -94,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError(SWITCHED))  # what follows is not HTTP: never read
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"the upstream's answer is not valid HTTP/1.1 ({exc})"))
 
@@ -143,6 +151,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.headers_done = True
         status = self.parser.get_status_code()
+        if status == 101:
+            self._fail(UpstreamError(SWITCHED))
+            return
         if status in (204, 304) or self.head:
             self.framed = True
             if self.head and status >= 200:

@@ -7,12 +7,13 @@ the same positions, so matching can compare everything but the variables and bin
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 from .cassette import Cassette, Variable
 from .config import VariablesConfig
@@ -254,6 +255,26 @@ class Finder:
 
 def _plain(value: str) -> bytes:
     return value.encode("utf-8")
+
+
+def spellings(value: str) -> list[bytes]:
+    """Every way a secret value may be written where it leaks: plain, JSON-escaped (once and
+    twice: JSON inside a JSON string), URL-encoded (strict, path-safe, form-style) and base64
+    (standard and URL-safe, with or without padding). Substitution uses the first three."""
+    escaped = json.dumps(value)[1:-1]
+    raw = value.encode("utf-8")
+    out = [
+        raw,
+        escaped.encode("utf-8"),
+        json.dumps(escaped)[1:-1].encode("utf-8"),
+        _url_encoded(value),
+        quote(value, safe="/:").encode("ascii"),
+        quote_plus(value).encode("ascii"),
+        # unpadded: a prefix of the padded spelling, so one search finds both
+        base64.b64encode(raw).rstrip(b"="),
+        base64.urlsafe_b64encode(raw).rstrip(b"="),
+    ]
+    return list(dict.fromkeys(out))
 
 
 def _json_escaped(value: str) -> bytes:

@@ -15,7 +15,16 @@ from typing import Any
 
 from .cassette import HOP_BY_HOP, Cassette, Webhook
 from .config import SignatureConfig
-from .signing import SCHEMES, sign, signature_header_names, webhook_id
+from .errors import ConfigError
+from .signing import (
+    SCHEMES,
+    carries_timestamp,
+    describe,
+    id_header,
+    sign,
+    signature_header_names,
+    webhook_id,
+)
 from .variables import Bindings
 
 TIMINGS = ("sequence", "recorded", "immediate")
@@ -120,6 +129,70 @@ def order(due: Sequence[Due], seed: int | None) -> list[Due]:
         return sorted(due, key=lambda d: (d.delay, d.number))
     by_number = {d.number: d for d in due}
     return [by_number[n] for n in shuffled(sorted(by_number), seed)]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A deliberate fault of a replay, as the report and stderr show it."""
+
+    fault: str  # bad-signature | stale-timestamp | duplicate-webhooks | shuffle-webhooks
+    scheme: str  # the signature scheme the webhooks were signed in
+    applied: str  # what replayproxy does to each webhook
+    correct_app: str  # what an app that handles webhooks correctly does
+
+    def line(self) -> str:
+        what = f"--{self.fault} ({self.scheme} scheme): {self.applied}"
+        return f"{what}; a correct app {self.correct_app}"
+
+
+def faults(
+    signature: SignatureConfig,
+    *,
+    bad_signature: bool = False,
+    stale_timestamp: bool = False,
+    duplicates: int = 1,
+    shuffle_seed: int | None = None,
+) -> list[Fault]:
+    """The deliberate faults asked for, each described for `signature`'s scheme; ConfigError
+    for one that means nothing there (a stale timestamp where the scheme sends none)."""
+    scheme, how = signature.scheme, describe(signature)
+    if stale_timestamp and not carries_timestamp(signature):
+        raise ConfigError(
+            f"--stale-timestamp: the {scheme} scheme signs no timestamp, so an old webhook "
+            "cannot be told from a new one and no app can reject it for its age; use a scheme "
+            "that sends one (stripe, standard-webhooks, slack, custom with {timestamp}) or "
+            "leave the option out"
+        )
+    out = []
+    if bad_signature:
+        out.append(Fault(
+            "bad-signature", scheme, f"every webhook is signed in {how} with a wrong key",
+            "answers 4xx (e.g. 401) and does not act on it",
+        ))
+    if stale_timestamp:
+        out.append(Fault(
+            "stale-timestamp", scheme,
+            f"every webhook is signed in {how} for a timestamp an hour old, with the right key",
+            "answers 4xx: the timestamp is outside its tolerance (a few minutes)",
+        ))
+    if duplicates > 1:
+        carrier = id_header(signature)
+        same = f"the same body and the same {carrier} header" if carrier else "the same body"
+        out.append(Fault(
+            "duplicate-webhooks", scheme,
+            f"every webhook is sent {duplicates} times with {same} (the event id in it "
+            f"unchanged), each copy signed anew in {how}",
+            "answers 2xx to every copy and acts on the event once",
+        ))
+    if shuffle_seed is not None:
+        out.append(Fault(
+            "shuffle-webhooks", scheme,
+            f"webhooks that fall due together are sent in an order shuffled by seed "
+            f"{shuffle_seed}, each signed in {how}",
+            "ends in the same state whatever the order (e.g. never lets an older status "
+            "overwrite a newer one)",
+        ))
+    return out
 
 
 @dataclass(slots=True)

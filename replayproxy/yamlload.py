@@ -3,7 +3,10 @@
 PyYAML's CSafeLoader parses in C but composes a Node (with two Mark objects) per value and then
 constructs in Python: ten times the parse itself. Cassettes are plain data, so we build Python
 objects straight from libyaml's events. It is as safe as the safe loader: only the standard
-scalar tags and `!!binary` are known; any other tag (`!!python/...`) is refused, never run.
+scalar tags, `!!binary`, and the Python tags vcrpy's own loader reads as plain data are known
+(`!!python/unicode` and `!!python/str` as text, `!!python/tuple` as a list, a recorded
+`_io.BytesIO` or `builtins.iter` request body as its bytes, built from the content alone); any
+other tag (`!!python/object...`, `!!python/name...`) is refused, never run.
 Aliases are resolved by reference, and a document whose aliases would expand past a bound (a
 "billion laughs" bomb) is refused.
 """
@@ -58,7 +61,15 @@ _SCALAR_TAGS = frozenset(
         "!",
     }
 )
+#: Python 2's string tags, in cassettes that vcrpy wrote under Python 2: plain text, nothing run.
+_PY_STR_TAGS = frozenset({"tag:yaml.org,2002:python/unicode", "tag:yaml.org,2002:python/str"})
 _CONTAINER_TAGS = frozenset({None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+#: Python tags vcrpy itself writes for plain data, read as that data (nothing is run): tornado's
+#: headers are tuples, boto3's and file-like request bodies a BytesIO, iterator bodies an iter.
+_TUPLE = "tag:yaml.org,2002:python/tuple"
+_BYTESIO = "tag:yaml.org,2002:python/object/new:_io.BytesIO"
+_ITER = "tag:yaml.org,2002:python/object/apply:builtins.iter"
+_DATA_TAGS = frozenset({_TUPLE, _BYTESIO, _ITER})
 
 _resolver = yaml.resolver.Resolver()
 _constructor = yaml.constructor.SafeConstructor()
@@ -136,16 +147,20 @@ def _build(parser: Any, convert: Convert) -> Any:
                 anchors[event.anchor] = (value, 1)
             add(value, 1, event)
         elif cls is MappingStartEvent or cls is SequenceStartEvent:
-            if event.tag not in _CONTAINER_TAGS:
-                raise LoadError(_refused(event.tag), event.start_mark)
-            stack.append([{} if cls is MappingStartEvent else [], _NOTHING, 1, event.anchor])
+            tag = event.tag
+            if tag not in _CONTAINER_TAGS and tag not in _DATA_TAGS:
+                raise LoadError(_refused(tag), event.start_mark)
+            container = {} if cls is MappingStartEvent else []
+            stack.append([container, _NOTHING, 1, event.anchor, tag, event.start_mark])
             if len(stack) > MAX_DEPTH:
                 raise LoadError(
                     f"nested deeper than {MAX_DEPTH} levels; a cassette never needs that many",
                     event.start_mark,
                 )
         elif cls is MappingEndEvent or cls is SequenceEndEvent:
-            container, _, size, anchor = stack.pop()
+            container, _, size, anchor, tag, mark = stack.pop()
+            if tag in _DATA_TAGS:
+                container = _python_data(tag, container, mark)
             if anchor:
                 anchors[anchor] = (container, size)
             add(container, size, event)
@@ -185,6 +200,8 @@ def _scalar(event: ScalarEvent) -> Any:
         tag = _resolver.resolve(ScalarNode, value, (True, False))
         if tag == _STR:
             return value
+    elif tag in _PY_STR_TAGS:
+        return value
     elif tag not in _SCALAR_TAGS:
         raise LoadError(_refused(tag), event.start_mark)
     if tag == _STR:
@@ -207,12 +224,51 @@ def _scalar(event: ScalarEvent) -> Any:
         ) from None
 
 
+def _python_data(tag: str, value: Any, mark: Any) -> Any:
+    """What vcrpy's loader makes of its Python tags, from their content alone."""
+    if tag == _TUPLE:
+        if not isinstance(value, list):
+            raise LoadError("!!python/tuple must be a sequence", mark)
+        return value
+    # the object tags are mappings: BytesIO's `state` is (buffer, position, dict), iter's
+    # `args` is ([chunks],)
+    if not isinstance(value, dict):
+        raise LoadError(f"!!{tag.split('2002:', 1)[1]} must be a mapping", mark)
+    field = "state" if tag == _BYTESIO else "args"
+    held = value.get(field)
+    first = held[0] if isinstance(held, list) and held else b""
+    if tag == _ITER:
+        chunks = first if isinstance(first, list) else None
+        if chunks is None or not all(isinstance(c, (bytes, str)) for c in chunks):
+            raise LoadError("!!python/object/apply:builtins.iter must hold a list of chunks", mark)
+        return b"".join(c.encode("utf-8") if isinstance(c, str) else c for c in chunks)
+    if first is None:
+        return b""
+    if isinstance(first, str):
+        return first.encode("utf-8")
+    if not isinstance(first, bytes):
+        raise LoadError("!!python/object/new:_io.BytesIO must hold its bytes in `state`", mark)
+    return first
+
+
 def _refused(tag: str) -> str:
+    if tag.startswith(_PRE_1_0_TAGS):
+        return (
+            f"the tag {tag!r} is vcrpy's pre-1.0 layout; convert the cassette with "
+            "`python -m vcr.migration FILE` (it rewrites FILE in place), then load it again"
+        )
     return (
         f"could not determine a constructor for the tag {tag!r} "
         "(only plain YAML is allowed in a cassette; tags are never executed)"
     )
 
+
+#: Tags only vcrpy before 1.0 wrote (its Request object and its header frozensets).
+_PRE_1_0_TAGS = (
+    "tag:yaml.org,2002:python/object:vcr.",
+    "tag:yaml.org,2002:python/object/apply:__builtin__.frozenset",
+    "tag:yaml.org,2002:python/object/apply:builtins.frozenset",
+)
 
 #: First characters with which a plain scalar may resolve to something other than a string.
 _MAYBE_TYPED = frozenset(k for k in _resolver.yaml_implicit_resolvers if k)

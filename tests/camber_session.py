@@ -55,7 +55,8 @@ async def run_app(camber_url: str, api_key: str, secret: str, files: tuple[str, 
 
 
 async def record(cassette: str | Path, *, config: Config | None = None, step: float = 0.02,
-                 mode: str = "all") -> tuple[dict[str, Any], ReplayProxy, Any]:
+                 mode: str = "all", files: tuple[str, ...] = FILES,
+                 poll_interval: float = 0.02) -> tuple[dict[str, Any], ReplayProxy, Any]:
     """Record the three-job session into `cassette`; the secrets come from the environment."""
     api_key = os.environ[API_KEY_ENV]
     state = None
@@ -65,7 +66,8 @@ async def record(cassette: str | Path, *, config: Config | None = None, step: fl
     async with serving(upstream) as camber:
         state = upstream[sandbox.SANDBOX_STATE]
         async with ReplayProxy(cassette, mode=mode, upstream=camber, config=config) as proxy:
-            outcome = await run_app(proxy.url, api_key, os.environ[LOCAL_SECRET_ENV])
+            outcome = await run_app(proxy.url, api_key, os.environ[LOCAL_SECRET_ENV], files,
+                                    poll_interval)
     return outcome, proxy, state
 
 

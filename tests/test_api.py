@@ -15,7 +15,6 @@ from helpers import job_cassette
 from replayproxy.api import ReplayProxy, SyncReplayProxy
 from replayproxy.cassette import save
 from replayproxy.errors import CassetteError
-from replayproxy.replayer import near_miss_text
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def test_sync_proxy_reports_a_miss_with_its_near_misses(cassette: Path) -> None:
         assert got.status_code == 502
         assert got.json()["near_misses"][0]["interaction"] == 5
     assert proxy.report.diverged
-    assert "query: status=CANCELLED vs status=COMPLETED" in near_miss_text(proxy.report)
+    assert "query: status=CANCELLED vs status=COMPLETED" in proxy.report.summary()
 
 
 def test_sync_proxy_start_failure_leaves_no_thread(tmp_path: Path) -> None:

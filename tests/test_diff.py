@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import pytest
+from camber_session import record
 from click.testing import CliRunner
 from helpers import exchange, job_cassette, webhook
 
 from cli import main
-from replayproxy.cassette import Cassette, save
+from replayproxy.cassette import Cassette, load, save
 from replayproxy.diff import diff
 
 
@@ -109,3 +112,122 @@ def test_bad_file_is_exit_2(tmp_path: Path) -> None:
     code, out = cli("diff", str(tmp_path / "a.yaml"), str(tmp_path / "bad.yaml"))
     assert code == 2
     assert "bad.yaml:3: not a valid cassette" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions, not positions: two real recordings against the sandbox
+
+
+def two_recordings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The same three jobs recorded twice, submitted in opposite orders: each job gets the other
+    recording's id. Slow polling, so both recordings see the same states (the webhook, not a
+    poll, tells the app a job is over)."""
+    monkeypatch.setenv("CAMBER_API_KEY", "sk_sandbox_diff_4f1c9e27b8")
+    monkeypatch.setenv("CAMBER_WEBHOOK_SECRET", "camber_diff_secret_81d2a7")
+    monkeypatch.setenv("WEBHOOK_SECRET", "local_diff_secret_5e93b0")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+
+    async def both() -> None:
+        await record(a, step=0.2, poll_interval=3.0, files=("a.pdf", "b.pdf", "fail.pdf"))
+        await record(b, step=0.2, poll_interval=3.0, files=("fail.pdf", "b.pdf", "a.pdf"))
+
+    asyncio.run(both())
+    return a, b
+
+
+def test_two_sandbox_recordings_in_other_orders_are_the_same_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = two_recordings(tmp_path, monkeypatch)
+    first, second = load(a), load(b)
+    submits = [i for i in first.interactions if i.request.method == "POST"]
+    assert len(submits) == 3 and b'"process invoice a.pdf"' in submits[0].request.body
+    assert b'"process invoice a.pdf"' in [i for i in second.interactions
+                                          if i.request.method == "POST"][2].request.body
+    code, out = cli("diff", str(a), str(b))
+    assert code == 0, out
+    assert out.startswith("no differences")
+    ids = {json.loads(i.response.body)["job_id"] for i in submits}
+    low, high = min(ids), max(ids)
+    assert f"{low} -> {high}" in out and f"{high} -> {low}" in out  # a.pdf and fail.pdf swapped
+
+    # A real change in one job is still one change, on that job's pair
+    job_a = json.loads(submits[0].response.body)["job_id"]  # a.pdf in A; fail.pdf's id in B
+    for item in second.interactions:
+        if item.request.method == "POST" and b"a.pdf" in item.request.body:
+            data = json.loads(item.response.body)
+            data["output_dir"] = f"jobs/{data['job_id']}/results"
+            item.response.body = json.dumps(data).encode()
+            changed = second.interactions.index(item) + 1
+    save(second, b)
+    code, out = cli("diff", str(a), str(b))
+    assert code == 1, out
+    assert f"~ interaction A#1 -> B#{changed} POST /v1/jobs" in out
+    assert f'response.body.output_dir: "jobs/{job_a}/outputs" -> "jobs/' in out
+    assert "0 added, 0 removed, 1 changed" in out
+
+    # --ignore and config diff.ignore drop it
+    code, out = cli("diff", "--ignore", "response.body.output_dir", str(a), str(b))
+    assert code == 0, out
+    (tmp_path / "rp.yaml").write_text("diff:\n  ignore: [response.body.output_dir]\n")
+    code, out = cli("diff", "--config", str(tmp_path / "rp.yaml"), str(a), str(b))
+    assert code == 0, out
+
+
+def test_renamed_ids_inside_strings_and_urls_are_not_changes() -> None:
+    a = job_cassette()
+    a.interactions[0].response.body = json.dumps(
+        {"job_id": 6238, "status": "PENDING", "output_dir": "jobs/6238/outputs",
+         "links": {"self": "/v1/jobs/6238?view=full"}}
+    ).encode()
+    b = rerecorded()
+    b.interactions[0].response.body = json.dumps(
+        {"job_id": 7001, "status": "PENDING", "output_dir": "jobs/7001/outputs",
+         "links": {"self": "/v1/jobs/7001?view=full"}}
+    ).encode()
+    assert diff(a, b).equal, diff(a, b).render()
+    b.interactions[0].response.body = b.interactions[0].response.body.replace(
+        b"jobs/7001/outputs", b"jobs/7002/outputs"
+    )  # another job's id: a change
+    result = diff(a, b)
+    assert not result.equal
+    assert 'response.body.output_dir: "jobs/6238/outputs" -> "jobs/7002/outputs"' in result.render()
+    assert len(result.changes) == 1
+
+
+def test_ignore_patterns_drop_subtrees_and_segments() -> None:
+    a, b = job_cassette(), job_cassette()
+    b.interactions[3].response.body = b'{"job_id": 6238, "status": "DONE"}'
+    b.interactions[4].response.body = b'{"jobs": [6238, 6239]}'
+    assert len(diff(a, b).changes) == 2
+    assert len(diff(a, b, ignore=["response.body.status"]).changes) == 1
+    assert diff(a, b, ignore=["response.body.status", "response.body.jobs.*"]).equal
+    assert diff(a, b, ignore=["response.body"]).equal
+
+
+def test_a_recording_without_the_submit_still_pairs_its_polls() -> None:
+    a = job_cassette()
+    b = rerecorded()
+    del b.interactions[0]  # B began after the submit: its polls carry an id nothing introduced
+    result = diff(a, b)
+    assert [(c.kind, c.a, c.b) for c in result.changes if c.what == "interaction"] == [
+        ("removed", 1, None)
+    ], result.render()
+
+
+def test_a_poll_more_answered_as_the_one_before_is_not_a_change() -> None:
+    a = job_cassette()  # polls: RUNNING, RUNNING, COMPLETED
+    b = rerecorded()
+    del b.interactions[2]  # B polled once less while the job ran
+    b.webhooks[0].after = 2
+    result = diff(a, b)
+    assert result.equal, result.render()
+    assert "(polls more, answered as the poll before them, not counted: 1 in A, 0 in B)" in (
+        result.render()
+    )
+    c = rerecorded()
+    queued = exchange("GET", "/v1/jobs/7001", 200, {"job_id": 7001, "status": "QUEUED"})
+    c.interactions.insert(1, queued)  # B saw a state A never saw: a difference, in its place
+    c.webhooks[0].cause, c.webhooks[0].after = 1, 4
+    result = diff(a, c)
+    assert [(x.kind, x.a, x.b) for x in result.changes] == [("added", None, 2)], result.render()

@@ -377,8 +377,12 @@ def test_disk_full_mid_session_keeps_serving_and_keeps_the_previous_cassette(
     disk.free()
     recovered = journal_module.recover(path, Config())  # the next start
     assert recovered is not None and recovered.interactions == kept
+    # a re-record that did not end cleanly: recovered beside the cassette, which is unchanged
+    assert recovered.beside and recovered.into == disk.path / "jobs.recovered.yaml"
+    assert path.read_bytes() == previous
     expected = [f"before/{n}" for n in range(3)] + [f"after/{n}" for n in range(3)]
-    assert [i.request.uri.split("/", 3)[3] for i in load(path).interactions] == expected[:kept]
+    partial = load(recovered.into).interactions
+    assert [i.request.uri.split("/", 3)[3] for i in partial] == expected[:kept]
 
 
 def test_disk_full_only_at_the_end_loses_nothing(disk: Disk) -> None:

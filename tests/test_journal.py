@@ -10,7 +10,15 @@ from helpers import exchange, job_cassette
 from replayproxy.cassette import Webhook, load, save
 from replayproxy.config import Config
 from replayproxy.correlate import correlate, webhook_ids
-from replayproxy.journal import Journal, Session, journal_path, read, recover
+from replayproxy.journal import (
+    Journal,
+    Session,
+    fingerprint,
+    journal_path,
+    open_cassette,
+    read,
+    recover,
+)
 
 
 def _hook(body: dict, at: float) -> Webhook:
@@ -51,7 +59,7 @@ def test_recover_merges_finished_records_and_skips_the_torn_line(tmp_path: Path)
 def test_recover_keeps_the_base_of_a_new_episodes_session(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     save(job_cassette(), path)
-    session = Session(base_interactions=5, base_webhooks=1)
+    session = Session(base_interactions=5, base_webhooks=1, origin=fingerprint(path))
     journal = Journal(journal_path(path), session)
     journal.interaction(exchange("GET", "/v1/jobs/7000", 200, {"job_id": 7000}, at=0.0))
     journal.close()
@@ -81,3 +89,18 @@ def test_correlation_uses_ids_not_words_and_ignores_other_jobs() -> None:
     plain = b'{"status": "COMPLETED"}'
     assert correlate(items, plain, at=1.0, hint=2).cause == 2
     assert correlate(items, plain, at=1.0).cause is None
+
+
+def test_a_journal_whose_session_was_saved_recovers_nothing_twice(tmp_path: Path) -> None:
+    """The recorder died after saving the cassette, before removing the journal."""
+    path = tmp_path / "c.yaml"
+    save(job_cassette(), path)
+    before = path.read_bytes()
+    journal = Journal(journal_path(path), Session(origin="sha-of-the-old-file", replaces=True))
+    journal.interaction(exchange("GET", "/v1/jobs/7000", 200, {"job_id": 7000}, at=0.0))
+    journal.saved()
+    journal.close()
+    assert open_cassette(path).interactions  # nothing to save: the cassette opens
+    recovered = recover(path, Config())
+    assert recovered is not None and recovered.total == 0
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -12,13 +12,12 @@ from replayproxy.redact import MARKER, Redactor, secret_values
 def test_secret_values_come_from_every_named_env_var() -> None:
     env = {
         "CAMBER_API_KEY": "sk_live_123456",
-        "CAMBER_WEBHOOK_SECRET": "up-secret-1, up-secret-2",
+        "CAMBER_WEBHOOK_SECRET": "up-secret-1, up-secret-2",  # one secret, comma and all
         "WEBHOOK_SECRET": "local-secret",
         "OTHER": "not-a-secret",
     }
     values = secret_values(Config(), env)
-    assert {"sk_live_123456", "up-secret-1", "up-secret-2", "local-secret"} <= set(values)
-    assert "not-a-secret" not in values
+    assert set(values) == {"sk_live_123456", "up-secret-1, up-secret-2", "local-secret"}
 
 
 def test_headers_by_rule_and_request_ids_kept() -> None:
@@ -34,11 +33,38 @@ def test_headers_by_rule_and_request_ids_kept() -> None:
         ("Accept", "application/json"),
     ]
     out = dict(r.header_list(headers))
-    for name in ("Authorization", "Cookie", "X-Auth-Token", "X-Client-Secret", "Api-Key",
-                 "X-Custom"):
+    for name in ("Authorization", "X-Auth-Token", "X-Client-Secret", "Api-Key", "X-Custom"):
         assert out[name] == MARKER
+    assert out["Cookie"] == f"a={MARKER}"
     assert out["Idempotency-Key"] == "9b2c1f0e-1111-2222-3333-444455556666"
     assert out["Accept"] == "application/json"
+
+
+def test_a_redacted_cookie_keeps_its_name_and_attributes() -> None:
+    """Only each cookie's value becomes the marker: a client's jar still holds `session`."""
+    from http.cookies import SimpleCookie
+
+    r = Redactor()
+    headers = [
+        ("Set-Cookie", "session=abc123; Path=/; HttpOnly"),
+        ("Set-Cookie", 'theme="dark blue"; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Secure'),
+        ("Set-Cookie", "flag"),  # no '=': not a name=value pair, the marker alone
+        ("Cookie", "session=abc123;theme=dark; lang=en"),
+        ("cookie", ""),
+    ]
+    out = r.header_list(headers)
+    assert out == [
+        ("Set-Cookie", f"session={MARKER}; Path=/; HttpOnly"),
+        ("Set-Cookie", f"theme={MARKER}; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Secure"),
+        ("Set-Cookie", MARKER),
+        ("Cookie", f"session={MARKER}; theme={MARKER}; lang={MARKER}"),
+        ("cookie", MARKER),
+    ]
+    assert r.header_list(out) == out  # redacting again changes nothing
+    jar = SimpleCookie()
+    jar.load(out[0][1])
+    assert jar["session"].value == MARKER and jar["session"]["path"] == "/"
+    assert jar["session"]["httponly"]
 
 
 def test_query_body_fields_and_secrets_everywhere() -> None:

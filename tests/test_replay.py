@@ -114,13 +114,21 @@ def test_cli_replay_strict_exit_and_report(tmp_path: Path) -> None:
     assert json.loads(report.read_text())["requests"]["served"] == 1
 
 
-def test_cli_replay_clean_run_exits_zero(tmp_path: Path) -> None:
+def test_cli_replay_exits_zero_without_strict_and_strict_names_the_unused(
+    tmp_path: Path,
+) -> None:
+    proc, url = start_cli("replay", str(cassette_file(tmp_path)), "--listen", "127.0.0.1:0")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "not counted (strict mode would fail on these)" in err
     proc, url = start_cli(
         "replay", str(cassette_file(tmp_path)), "--listen", "127.0.0.1:0", "--strict"
     )
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 0
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert "5 of 5 interaction(s) never used (strict): #1 POST /v1/jobs, #2 GET" in err
 
 
 def test_inspect_shows_tables(tmp_path: Path) -> None:

@@ -202,7 +202,8 @@ def test_list_and_filter_by_status() -> None:
 def test_binary_output_only_once_completed() -> None:
     async def go() -> None:
         async with sandbox_client() as (http, _):
-            job_id = (await submit(http))["job_id"]
+            job = await submit(http)
+            job_id = job["job_id"]
             url = f"/v1/jobs/{job_id}/outputs/result.bin"
             async with http.get(url) as resp:
                 assert resp.status == 409
@@ -213,8 +214,8 @@ def test_binary_output_only_once_completed() -> None:
                 data = await resp.read()
             async with http.get(url) as resp:
                 assert await resp.read() == data  # deterministic
-            assert len(data) >= 2048 and data == sandbox.output_bytes(job_id)
-            assert data != sandbox.output_bytes(job_id + 1)
+            assert len(data) >= 2048 and data == sandbox.output_bytes(job["command"])
+            assert data != sandbox.output_bytes(job["command"] + " again")
             with pytest.raises(UnicodeDecodeError):
                 data.decode("utf-8")
             async with http.get(f"/v1/jobs/{job_id}/outputs/other.bin") as resp:

@@ -375,8 +375,19 @@ def test_a_lone_string_is_one_secret() -> None:
     assert sign(BODY, PLAIN, CONFIGS["github"], timestamp=TS) == signed("github")  # type: ignore[arg-type]
 
 
+def test_a_secret_is_used_exactly_as_given() -> None:
+    """Spaces, commas, quotes, padding and non-ASCII are part of the key, never trimmed or split."""
+    for secret in ("  ", " padded ", "a,b", "It's a Secret to Everybody", 'q"=', "ключ秘密"):
+        headers = sign(BODY, [secret], CONFIGS["github"], timestamp=TS)
+        assert headers["X-Hub-Signature-256"] == "sha256=" + mac(secret.encode(), BODY).hex()
+        verify(BODY, headers, [secret], CONFIGS["github"])
+        for near in {secret.strip(), *secret.split(","), *secret.split()} - {secret, ""}:
+            with pytest.raises(SignatureError):
+                verify(BODY, headers, [near], CONFIGS["github"])
+
+
 def test_empty_secrets_are_a_config_error() -> None:
-    for secrets in ([], [""], ["  "]):
+    for secrets in ([], [""]):
         with pytest.raises(ConfigError, match="secret"):
             sign(BODY, secrets, CONFIGS["github"], timestamp=TS)
         with pytest.raises(ConfigError, match="secret"):

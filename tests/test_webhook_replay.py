@@ -33,7 +33,7 @@ from replayproxy.api import ReplayProxy
 from replayproxy.cassette import Cassette, save
 from replayproxy.config import Config, SignatureConfig, WebhooksConfig
 from replayproxy.delivery import _retry_after, pick
-from replayproxy.errors import ReplayProxyError
+from replayproxy.errors import ReplayProxyError, WebhookError
 from replayproxy.replayer import ReplayOptions
 from replayproxy.variables import Bindings
 from replayproxy.webhooks import Due, Schedule, order, outgoing, shuffled
@@ -520,14 +520,17 @@ def test_bad_webhooks_are_rejected_and_reported(
 def test_key_rotation_signs_with_every_local_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WEBHOOK_SECRET", f"old-secret-1234, {PLAIN}")
+    monkeypatch.setenv("WEBHOOK_SECRET_NEXT", "next-secret-1234")
+    monkeypatch.setenv("WEBHOOK_SECRET", PLAIN)
+    cfg = config("stripe", local_secret_env=["WEBHOOK_SECRET_NEXT", "WEBHOOK_SECRET"])
 
     async def main() -> None:
-        rx = receiver_for("stripe")  # knows only the second (new) secret
+        rx = receiver_for("stripe")  # knows only the second (current) secret
         async with serving(rx.app()) as hook_base:
-            async with replaying(
-                job_cassette(), tmp_path, config("stripe"), webhook_url=hook_base
-            ) as (proxy, http):
+            async with replaying(job_cassette(), tmp_path, cfg, webhook_url=hook_base) as (
+                proxy,
+                http,
+            ):
                 await submit_and_poll(http)
                 await until(lambda: rx.got, "the webhook")
         (got,) = rx.got
@@ -743,7 +746,8 @@ async def cli(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.
 
 
 async def strict_replay(
-    tmp_path: Path, webhook_url: str, polls: int, extra: tuple[str, ...] = ()
+    tmp_path: Path, webhook_url: str, polls: int, extra: tuple[str, ...] = (),
+    listing: bool = False,
 ) -> tuple[int, dict[str, Any], str]:
     cassette = tmp_path / "jobs.yaml"
     save(job_cassette(), cassette)
@@ -760,6 +764,9 @@ async def strict_replay(
         url = line.split(" on ", 1)[1].strip()
         async with aiohttp.ClientSession(base_url=url) as http:
             await submit_and_poll(http, polls=polls)
+            if listing:  # strict: every interaction played, the listing too
+                async with http.get("/v1/jobs?status=COMPLETED&page=1") as resp:
+                    assert resp.status == 200
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -798,8 +805,9 @@ def test_cli_strict_exits_0_when_all_went_as_recorded(tmp_path: Path) -> None:
     async def main() -> None:
         rx = receiver_for()
         async with serving(rx.app()) as hook_base:
-            code, report, err = await strict_replay(tmp_path, hook_base, polls=3)
+            code, report, err = await strict_replay(tmp_path, hook_base, polls=3, listing=True)
         assert code == 0, err
+        assert report["strict"] is True and report["interactions"]["unused"] == []
         assert report["webhooks"]["delivered"] == 1 and report["diverged"] is False
         assert report["webhooks"]["deliveries"][0]["attempts"][0]["status"] == 200
         assert rx.got and rx.got[0].valid
@@ -882,3 +890,58 @@ def test_send_webhook_index_out_of_range(tmp_path: Path) -> None:
         assert proc.returncode == 2 and b"1 to 2" in err and b"Traceback" not in err
 
     run(main())
+
+
+def test_wait_for_webhooks_returns_once_settled_and_raises_the_sentence(
+    tmp_path: Path, secret_env: Callable[[str], None]
+) -> None:
+    async def main() -> None:
+        ok = receiver_for()
+        refusing = receiver_for(plan=[(403, {})] * 10)
+        async with serving(ok.app()) as good, serving(refusing.app()) as bad:
+            cassette = job_cassette()
+            cassette.webhooks[0].delay = 0.3
+            async with replaying(
+                cassette, tmp_path, config(), webhook_url=good, timing="recorded"
+            ) as (proxy, http):
+                await submit_and_poll(http)
+                report = await proxy.wait_for_webhooks(5)  # waits out the recorded delay
+                assert report.deliveries[0].outcome == "delivered" and ok.got
+                assert not report.diverged  # the listing is unused: not a divergence
+            assert proxy.report.unused == [5] and not proxy.report.diverged
+            async with replaying(
+                job_cassette(), tmp_path, config(attempts=2), webhook_url=bad
+            ) as (proxy, http):
+                await submit_and_poll(http)
+                with pytest.raises(WebhookError) as caught:
+                    await proxy.wait_for_webhooks(5)
+        text = str(caught.value)
+        assert text.startswith("webhooks not delivered as expected:\nwebhook 1 (job.completed)")
+        assert "failed after 2 attempt(s)\n  attempt 1: 403" in text
+        assert "hint: 403 usually means the app refused the signature" in text
+
+    run(main())
+
+
+def test_strict_proxy_counts_unused_and_never_due(
+    tmp_path: Path, secret_env: Callable[[str], None]
+) -> None:
+    path = tmp_path / "jobs.yaml"
+    save(job_cassette(), path)
+
+    async def main() -> ReplayProxy:
+        async with ReplayProxy(path, config=config(), strict=True) as proxy:
+            async with aiohttp.ClientSession(base_url=proxy.url) as http:
+                await submit_and_poll(http, polls=1)
+        return proxy
+
+    proxy = run(main())
+    report = proxy.report
+    assert report.strict and report.diverged
+    assert report.divergences(strict=False) == []  # the same replay, not strict: fine
+    assert report.divergences() == [
+        "3 of 5 interaction(s) never used (strict): #3 GET /v1/jobs/6238, #4 GET /v1/jobs/6238, "
+        "#5 GET /v1/jobs?status=COMPLETED&page=1",
+        "webhook 1 (job.completed) never due: it waits for #3 GET /v1/jobs/6238, never replayed",
+    ]
+    assert report.to_dict()["webhooks"]["waiting"] == {"1": [3]}

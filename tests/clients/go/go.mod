@@ -1,0 +1,3 @@
+module replayproxy.test/goclient
+
+go 1.19
