@@ -595,18 +595,77 @@ def diff_command(
 
 @main.command("check")
 @click.argument("cassettes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option(
+    "--allow",
+    "allow_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A file of accepted fingerprints, one a line (with config check.allow).",
+)
+@click.option(
+    "--accept",
+    "accept_file",
+    type=click.Path(dir_okay=False),
+    help="Add the fingerprint of every finding to FILE (an allow-list) and exit 0.",
+)
+@click.option("--fix", is_flag=True, help="Replace each flagged secret by <redacted>, in place.")
 @friendly
-def check_command(cassettes: tuple[str, ...]) -> None:
-    """Lint CASSETTES for CI: schema, secrets, uncaused webhooks, unused variables."""
-    from replayproxy.check import check_paths
+def check_command(
+    cassettes: tuple[str, ...],
+    config_path: str | None,
+    as_json: bool,
+    allow_files: tuple[str, ...],
+    accept_file: str | None,
+    fix: bool,
+) -> None:
+    """Lint CASSETTES for CI: schema, secrets left, uncaused webhooks, unused variables."""
+    import json
 
-    findings = list(check_paths(list(cassettes)))
-    for finding in findings:
-        click.echo(finding.render())
+    from replayproxy.cassette import save
+    from replayproxy.check import Context, accept, check_paths, read_allow
+
+    config = settings(config_path)
+    allowed = set(config.check.allow)
+    for path in allow_files:
+        allowed |= read_allow(path)
+    loaded: dict = {}
+    found = list(check_paths(list(cassettes), Context(config), loaded if fix else None))
+    findings = [f for f in found if f.fingerprint not in allowed]
+    accepted = len(found) - len(findings)
+    if accept_file:
+        added = accept(accept_file, findings)
+        click.echo(f"accepted {added} finding(s) into {accept_file}", err=True)
+        return
+    if fix:
+        from replayproxy.scrub import fix as apply_fix
+
+        for name, cassette in loaded.items():
+            results = apply_fix(cassette, [f for f in findings if f.cassette == name])
+            for finding, changed in results:
+                state = "fixed" if changed else "not fixed (not found as written)"
+                click.echo(f"{state}: {finding.render()}", err=as_json)  # stdout stays JSON
+            if any(changed for _, changed in results):
+                save(cassette, name)
+        # what is left, read back from the files as written
+        found = list(check_paths(list(cassettes), Context(config)))
+        findings = [f for f in found if f.fingerprint not in allowed]
+        accepted = len(found) - len(findings)
+    if as_json:
+        click.echo(json.dumps({
+            "findings": [f.to_dict() for f in findings],
+            "cassettes": len(cassettes),
+            "accepted": accepted,
+        }, indent=2))
+    else:
+        for finding in findings:
+            click.echo(finding.render())
+    tail = f" ({accepted} accepted)" if accepted else ""
     if findings:
-        click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s)", err=True)
+        click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s){tail}", err=True)
         sys.exit(1)
-    click.echo(f"ok: {len(cassettes)} cassette(s), no findings", err=True)
+    click.echo(f"ok: {len(cassettes)} cassette(s), no findings{tail}", err=True)
 
 
 @main.command("recover")

@@ -1,51 +1,32 @@
-"""Lint cassettes for CI: schema valid, no secret-looking values, webhooks caused, variables used.
+"""Lint cassettes for CI: schema valid, no secrets left, webhooks caused, variables used.
 
 Pure engine. Every finding names the cassette, where (`interaction 3`, `webhook 1`,
-`variable uuid_1`) and the field (`request.headers.Authorization`, `response.body.token`).
+`variable uuid_1`) and the field (`request.headers.Authorization`, `response.body.token`), and
+has a fingerprint (cassette, location, a hash of the value: never the value) that an allow-list
+can accept. Each check is one function in `CHECKS`; the secret scanner is `leaks.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from .cassette import Cassette, Headers
+from .atomic import write_atomic
+from .cassette import Cassette
 from .config import Config
-from .errors import CassetteError
+from .errors import CassetteError, ConfigError
 from .journal import open_cassette
-from .matching import ensure_variables, normaliser
-from .variables import MINTED_HEADERS, json_leaves, shape
+from .leaks import Leak, Scanner, entropy, looks_random
+from .redact import secret_values
 
-REDACTED = "<redacted>"
-
-#: Header names whose values are credentials (case-insensitive, substring).
-_SECRET_HEADER = re.compile(
-    r"authorization|cookie|token|secret|passw|api[-_]?key|[-_]key$|^key$|signature|credential",
-    re.IGNORECASE,
-)
-#: JSON field and query parameter names whose values are credentials.
-_SECRET_FIELD = re.compile(
-    r"(^|[_-])(password|passwd|secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|"
-    r"auth[_-]?token|id[_-]?token|private[_-]?key|client[_-]?secret|token)$",
-    re.IGNORECASE,
-)
-#: Well-known credential formats, whatever field they sit in.
-_KNOWN_SECRET = re.compile(
-    r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"
-    r"|\bgh[pousr]_[A-Za-z0-9]{30,}"
-    r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|\bAKIA[0-9A-Z]{16}\b"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
-    r"|\bwhsec_[A-Za-z0-9+/=]{16,}"
-)
-_CANDIDATE = re.compile(r"[A-Za-z0-9+/_=-]{24,}")
+__all__ = ["Finding", "Context", "CHECKS", "check_cassette", "check_paths", "entropy",
+           "looks_random", "read_allow", "accept"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,165 +35,137 @@ class Finding:
     where: str  # "cassette", "interaction 3", "webhook 1", "variable uuid_1"
     field: str  # "request.headers.Authorization", "cause", ...
     message: str
+    check: str = "schema"  # which check made it: schema, secret, cause, variable
+    digest: str = ""  # sha256 of the flagged value (of the message when there is none)
+    secret: str = field(default="", repr=False, compare=False)  # never printed
+    part: tuple[str | int, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """What an allow-list names to accept this finding: no value, only its hash."""
+        digest = self.digest or _sha256(self.message)
+        return f"{_key(self.cassette)}:{self.where}:{self.field}:{digest[:16]}"
 
     def render(self) -> str:
-        field = f" {self.field}:" if self.field else ""
-        return f"{self.cassette}: {self.where}:{field} {self.message}"
+        field_ = f" {self.field}:" if self.field else ""
+        return f"{self.cassette}: {self.where}:{field_} {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cassette": self.cassette,
+            "where": self.where,
+            "field": self.field,
+            "check": self.check,
+            "message": self.message,
+            "fingerprint": self.fingerprint,
+        }
 
 
-def entropy(text: str) -> float:
-    """Shannon entropy in bits per character."""
-    if not text:
-        return 0.0
-    counts: dict[str, int] = {}
-    for ch in text:
-        counts[ch] = counts.get(ch, 0) + 1
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+@dataclass
+class Context:
+    """What the checks share for one run: the config and the scanner it configures."""
+
+    config: Config = field(default_factory=Config)
+    scanner: Scanner | None = None
+
+    def __post_init__(self) -> None:
+        if self.scanner is None:
+            redact = self.config.redact
+            self.scanner = Scanner(
+                placeholders=self.config.check.placeholders,
+                names=(*redact.headers, *redact.query, *(p.rsplit(".", 1)[-1]
+                                                         for p in redact.body_fields)),
+                known=secret_values(self.config),
+            )
 
 
-def looks_random(token: str) -> bool:
-    """A long token of mixed case and digits with high entropy: an API key, not a word or hash.
-
-    Hex-only strings (hashes, UUIDs) and values of a minted shape (UUID, ULID, times, URLs) are
-    not flagged: they are ids, not credentials.
-    """
-    if len(token) < 24 or re.fullmatch(r"[0-9a-fA-F-]+", token):
-        return False
-    if shape(token) in ("uuid", "ulid", "time", "url"):
-        return False
-    classes = sum(
-        bool(re.search(p, token)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]")
-    )
-    return classes == 3 and entropy(token) >= 4.0
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def secret_in(text: str, ignore: set[str]) -> str | None:
-    """The secret-looking part of `text`, or None."""
-    known = _KNOWN_SECRET.search(text)
-    if known:
-        return known.group(0)
-    for token in _CANDIDATE.findall(text):
-        if token in ignore or any(token in v or v in token for v in ignore if len(v) >= 16):
+def _key(name: str) -> str:
+    """The cassette as an allow-list names it: its path relative to here, with slashes."""
+    try:
+        rel = os.path.relpath(name)
+    except ValueError:  # another drive (Windows)
+        rel = name
+    return Path(rel).as_posix() if not rel.startswith("..") else Path(name).as_posix()
+
+
+def mask(value: str) -> str:
+    """The first four characters, no more: enough to recognise, not to use (printable: a lone
+    surrogate from a JSON string is shown escaped)."""
+    if len(value) <= 8:
+        return "..."
+    return value[:4].encode("utf-8", "backslashreplace").decode("utf-8") + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks: one function each, (cassette, name, context) -> findings
+
+
+def check_secrets(cassette: Cassette, name: str, ctx: Context) -> Iterator[Finding]:
+    """Secrets left in interactions and webhooks, each with its evidence (see leaks.py)."""
+    scanner = ctx.scanner
+    assert scanner is not None
+    leaks: list[Leak] = []
+    for n, item in enumerate(cassette.interactions, start=1):
+        leaks += scanner.interaction(n, item)
+    for n, hook in enumerate(cassette.webhooks, start=1):
+        leaks += scanner.webhook(n, hook)
+    for leak in leaks:
+        yield Finding(
+            name, leak.where, leak.field, f"{leak.reason} ({mask(leak.secret)})", "secret",
+            _sha256(leak.secret), leak.secret, leak.part,
+        )
+
+
+def check_causes(cassette: Cassette, name: str, ctx: Context) -> Iterator[Finding]:
+    """Every webhook names the interaction that caused it, or replay never sends it."""
+    for n, hook in enumerate(cassette.webhooks, start=1):
+        if hook.cause is None:
+            yield Finding(
+                name, f"webhook {n}", "cause",
+                "no cause: replay cannot tell which interaction triggers it, so it is never due",
+                "cause",
+            )
+
+
+def check_variables(cassette: Cassette, name: str, ctx: Context) -> Iterator[Finding]:
+    """Every listed variable has positions, in interactions that exist and carry its value."""
+    count = len(cassette.interactions)
+    for n, var in enumerate(cassette.variables):
+        where = f"variable {var.name}"
+        field_ = f"replayproxy.variables[{n}].positions"
+        numbers = [_interaction_of(p) for p in var.positions]
+        valid = [k for k in numbers if k is not None and 1 <= k <= count]
+        if not var.positions:
+            message = "unused: it has no positions"
+        elif not valid:
+            message = f"unused: its positions name no interaction 1..{count}"
+        elif not any(_carries(cassette.interactions[k - 1], var.value) for k in valid):
+            message = f"unused: {var.value!r} appears in none of its requests"
+        else:
             continue
-        if looks_random(token):
-            return token
-    return None
+        yield Finding(name, where, field_, message, "variable")
 
 
-def _mask(value: str) -> str:
-    return value[:4] + "..." if len(value) > 8 else "..."
+def missing_webhooks(cassette: Cassette, name: str, ctx: Context) -> Iterator[Finding]:
+    """The exchanges whose webhook never came while recording (the recorder notes them as
+    `webhooks_missing` when it stopped first): a replay cannot send what was never recorded."""
+    for n in cassette.meta.get("webhooks_missing") or []:
+        if isinstance(n, int):
+            yield Finding(
+                name, f"interaction {n}", "replayproxy.webhooks_missing",
+                "it sent a callback URL, but the recording stopped before its webhook came: a "
+                "replay will never send it; record again and let the session wait for it",
+                "webhook",
+            )
 
 
-class _Checker:
-    def __init__(self, name: str, cassette: Cassette):
-        self.name = name
-        self.cassette = cassette
-        self.findings: list[Finding] = []
-        # Minted values the app sent (idempotency keys, tokens found by shape) are not secrets,
-        # unless they sit under a secret-looking name (checked by name first).
-        declared = list(cassette.variables)
-        ensure_variables(cassette, normaliser(cassette, Config()))
-        self.minted = {v.value for v in cassette.variables}
-        cassette.variables = declared
-
-    def add(self, where: str, field: str, message: str) -> None:
-        self.findings.append(Finding(self.name, where, field, message))
-
-    def headers(self, where: str, prefix: str, headers: Headers) -> None:
-        for name, value in headers:
-            field = f"{prefix}.{name}"
-            if value in (REDACTED, ""):
-                continue
-            if name.lower() in MINTED_HEADERS:
-                continue  # minted per request by convention (idempotency keys, trace ids)
-            if _SECRET_HEADER.search(name):
-                self.add(where, field, f"secret-looking header not redacted ({_mask(value)})")
-                continue
-            found = secret_in(value, self.minted)
-            if found:
-                self.add(where, field, f"high-entropy value, looks like a secret ({_mask(found)})")
-
-    def query(self, where: str, prefix: str, uri: str) -> None:
-        for name, value in parse_qsl(urlsplit(uri).query, keep_blank_values=True):
-            field = f"{prefix}.{name}"
-            if value in (REDACTED, ""):
-                continue
-            if _SECRET_FIELD.search(name):
-                self.add(where, field, f"secret-looking query parameter not redacted "
-                                       f"({_mask(value)})")
-            elif secret_in(value, self.minted):
-                self.add(where, field, "high-entropy value, looks like a secret")
-
-    def body(self, where: str, prefix: str, body: bytes) -> None:
-        if not body:
-            return
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return  # binary: nothing readable to leak
-        try:
-            data = json.loads(text) if text[:1] in "{[" else None
-        except ValueError:
-            data = None
-        if data is None:
-            found = secret_in(text, self.minted)
-            if found:
-                self.add(where, prefix, f"high-entropy value, looks like a secret ({_mask(found)})")
-            return
-        for position, value in json_leaves(data, prefix):
-            if not isinstance(value, str) or value in (REDACTED, ""):
-                continue
-            key = position.rsplit(".", 1)[-1]
-            if _SECRET_FIELD.search(key):  # minted or not: a token under that name is a secret
-                self.add(where, position, f"secret-looking field not redacted ({_mask(value)})")
-                continue
-            found = secret_in(value, self.minted)
-            if found:
-                self.add(
-                    where, position, f"high-entropy value, looks like a secret ({_mask(found)})"
-                )
-
-    def run(self) -> list[Finding]:
-        cassette = self.cassette
-        for n, item in enumerate(cassette.interactions, start=1):
-            where = f"interaction {n}"
-            self.query(where, "request.query", item.request.uri)
-            self.headers(where, "request.headers", item.request.headers)
-            self.body(where, "request.body", item.request.body)
-            self.headers(where, "response.headers", item.response.headers)
-            self.body(where, "response.body", item.response.body)
-        for n, hook in enumerate(cassette.webhooks, start=1):
-            where = f"webhook {n}"
-            if hook.cause is None:
-                self.add(
-                    where,
-                    "cause",
-                    "no cause: replay cannot tell which interaction triggers it, so it is "
-                    "never due",
-                )
-            self.headers(where, "headers", hook.headers)
-            self.body(where, "body", hook.body)
-            if hook.target:
-                self.query(where, "target.query", hook.target)
-        self.variables()
-        return self.findings
-
-    def variables(self) -> None:
-        count = len(self.cassette.interactions)
-        for n, var in enumerate(self.cassette.variables):
-            where = f"variable {var.name}"
-            field = f"replayproxy.variables[{n}].positions"
-            numbers = [_interaction_of(p) for p in var.positions]
-            valid = [k for k in numbers if k is not None and 1 <= k <= count]
-            if not var.positions:
-                self.add(where, field, "unused: it has no positions")
-            elif not valid:
-                self.add(where, field, f"unused: its positions name no interaction 1..{count}")
-            elif not any(
-                _carries(self.cassette.interactions[k - 1], var.value) for k in valid
-            ):
-                self.add(where, field, f"unused: {var.value!r} appears in none of its requests")
+Check = Callable[[Cassette, str, Context], Iterable[Finding]]
+#: Run in this order on every cassette that loads.
+CHECKS: list[Check] = [check_secrets, check_causes, check_variables, missing_webhooks]
 
 
 def _interaction_of(position: str) -> int | None:
@@ -232,27 +185,21 @@ def _carries(item: Any, value: str) -> bool:
         return False
 
 
-def check_cassette(cassette: Cassette, name: str) -> list[Finding]:
-    return _Checker(name, cassette).run() + missing_webhooks(cassette, name)
+# ---------------------------------------------------------------------------------------------
+# running them
 
 
-def missing_webhooks(cassette: Cassette, name: str) -> list[Finding]:
-    """The exchanges whose webhook never came while recording (the recorder notes them as
-    `webhooks_missing` when it stopped first): a replay cannot send what was never recorded."""
-    numbers = cassette.meta.get("webhooks_missing") or []
-    return [
-        Finding(
-            name, f"interaction {n}", "replayproxy.webhooks_missing",
-            "it sent a callback URL, but the recording stopped before its webhook came: a "
-            "replay will never send it; record again and let the session wait for it",
-        )
-        for n in numbers
-        if isinstance(n, int)
-    ]
+def check_cassette(cassette: Cassette, name: str, ctx: Context | None = None) -> list[Finding]:
+    ctx = ctx or Context()
+    return [finding for check in CHECKS for finding in check(cassette, name, ctx)]
 
 
-def check_paths(paths: list[str | Path]) -> Iterator[Finding]:
-    """Every finding of every cassette, in order; an unreadable or invalid file is one finding."""
+def check_paths(
+    paths: Iterable[str | Path], ctx: Context | None = None, loaded: dict | None = None
+) -> Iterator[Finding]:
+    """Every finding of every cassette, in order; an unreadable or invalid file is one finding.
+    `loaded`, when given, keeps each cassette that loaded (for --fix)."""
+    ctx = ctx or Context()
     for path in paths:
         name = str(path)
         try:
@@ -261,10 +208,44 @@ def check_paths(paths: list[str | Path]) -> Iterator[Finding]:
             message = str(exc)
             if message.startswith(name):
                 message = message[len(name) :].lstrip(":").strip()
-            where, field, text = _split_schema_error(message)
-            yield Finding(name, where, field, text)
+            where, field_, text = _split_schema_error(message)
+            yield Finding(name, where, field_, text)
             continue
-        yield from check_cassette(cassette, name)
+        if loaded is not None:
+            loaded[name] = cassette
+        yield from check_cassette(cassette, name, ctx)
+
+
+def read_allow(path: str | Path) -> set[str]:
+    """Fingerprints, one a line; `#` starts a comment. A missing file accepts nothing (it can
+    only make `check` stricter, never hide a finding)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read allow-list: {exc.strerror}") from None
+    return {
+        line.split("#", 1)[0].strip()
+        for line in text.splitlines()
+        if line.split("#", 1)[0].strip()
+    }
+
+
+def accept(path: str | Path, findings: Iterable[Finding]) -> int:
+    """Add these findings' fingerprints to the allow-list at `path` (atomic); how many were new."""
+    target = Path(path)
+    known = read_allow(target) if target.exists() else set()
+    old = target.read_text(encoding="utf-8") if target.exists() else ""
+    lines = []
+    for finding in findings:
+        if finding.fingerprint not in known:
+            known.add(finding.fingerprint)
+            lines.append(f"{finding.fingerprint}  # {finding.message.split(' (')[0]}\n")
+    if old and not old.endswith("\n"):
+        old += "\n"
+    write_atomic(target, (old + "".join(lines)).encode("utf-8"))
+    return len(lines)
 
 
 def _split_schema_error(message: str) -> tuple[str, str, str]:
@@ -275,15 +256,15 @@ def _split_schema_error(message: str) -> tuple[str, str, str]:
     if sep and head.strip().isdigit():
         line, message = head.strip(), rest
     where = "cassette"
-    field = ""
+    field_ = ""
     m = re.match(r"(interactions|webhooks)\[(\d+)\]\.?([\w.\[\]]*): (.*)", message)
     if m:
         where = f"{m.group(1)[:-1]} {int(m.group(2)) + 1}"
-        field, message = m.group(3), m.group(4)
+        field_, message = m.group(3), m.group(4)
     else:
         m = re.match(r"(replayproxy|version|interactions|webhooks)([\w.\[\]]*): (.*)", message)
         if m:
-            field, message = m.group(1) + m.group(2), m.group(3)
+            field_, message = m.group(1) + m.group(2), m.group(3)
     if line:
         where += f" (line {line})"
-    return where, field, ("schema: " if line or field else "") + message
+    return where, field_, ("schema: " if line or field_ else "") + message

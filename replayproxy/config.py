@@ -56,6 +56,14 @@ class RedactConfig:
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    """`replayproxy check`: accepted findings (fingerprints) and extra placeholder values."""
+
+    allow: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class VariablesConfig:
     """Values that change from run to run, beyond those found by their shape."""
 
@@ -138,6 +146,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     diff: DiffConfig = field(default_factory=DiffConfig)
     vary: VaryConfig = field(default_factory=VaryConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with top-level fields changed; `None` means 'not given' and is skipped."""

@@ -19,7 +19,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .cassette import Cassette, Request, header
 from .clip import LIMIT, clip
 from .config import Config, MatchConfig
-from .variables import Bindings, Rules, detect, dotted_get
+from .redact import MARKER as REDACTED
+from .variables import Bindings, Rules, detect, dotted_get, json_leaves
 
 _PLACEHOLDER = "\x00"
 
@@ -67,12 +68,22 @@ def _canonical(data: Any) -> str:
 class Normaliser:
     """Turns requests into `Normal`s under one config; shared by matching, recording and diff."""
 
-    def __init__(self, match: MatchConfig, rules: Rules, base_path: str = ""):
+    def __init__(
+        self,
+        match: MatchConfig,
+        rules: Rules,
+        base_path: str = "",
+        redacted: Redacted | None = None,
+    ):
         self.match = match
+        self.redacted = redacted or Redacted()
         self.rules = rules
         self.base_path = base_path.rstrip("/")
-        self.ignore_query = frozenset(match.ignore_query)
-        self.ignore_body = tuple(tuple(p.split(".")) for p in match.ignore_body_fields)
+        self.ignore_query = frozenset((*match.ignore_query, *self.redacted.query))
+        self.ignore_form = frozenset(self.redacted.form)
+        self.ignore_body = tuple(
+            tuple(p.split(".")) for p in (*match.ignore_body_fields, *self.redacted.body_fields)
+        )
         self.match_headers = tuple(h.lower() for h in match.headers)
         self.key_headers = frozenset({"content-type", *self.match_headers, *rules.headers})
         self.known: dict[tuple[Any, ...], Normal] = {}  # the recording's requests: all of them
@@ -153,8 +164,12 @@ class Normaliser:
                 last = end
             path = "".join(out) + path[last:]
         segments = path.split("/")
+        for pattern in self.redacted.paths.get(len(segments), ()):
+            if _fits_redacted(segments, pattern):
+                segments = list(pattern)
+                break
         for i, segment in enumerate(segments):
-            if segment and "{" not in segment:
+            if segment and "{" not in segment and REDACTED not in segment:
                 value = self._value(f"path.{i}", unquote(segment), slots)
                 if value is not segment and isinstance(value, str) and value[:1] == _PLACEHOLDER:
                     segments[i] = "{" + value[1:] + "}"
@@ -164,6 +179,8 @@ class Normaliser:
         out, seen = [], {}
         for key, value in sorted(pairs):
             if section == "query" and key in self.ignore_query:
+                continue
+            if section == "form" and key in self.ignore_form:
                 continue
             n = seen[key] = seen.get(key, -1) + 1
             position = f"{section}.{key}" if n == 0 else f"{section}.{key}.{n}"
@@ -242,6 +259,68 @@ class NearMiss:
     differences: list[str]
 
 
+@dataclass(slots=True)
+class Redacted:
+    """Where a cassette's requests hold the marker: whatever the app sends there matches.
+
+    A value recorded as `<redacted>` (by the recorder, by `check --fix`, by hand) is not in the
+    recording, so it cannot count at replay: the query parameter, form field or JSON field is
+    left out of matching; a path with a segment `bot<redacted>` matches the same path with `bot`
+    + anything there (every other segment as recorded)."""
+
+    query: set[str] = field(default_factory=set)
+    form: set[str] = field(default_factory=set)
+    body_fields: set[str] = field(default_factory=set)
+    paths: dict[int, list[tuple[str, ...]]] = field(default_factory=dict)  # by segment count
+
+    @classmethod
+    def of(cls, cassette: Cassette, base_path: str = "") -> Redacted:
+        out = cls()
+        base = base_path.rstrip("/")
+        for item in cassette.interactions:
+            req = item.request
+            if REDACTED in req.uri:
+                parts = urlsplit(req.uri)
+                path = parts.path or "/"
+                if base and path.startswith(base + "/"):
+                    path = path[len(base) :]
+                segments = tuple(path.split("/"))
+                if any(REDACTED in segment for segment in segments):
+                    known = out.paths.setdefault(len(segments), [])
+                    if segments not in known:
+                        known.append(segments)
+                for key, value in parse_qsl(parts.query, keep_blank_values=True):
+                    if REDACTED in value:
+                        out.query.add(key)
+            if req.body and REDACTED.encode() in req.body:
+                ctype = (header(req.headers, "content-type") or "").lower()
+                if "application/x-www-form-urlencoded" in ctype:
+                    pairs = parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
+                    out.form.update(k for k, v in pairs if REDACTED in v)
+                else:
+                    try:
+                        data = json.loads(req.body)
+                    except (ValueError, UnicodeDecodeError, RecursionError):
+                        continue
+                    out.body_fields.update(
+                        position[len("body.") :]
+                        for position, value in json_leaves(data)
+                        if isinstance(value, str) and REDACTED in value
+                    )
+        return out
+
+
+def _fits_redacted(segments: list[str], pattern: tuple[str, ...]) -> bool:
+    for segment, recorded in zip(segments, pattern, strict=True):
+        if REDACTED in recorded:
+            prefix, _, suffix = recorded.partition(REDACTED)
+            if not (segment.startswith(prefix) and segment.endswith(suffix)):
+                return False
+        elif segment != recorded:
+            return False
+    return True
+
+
 def normaliser(cassette: Cassette, config: Config) -> Normaliser:
     """The normaliser for a cassette: its upstream's base path is not part of the match."""
     upstream = cassette.meta.get("upstream") or config.upstream or ""
@@ -251,7 +330,10 @@ def normaliser(cassette: Cassette, config: Config) -> Normaliser:
         ignore_query=(*config.match.ignore_query, *config.redact.query),
         ignore_body_fields=(*config.match.ignore_body_fields, *config.redact.body_fields),
     )
-    return Normaliser(match, Rules.from_config(config.variables), urlsplit(upstream).path)
+    base = urlsplit(upstream).path
+    return Normaliser(
+        match, Rules.from_config(config.variables), base, Redacted.of(cassette, base)
+    )
 
 
 def ensure_variables(cassette: Cassette, normalise: Normaliser) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from helpers import exchange, job_cassette, webhook
 
 from cli import main
-from replayproxy.cassette import Variable, save
-from replayproxy.check import entropy, looks_random
+from replayproxy.cassette import Cassette, Variable, save
+from replayproxy.check import check_cassette, entropy, looks_random
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -43,6 +45,7 @@ def test_every_kind_of_finding_is_named(tmp_path: Path) -> None:
         b'"log": "used key sk_live_4eC39HqLyjWDarjtT1zdp7dc to submit"}'
     )
     cassette.interactions[2].response.body = b'{"blob": "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm"}'
+    cassette.interactions[2].response.headers.append(("Set-Cookie", "sessionid=k2Jd9; Path=/"))
     cassette.webhooks.append(webhook({"type": "orphan"}, cause=None))
     cassette.variables = [
         Variable("uuid_1", "3f0c1a2b-1111-2222-3333-444455556666", "uuid", ["1:body.external_id"]),
@@ -55,12 +58,12 @@ def test_every_kind_of_finding_is_named(tmp_path: Path) -> None:
     name = str(tmp_path / "leaky.yaml")
     lines = [line for line in out.splitlines() if line.startswith(name)]
     expected = [
-        "interaction 1: request.query.api_key: secret-looking query parameter",
-        "interaction 1: request.headers.Authorization: secret-looking header not redacted",
-        "interaction 2: response.headers.X-Upstream-Token: secret-looking header",
-        "interaction 2: response.body.client_secret: secret-looking field not redacted",
-        "interaction 2: response.body.log: high-entropy value, looks like a secret (sk_l...)",
-        "interaction 3: response.body.blob: high-entropy value",
+        "interaction 1: request.query.api_key: secret-named query parameter not redacted",
+        "interaction 1: request.headers.Authorization: Bearer credentials not redacted",
+        "interaction 2: response.headers.X-Upstream-Token: secret-named header not redacted",
+        "interaction 2: response.body.client_secret: secret-named field not redacted",
+        "interaction 2: response.body.log: Stripe Access Key (sk_l...)",
+        "interaction 3: response.headers.Set-Cookie.sessionid: session cookie not redacted",
         "webhook 2: cause: no cause",
         "variable uuid_1: replayproxy.variables[0].positions: unused",
         "variable token_1: replayproxy.variables[1].positions: unused: it has no positions",
@@ -70,6 +73,8 @@ def test_every_kind_of_finding_is_named(tmp_path: Path) -> None:
     assert len(lines) == len(expected), out
     assert str(tmp_path / "fine.yaml") + ":" not in out
     assert "hunter2" not in out and "4eC39HqLyjWDarjtT1zdp7dc" not in out  # never echoed whole
+    # an id, not a secret: random, but under no secret name, in no known format
+    assert "response.body.blob" not in out
 
 
 def test_schema_errors_are_findings_with_number_line_and_field(tmp_path: Path) -> None:
@@ -100,7 +105,7 @@ def test_vcrpy_style_cassette_without_variables_is_not_flagged_for_minted_tokens
     item.request.body = b'{"command": "go", "api_key": "q7W2e9R4t6Y1u3I8o5P0aZ"}'
     save(cassette, tmp_path / "v.yaml")
     code, out = cli("check", str(tmp_path / "v.yaml"))
-    assert code == 1 and "interaction 1: request.body.api_key: secret-looking field" in out
+    assert code == 1 and "interaction 1: request.body.api_key: secret-named field" in out
 
 
 def test_entropy_heuristics() -> None:
@@ -109,3 +114,120 @@ def test_entropy_heuristics() -> None:
     assert not looks_random("9fceb02d0ae598e95dc970b74767f19372d61af8a")  # hex: a hash
     assert not looks_random("the_quick_brown_fox_jumps_over")  # words
     assert not looks_random("01HZX3Y4Z5A6B7C8D9E0F1G2H3")  # a ULID
+
+
+# ---------------------------------------------------------------------------------------------
+# what is never a finding, and what always is (the README's lists)
+
+NEVER = [
+    ("Authorization", "Bearer <redacted>"),
+    ("Authorization", "Basic REDACTED"),
+    ("Cookie", "SID=<redacted>; lang=en; theme=dark"),
+    ("Set-Cookie", "lang=en; Path=/"),
+    ("X-Notion-Token", "ntn_***"),
+    ("X-Api-Key", "XXXXXXXXXXXXXXXX"),
+    ("X-Auth-Token", "{{auth_token}}"),
+    ("Access-Control-Allow-Credentials", "true"),
+    ("x-ratelimit-remaining-tokens", "59"),
+    ("X-Amz-Cf-Id", "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LmZx9Qw8Er7Ty6Ui5Op4As3D=="),
+    ("x-ms-request-id", "3f0c1a2b-1111-2222-3333-444455556666"),
+    ("ETag", '"9fceb02d0ae598e95dc970b74767f193"'),
+    ("Report-To", '{"endpoints":[{"url":"https://a.nel.cloudflare.com/report/v4?s=Zx9Qw8Er7Ty6'
+                  'Ui5Op4As3Df2Gh1Jk0Lm"}],"group":"cf-nel","max_age":604800}'),
+    ("NEL", '{"success_fraction":0,"report_to":"cf-nel","max_age":604800}'),
+    ("Location", "https://cdn.example.com/tiles/12/2048/1361.png?v=Zx9Qw8Er7Ty6Ui5Op4As3Df2"),
+    ("X-Session-Expires", "2024-05-01T00:00:00Z"),
+    ("X-Secret-Rotation", "/v1/keys/rotate"),
+    ("WWW-Authenticate", 'Bearer realm="api", error="invalid_token"'),
+    ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+]
+ALWAYS = [
+    ("Authorization", "Bearer k8Jq2mZx7Lp4Rt9Vw3Ny6Hb1"),
+    ("Cookie", "lang=en; PHPSESSID=9f86d081884c7d659a2feaa0c55ad015"),
+    ("X-Api-Key", "live-3kd9Fq2LmZ"),
+    ("X-Session", "9f86d081884c7d659a2feaa0c55ad015"),  # a 32-hex session handle
+    ("X-Deploy", "deploying with ghp_" + "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm1234"),
+    ("X-Upstream", "Bearer k8Jq2mZx7Lp4Rt9Vw3Ny6Hb1"),  # a token after Bearer, whatever the name
+]
+
+
+def _cassette_with(headers: list[tuple[str, str]]) -> Cassette:
+    cassette = job_cassette()
+    cassette.interactions[0].response.headers += headers
+    return cassette
+
+
+@pytest.mark.parametrize(("name", "value"), NEVER, ids=[n for n, _ in NEVER])
+def test_never_a_finding(name: str, value: str) -> None:
+    assert check_cassette(_cassette_with([(name, value)]), "x") == []
+
+
+@pytest.mark.parametrize(("name", "value"), ALWAYS, ids=[n for n, _ in ALWAYS])
+def test_always_a_finding(name: str, value: str) -> None:
+    (finding,) = check_cassette(_cassette_with([(name, value)]), "x")
+    assert finding.field.startswith(f"response.headers.{name}")
+    assert finding.secret in value and len(finding.secret) >= 10
+
+
+def test_a_placeholder_the_config_names_is_not_a_finding(tmp_path: Path) -> None:
+    save(_cassette_with([("X-Api-Key", "dev-key-not-a-secret")]), tmp_path / "c.yaml")
+    code, _ = cli("check", str(tmp_path / "c.yaml"))
+    assert code == 1
+    (tmp_path / "cfg.yaml").write_text("check:\n  placeholders: [dev-key-not-a-secret]\n")
+    code, out = cli("check", "--config", str(tmp_path / "cfg.yaml"), str(tmp_path / "c.yaml"))
+    assert code == 0, out
+
+
+def test_formats_come_from_detect_secrets_through_re2() -> None:
+    from replayproxy import formats
+
+    names = set(formats.names())
+    assert {"Stripe Access Key", "GitHub Token", "GitLab Token", "Slack Token",
+            "JSON Web Token", "Telegram Bot Token", "AWS Access Key", "Private Key",
+            "OpenAI Token", "Basic Auth Credentials"} <= names
+    crafted = "eyJ-" * 50_000 + "sk-a" * 50_000  # quadratic for the library's own patterns
+    assert list(formats.find(crafted)) == []
+
+
+def test_hostile_bodies_are_no_traceback(tmp_path: Path) -> None:
+    import gzip
+
+    cassette = job_cassette()
+    bodies = [
+        (b"\x1f\x8b\x08not gzip at all", [("Content-Encoding", "gzip")]),
+        (gzip.compress(b"\xff\xfe" * 1000), [("Content-Encoding", "gzip")]),
+        (b"x" * 100, [("Content-Encoding", "br, zstd")]),
+        (b"[" * 100_000 + b"]" * 100_000, [("Content-Type", "application/json")]),
+        (b"--b\r\nno headers--b--", [("Content-Type", "multipart/form-data; boundary=")]),
+        (b"a=%zz&token=%ff%fe", [("Content-Type", "application/x-www-form-urlencoded")]),
+        (bytes(range(256)) * 64, [("Content-Type", "application/octet-stream")]),
+    ]
+    for item, (body, headers) in zip(cassette.interactions, bodies[:5], strict=False):
+        item.response.body, item.response.headers = body, headers
+    cassette.interactions[0].request.body, cassette.interactions[0].request.headers = bodies[5]
+    cassette.interactions[1].request.body, cassette.interactions[1].request.headers = bodies[6]
+    cassette.interactions[2].request.uri = "http://[::1/%zz?token=%ff"
+    save(cassette, tmp_path / "hostile.yaml")
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "hostile.yaml")])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+
+
+def test_the_config_redact_names_are_secret_names_whole(tmp_path: Path) -> None:
+    cassette = _cassette_with(
+        [("X-Camber-Client", "c4mb3r-2024-prod"), ("X-Amz-Cf-Pop", "FRA56-P1")]
+    )
+    save(cassette, tmp_path / "c.yaml")
+    code, out = cli("check", str(tmp_path / "c.yaml"))
+    assert code == 0, out  # no secret word in the name, no known format
+    (tmp_path / "cfg.yaml").write_text("redact:\n  headers: [X-Camber-Client]\n")
+    code, out = cli("check", "--config", str(tmp_path / "cfg.yaml"), str(tmp_path / "c.yaml"))
+    assert code == 1 and "X-Camber-Client" in out and "X-Amz-Cf-Pop" not in out, out
+
+
+def test_fix_with_json_keeps_stdout_json(tmp_path: Path) -> None:
+    cassette = _cassette_with([("X-Api-Key", "live-3kd9Fq2LmZ")])
+    save(cassette, tmp_path / "c.yaml")
+    result = CliRunner().invoke(main, ["check", "--fix", "--json", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["findings"] == []
+    assert "fixed: " in result.stderr and "live-3kd9Fq2LmZ" not in (tmp_path / "c.yaml").read_text()

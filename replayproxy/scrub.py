@@ -1,0 +1,109 @@
+"""`check --fix`: each flagged secret becomes the marker in the one place it was found.
+
+Only the text `check` flagged changes, in the spellings it can have there (plain, JSON-escaped,
+URL-encoded); a compressed body is decoded, changed and encoded again with the same coding, and
+its Content-Length follows. Matching ignores what was recorded as the marker (matching.py), so
+the cassette replays as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
+
+from .cassette import Cassette, Headers
+from .check import Finding
+from .leaks import MAX_DECODED, decoded, encoded
+from .redact import MARKER
+
+
+def spellings(secret: str) -> list[str]:
+    escaped = json.dumps(secret)[1:-1]
+    out = {secret, escaped, quote(secret, safe=""), quote(secret, safe="/:"), quote_plus(secret)}
+    return sorted(out, key=len, reverse=True)
+
+
+def _replace(text: str, secret: str) -> str:
+    for spelling in spellings(secret):
+        text = text.replace(spelling, MARKER)
+    return text
+
+
+def _replace_body(body: bytes, headers: Headers, secret: str) -> tuple[bytes, bool]:
+    plain = decoded(body, headers)
+    if len(plain) >= MAX_DECODED and plain is not body:
+        return body, False  # inflated only in part: writing it back would lose the rest
+    text = plain.decode("utf-8", "surrogateescape")
+    new = _replace(text, secret)
+    if new == text:
+        return body, False
+    data = new.encode("utf-8", "surrogateescape")
+    return (encoded(data, headers) if plain is not body else data), True
+
+
+def _length(headers: Headers, length: int) -> None:
+    for i, (k, _) in enumerate(headers):
+        if k.lower() == "content-length":
+            headers[i] = (k, str(length))
+
+
+def fix(cassette: Cassette, findings: Iterable[Finding]) -> list[tuple[Finding, bool]]:
+    """Replace every secret finding's value in place; (finding, changed) for each."""
+    results = []
+    for finding in findings:
+        if finding.check != "secret" or not finding.secret or not finding.part:
+            continue
+        results.append((finding, _apply(cassette, finding)))
+    # a secret the recorder took for a minted value is listed as a variable too: it goes, and
+    # its position (now the marker) is left out of matching instead
+    fixed = {f.secret for f, changed in results if changed}
+    cassette.variables = [v for v in cassette.variables if v.value not in fixed]
+    return results
+
+
+def _apply(cassette: Cassette, finding: Finding) -> bool:
+    kind, number = finding.where.split(" ", 1)
+    index = int(number) - 1
+    part, secret = finding.part, finding.secret
+    if kind == "interaction":
+        item = cassette.interactions[index]
+        req, res = item.request, item.response
+        if part[0] == "uri":
+            new = _replace(req.uri, secret)
+            changed, req.uri = new != req.uri, new
+            return changed
+        if part[0] in ("request.header", "response.header"):
+            headers = req.headers if part[0] == "request.header" else res.headers
+            return _header(headers, int(part[1]), secret)
+        message = req if part[0] == "request.body" else res
+        body, changed = _replace_body(message.body, message.headers, secret)
+        if changed:
+            message.body = body
+            _length(message.headers, len(body))
+        return changed
+    hook = cassette.webhooks[index]
+    if part[0] == "header":
+        return _header(hook.headers, int(part[1]), secret)
+    if part[0] == "body":
+        body, changed = _replace_body(hook.body, hook.headers, secret)
+        if changed:
+            hook.body = body
+            _length(hook.headers, len(body))
+        return changed
+    if part[0] == "path":
+        new = _replace(hook.path, secret)
+        changed, hook.path = new != hook.path, new
+        return changed
+    if part[0] == "target" and hook.target:
+        new = _replace(hook.target, secret)
+        changed, hook.target = new != hook.target, new
+        return changed
+    return False
+
+
+def _header(headers: Headers, index: int, secret: str) -> bool:
+    name, value = headers[index]
+    new = _replace(value, secret)
+    headers[index] = (name, new)
+    return new != value
