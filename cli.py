@@ -185,6 +185,13 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "and webhooks.forward_to is not set.",
         ),
         click.option(
+            "--allow-webhook-host",
+            "allow_webhook_hosts",
+            multiple=True,
+            metavar="HOST",
+            help="Also deliver webhooks whose recorded target is on HOST (repeatable).",
+        ),
+        click.option(
             "--duplicate-webhooks",
             type=click.IntRange(1, 100),
             default=1,
@@ -244,6 +251,7 @@ def build_options(kw: dict[str, Any]) -> ReplayOptions:
         drain_timeout=kw["drain_timeout"],
         shift_time=kw["shift_time"],
         fast_forward=kw["fast_forward"],
+        allow_webhook_hosts=tuple(kw["allow_webhook_hosts"]),
     )
 
 
@@ -512,7 +520,10 @@ def send_webhook(
     numbers = pick(tape, index, send_all)
     secrets = local_secrets(config, needed=True)
     results = eventloop.run(
-        send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
+        send_recorded(
+            tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout,
+            methods=config.webhooks.allow_methods, keep=config.webhooks.keep_headers,
+        )
     )
     for sent in results:
         answer = f"{sent.status} {sent.reason}".strip() if sent.status else f"error {sent.error}"

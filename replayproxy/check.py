@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .cassette import Cassette, Headers, load
+from .addresses import is_loopback, origin
+from .cassette import Cassette, Headers, Webhook, load
 from .config import Config
 from .errors import CassetteError
 from .matching import ensure_variables, normaliser
 from .variables import MINTED_HEADERS, json_leaves, shape
+from .webhooks import replayed_header
 
 REDACTED = "<redacted>"
 
@@ -192,6 +194,8 @@ class _Checker:
                 )
             self.headers(where, "headers", hook.headers)
             self.body(where, "body", hook.body)
+            for field, message in crafted_webhook(hook):
+                self.add(where, field, message)
             if hook.target:
                 self.query(where, "target.query", hook.target)
         self.variables()
@@ -212,6 +216,32 @@ class _Checker:
                 _carries(self.cassette.interactions[k - 1], var.value) for k in valid
             ):
                 self.add(where, field, f"unused: {var.value!r} appears in none of its requests")
+
+
+def crafted_webhook(hook: Webhook) -> list[tuple[str, str]]:
+    """(field, message) for what a webhook recorded from a real sender would not have: a target
+    off loopback, a method other than POST, headers that replay drops (credentials, forwarding,
+    Host, Origin, method overrides). Replay refuses or drops them; a reviewer should know."""
+    out = []
+    if hook.target:
+        where = origin(hook.target)
+        if where is None or not is_loopback(where[1]):
+            host = where[1] if where else hook.target[:80]
+            out.append(("target", f"the target host {host!r} is not loopback: replay sends it "
+                                  "only to the app's callback URL or an allow-listed host"))
+    if hook.method != "POST":
+        out.append(("method", f"method {hook.method[:20]!r}: replay sends POST unless "
+                              "webhooks.allow_methods allows it"))
+    for name, _ in hook.headers:
+        if not replayed_header(name) and name.lower() not in _SENDER_HEADERS:
+            out.append((f"headers.{name}", "a header replay never sends again (crafted?)"))
+    return out
+
+
+#: Headers every real sender has, which replay drops as describing the recorded hop only.
+_SENDER_HEADERS = frozenset(
+    {"accept", "accept-encoding", "content-length", "host", "connection", "date", "expect"}
+)
 
 
 def _interaction_of(position: str) -> int | None:

@@ -77,6 +77,10 @@ class WebhooksConfig:
     attempts: int = 5
     backoff: float = 0.05
     timeout: float = 10.0
+    # replay: hosts beyond the app's callback URLs, forward_to, --webhook-url and loopback
+    allow_hosts: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("POST",)  # others are sent as POST
+    keep_headers: tuple[str, ...] = ()  # recorded headers replayed beyond the kept ones
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
 from .timeshift import recording_delta, shift
-from .variables import Finder
-from .webhooks import Schedule, event_id, order, outgoing, target
+from .variables import Finder, dotted_get
+from .webhooks import Schedule, destination_refused, event_id, order, outgoing, target
 
 log = logging.getLogger("replayproxy")
 
@@ -40,6 +40,7 @@ class ReplayOptions:
     drain_timeout: float = 5.0
     shift_time: bool = False
     fast_forward: bool = False
+    allow_webhook_hosts: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -87,6 +88,10 @@ class Replayer:
         )
         if self.options.shift_time:
             _shift_cassette(cassette)
+        # callback URLs the app sent in this run: where the cassette's webhooks may go
+        self.callbacks: list[str] = []
+        self.allow_hosts = (*config.webhooks.allow_hosts, *self.options.allow_webhook_hosts)
+        self.keep_headers = frozenset(h.lower() for h in config.webhooks.keep_headers)
         find = Finder(self.matcher.variables)
         self.prepared = [self._prepare(i.response, find) for i in cassette.interactions]
 
@@ -107,6 +112,8 @@ class Replayer:
 
     async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
+        if self.cassette.webhooks:
+            self._note_callbacks(req.body)
         match = self.matcher.match(req)
         if match is None:
             return None
@@ -133,6 +140,24 @@ class Replayer:
             finally:
                 self._send(due)
         return resp
+
+    def _note_callbacks(self, body: bytes) -> None:
+        """Remember the callback URLs (`webhooks.callback_fields`) a JSON request carries."""
+        if not body or body.lstrip()[:1] != b"{":
+            return
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return
+        for dotted in self.config.webhooks.callback_fields:
+            value = dotted_get(data, dotted.split("."))
+            if (
+                isinstance(value, str)
+                and value.startswith(("http://", "https://"))
+                and value not in self.callbacks
+                and len(self.callbacks) < 1000
+            ):
+                self.callbacks.append(value)
 
     def _miss(self, req: Request) -> web.Response:
         misses = self.matcher.near_misses(req)
@@ -168,9 +193,10 @@ class Replayer:
         """Report entries for webhook `number` and how to build its attempts; None (and the
         entries failed) when it has nowhere to go."""
         hook = self.cassette.webhooks[number - 1]
-        fallback = self.config.webhooks.forward_to or self.options.webhook_url
+        configured = (self.config.webhooks.forward_to, self.options.webhook_url)
         bindings = self.matcher.bindings
-        url = target(hook, bindings, self.matcher.variables, fallback)
+        url = target(hook, bindings, self.callbacks, configured)
+        refused = url and destination_refused(url, self.callbacks, configured, self.allow_hosts)
         test = (
             "bad-signature"
             if self.options.bad_signature
@@ -182,10 +208,12 @@ class Replayer:
             for n in range(max(1, self.options.duplicate_webhooks))
         ]
         self.report.deliveries.extend(copies)
-        if not url:
+        if not url or refused:
+            if refused:
+                log.warning("replayproxy: webhook %d not sent: %s", number, refused)
             for d in copies:
                 d.outcome = "failed"
-                d.attempts.append(_no_target())
+                d.attempts.append(Attempt(None, refused, 0.0) if refused else _no_target())
             return None
 
         def build(now: int):
@@ -198,6 +226,8 @@ class Replayer:
                 now=now,
                 bad_signature=self.options.bad_signature,
                 stale_timestamp=self.options.stale_timestamp,
+                methods=self.config.webhooks.allow_methods,
+                keep=self.keep_headers,
             )
 
         return Job(copies, build, delay)

@@ -5,7 +5,6 @@ server, with no router or middleware chain between the connection and the handle
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import ssl
@@ -17,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from .addresses import is_loopback
 from .errors import ReplayProxyError
 
 log = logging.getLogger("replayproxy")
@@ -26,15 +26,6 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 #: Default for `max_header_size`: the request line, any one header, and all headers together.
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_listen(host: str, allow_remote: bool) -> None:
