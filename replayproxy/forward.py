@@ -31,7 +31,14 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
-from .server import DEFAULT_MAX_HEADER_SIZE, Handler, HandlerRunner, check_listen, is_loopback
+from .server import (
+    DEFAULT_MAX_HEADER_SIZE,
+    Handler,
+    HandlerRunner,
+    check_listen,
+    is_loopback,
+    origin_form,
+)
 from .tls import system_roots_pem, upstream_context
 from .upstream import Upstream, UpstreamError
 
@@ -349,7 +356,7 @@ class ForwardServer:
         body = await request.read()
         try:
             answer = await self._client.request(
-                request.method, upstream, str(request.rel_url), headers, body
+                request.method, upstream, origin_form(request.raw_path), headers, body
             )
         except UpstreamError as exc:
             return web.json_response(

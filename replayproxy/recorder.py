@@ -38,6 +38,7 @@ from .errors import CassetteError, ConfigError
 from .journal import Journal, Session, assemble, journal_path, read
 from .redact import Redactor, scrub_logs
 from .replayer import Replayer, ReplayOptions, local_secrets
+from .server import origin_form
 from .signing import (
     SignatureError,
     sign,
@@ -268,7 +269,7 @@ class Recorder:
         if self.replayer is not None:
             headers = [(str(k), v) for k, v in request.headers.items()]
             replayed = await self._replay(
-                request, Request(request.method, str(request.rel_url), headers, body)
+                request, Request(request.method, request.raw_path, headers, body)
             )
             if replayed is not None:
                 return replayed
@@ -276,7 +277,7 @@ class Recorder:
         sent_body, callbacks = self._rewrite_callbacks(body)
         # (a lookup that misses costs a KeyError inside aiohttp: only forward mode sets it)
         upstream = request.get(UPSTREAM_KEY, self.upstream) if self.forward else self.upstream
-        target = str(request.rel_url)
+        target = origin_form(request.raw_path)  # byte for byte as the app sent it
         url = upstream + target
         started = time.monotonic()
         try:

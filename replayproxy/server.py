@@ -9,14 +9,14 @@ import logging
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .addresses import is_loopback
+from .addresses import is_loopback, origin
 from .errors import ReplayProxyError
 
 log = logging.getLogger("replayproxy")
@@ -106,15 +106,25 @@ class GuardedRunner(web.AppRunner):
 
 
 class HandlerRunner(web.ServerRunner):
-    """One handler for every request, behind the same guard and `_Handler`."""
+    """One handler for every request, behind the same guard and `_Handler`.
 
-    __slots__ = ("handler", "max_header_size", "client_max_size")
+    `origin_hosts` (reverse mode): only origin-form targets are served, or absolute-form ones
+    naming one of these hosts or loopback; None (forward mode) serves every target."""
 
-    def __init__(self, handler: Handler, max_header_size: int, client_max_size: int):
+    __slots__ = ("handler", "max_header_size", "client_max_size", "origin_hosts")
+
+    def __init__(
+        self,
+        handler: Handler,
+        max_header_size: int,
+        client_max_size: int,
+        origin_hosts: Collection[str] | None = None,
+    ):
         super().__init__(None, handle_signals=False)  # type: ignore[arg-type]  # made in setup()
         self.handler = handler
         self.max_header_size = max_header_size
         self.client_max_size = client_max_size
+        self.origin_hosts = origin_hosts
 
     async def _make_server(self) -> web.Server:
         loop = asyncio.get_running_loop()
@@ -126,7 +136,7 @@ class HandlerRunner(web.ServerRunner):
             )
 
         server = _WebServer(
-            guarded(expecting(self.handler), self.max_header_size),
+            guarded(expecting(self.handler), self.max_header_size, self.origin_hosts),
             request_factory=request,
             max_line_size=self.max_header_size,
             max_field_size=self.max_header_size,
@@ -136,12 +146,20 @@ class HandlerRunner(web.ServerRunner):
         return server
 
 
-def guarded(handler: Any, max_header_size: int) -> Any:
-    """The app's handler behind two checks: 431 when all header lines together exceed
+def guarded(
+    handler: Any, max_header_size: int, origin_hosts: Collection[str] | None = None
+) -> Any:
+    """The app's handler behind these checks: 431 when all header lines together exceed
     `max_header_size` bytes; 400 for a path with `.` or `..` segments (plain or
-    percent-encoded), which could climb out of the upstream's base path or the webhook ingress."""
+    percent-encoded), which could climb out of the upstream's base path or the webhook ingress;
+    with `origin_hosts` (reverse mode), `target_refusal`."""
+    hosts = None if origin_hosts is None else frozenset(h.lower() for h in origin_hosts)
 
     async def guard(request: web.BaseRequest) -> web.StreamResponse:
+        if hosts is not None and (request.raw_path[:1] != "/" or request.method == "CONNECT"):
+            refused = target_refusal(request, hosts)
+            if refused is not None:
+                return refused
         if "." in request.path and any(seg in (".", "..") for seg in request.path.split("/")):
             text = "a path with '.' or '..' segments is refused"
             log.warning("replayproxy: refused %s %s: %s", request.method, request.raw_path, text)
@@ -156,6 +174,48 @@ def guarded(handler: Any, max_header_size: int) -> Any:
         return await handler(request)
 
     return guard
+
+
+def target_refusal(request: web.BaseRequest, hosts: Collection[str]) -> web.Response | None:
+    """Reverse mode proxies origin-form targets only (RFC 9112 3.2): CONNECT gets 405,
+    `OPTIONS *` and an absolute-form target naming another host than `hosts` or loopback 400.
+    Nothing of them reaches the upstream or the cassette."""
+    raw = request.raw_path
+    if request.method == "CONNECT":
+        status = 405
+        text = "CONNECT is for a forward proxy: this one is a reverse proxy (use --forward)"
+    elif raw[:1] == "/":
+        return None
+    elif raw.lower().startswith(("http://", "https://")):
+        where = origin(raw)
+        if where is not None and (where[1] in hosts or is_loopback(where[1])):
+            return None
+        text = (
+            "an absolute-form target naming another host than the upstream: this is a reverse "
+            "proxy (use --forward for a forward proxy)"
+        )
+        status = 400
+    else:
+        status, text = 400, "only origin-form request targets (/path?query) are proxied"
+    log.warning("replayproxy: refused %s %s: %s", request.method, raw[:200], text)
+    resp = _refusal(status, text)
+    if status == 405:
+        resp.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    return resp
+
+
+def origin_form(raw: str) -> str:
+    """The target that goes upstream, byte for byte as the app sent it: an origin-form target
+    as it is ("//v1/jobs?q=a+b%2B" keeps its slashes, escapes and `+`), an absolute-form one
+    from its path on ("/" when it has none)."""
+    if raw[:1] == "/" or "://" not in raw[:8]:
+        return raw
+    rest = raw[raw.index("://") + 3 :]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
+    if cut < 0:
+        return "/"
+    tail = rest[cut:]
+    return tail if tail[:1] == "/" else "/" + tail
 
 
 def expecting(handler: Handler) -> Handler:
@@ -185,12 +245,15 @@ def _refusal(status: int, text: str) -> web.Response:
 
 
 def runner(
-    app: web.Application | Handler, max_header_size: int, client_max_size: int
+    app: web.Application | Handler,
+    max_header_size: int,
+    client_max_size: int,
+    origin_hosts: Collection[str] | None = None,
 ) -> web.BaseRunner:
     """An application's runner, or a lone handler's (`client_max_size` bounds its bodies)."""
     if isinstance(app, web.Application):
         return GuardedRunner(app, max_header_size, access_log=None, handle_signals=False)
-    return HandlerRunner(app, max_header_size, client_max_size)
+    return HandlerRunner(app, max_header_size, client_max_size, origin_hosts)
 
 
 class Server:
@@ -206,13 +269,14 @@ class Server:
         allow_remote: bool = False,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
         client_max_size: int = 1024**2,
+        origin_hosts: Collection[str] | None = None,
     ):
         check_listen(host, allow_remote)
         self.app = app
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.runner = runner(app, max_header_size, client_max_size)
+        self.runner = runner(app, max_header_size, client_max_size, origin_hosts)
         self.url = ""
 
     async def start(self) -> str:

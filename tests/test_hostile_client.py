@@ -1,0 +1,155 @@
+"""A hostile client (raw sockets, as an attacker through a tunnel would send): request targets a
+reverse proxy must not proxy, targets that must go upstream byte for byte, and connections that
+hold file descriptors open without sending anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from helpers import run
+
+from replayproxy.api import ReplayProxy
+from replayproxy.cassette import load
+from replayproxy.journal import journal_path
+
+
+class RawUpstream:
+    """An upstream that keeps every request line exactly as the bytes arrived."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.lines.append(head.split(b"\r\n", 1)[0])
+                body = b'{"ok": true}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def raw(url: str, data: bytes) -> bytes:
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+REFUSED = [
+    (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+    (b"CONNECT /v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET http://other.example/v1/jobs HTTP/1.1\r\nHost: other.example\r\n\r\n", 400),
+    (b"GET https://10.0.0.1:8443/v1/jobs HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n", 400),
+]
+#: (what the app sends, what the upstream must get after the base path /api)
+VERBATIM = [
+    (b"//v1/jobs", b"/api//v1/jobs"),
+    (b"/v1/jobs?q=a+b%2Bc%7e&x=%41&y=%2f", b"/api/v1/jobs?q=a+b%2Bc%7e&x=%41&y=%2f"),
+    (b"/v1/files/a%2Fb/%7E%20x", b"/api/v1/files/a%2Fb/%7E%20x"),
+    (b"/v1/search?q=caf%C3%A9&q=%E2%82%AC&empty=&flag",
+     b"/api/v1/search?q=caf%C3%A9&q=%E2%82%AC&empty=&flag"),
+]
+
+
+def test_reverse_mode_refuses_non_origin_targets_and_records_nothing(tmp_path: Path) -> None:
+    upstream = RawUpstream()
+    path = tmp_path / "refused.yaml"
+
+    async def main() -> list[int]:
+        async with upstream as base:
+            async with ReplayProxy(path, mode="all", upstream=base + "/api") as proxy:
+                return [status_of(await raw(proxy.url, data)) for data, _ in REFUSED]
+
+    assert run(main()) == [status for _, status in REFUSED]
+    assert upstream.lines == []
+    assert not path.exists() and not journal_path(path).exists()
+
+
+def test_replay_refuses_them_too(tmp_path: Path) -> None:
+    upstream = RawUpstream()
+    path = tmp_path / "one.yaml"
+
+    async def main() -> list[int]:
+        async with upstream as base:
+            async with ReplayProxy(path, mode="all", upstream=base) as proxy:
+                assert status_of(await raw(proxy.url, b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n"
+                                           b"Connection: close\r\n\r\n")) == 200
+        async with ReplayProxy(path) as proxy:
+            return [status_of(await raw(proxy.url, data)) for data, _ in REFUSED]
+
+    assert run(main()) == [status for _, status in REFUSED]
+
+
+def test_the_target_goes_upstream_byte_for_byte_and_replays_the_same(tmp_path: Path) -> None:
+    upstream = RawUpstream()
+    path = tmp_path / "verbatim.yaml"
+
+    def request(target: bytes) -> bytes:
+        return b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    async def main() -> tuple[int, int, int]:
+        async with upstream as base:
+            async with ReplayProxy(path, mode="all", upstream=base + "/api") as proxy:
+                for sent, _ in VERBATIM:
+                    assert status_of(await raw(proxy.url, request(sent))) == 200
+                # absolute-form naming the proxy itself (loopback) is reduced to its path
+                host = proxy.url.split("//")[1].encode()
+                answer = await raw(proxy.url, request(b"http://" + host + b"/v1/jobs?x=%41"))
+                assert status_of(answer) == 200
+            recorded = len(upstream.lines)
+            # new_episodes: the same targets are answered from the cassette, not upstream
+            async with ReplayProxy(path, mode="new_episodes", upstream=base + "/api") as proxy:
+                for sent, _ in VERBATIM:
+                    assert status_of(await raw(proxy.url, request(sent))) == 200
+            again = len(upstream.lines) - recorded
+        async with ReplayProxy(path) as proxy:
+            for sent, _ in VERBATIM:
+                assert status_of(await raw(proxy.url, request(sent))) == 200, sent
+        return recorded, again, proxy.report.served
+
+    recorded, again, served = run(main())
+    expected = [b"GET " + want + b" HTTP/1.1" for _, want in VERBATIM]
+    assert upstream.lines[: len(VERBATIM)] == expected
+    assert upstream.lines[len(VERBATIM)] == b"GET /api/v1/jobs?x=%41 HTTP/1.1"
+    assert (recorded, again, served) == (len(VERBATIM) + 1, 0, len(VERBATIM))
+    uris = [i.request.uri for i in load(path).interactions]
+    assert uris[0].endswith("/api//v1/jobs") and "q=a+b%2Bc%7e" in uris[1]
+
+
+@pytest.mark.parametrize("target", [b"//v1/jobs", b"///v1//jobs/"])
+def test_double_slash_paths_are_never_taken_for_a_host(tmp_path: Path, target: bytes) -> None:
+    """urlsplit('//v1/jobs') reads 'v1' as a host: the matcher must not."""
+    from replayproxy.cassette import Request
+    from replayproxy.matching import describe, split_target
+
+    path, query = split_target(target.decode() + "?a=1")
+    assert (path, query) == (target.decode(), "a=1")
+    assert describe(Request("GET", target.decode())) == f"GET {target.decode()}"
