@@ -23,6 +23,7 @@ from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions, near_miss_text
 from replayproxy.signing import SCHEMES
+from replayproxy.terminal import printable
 from replayproxy.timeline import load_report, write_html
 from replayproxy.webhooks import TIMINGS
 
@@ -35,7 +36,7 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ReplayProxyError as exc:
-            click.echo(f"replayproxy: {exc}", err=True)
+            click.echo(f"replayproxy: {printable(str(exc))}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -459,7 +460,8 @@ def diff_command(a: str, b: str, config_path: str | None, as_json: bool) -> None
     from replayproxy.diff import diff
 
     result = diff(load(a), load(b), settings(config_path))
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
+    shown = json.dumps(result.to_dict(), indent=2) if as_json else result.render()
+    click.echo(printable(shown, keep_newlines=True))
     sys.exit(0 if result.equal else 1)
 
 
@@ -472,7 +474,7 @@ def check_command(cassettes: tuple[str, ...]) -> None:
 
     findings = list(check_paths(list(cassettes)))
     for finding in findings:
-        click.echo(finding.render())
+        click.echo(printable(finding.render()))
     if findings:
         click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s)", err=True)
         sys.exit(1)

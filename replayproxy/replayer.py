@@ -18,6 +18,7 @@ from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
 from .report import Attempt, Delivery, Report, Unmatched
 from .signing import sign, validate
+from .terminal import printable
 from .timeshift import recording_delta, shift
 from .variables import Finder, dotted_get
 from .webhooks import Schedule, destination_refused, event_id, order, outgoing, target
@@ -176,7 +177,7 @@ class Replayer:
         for m in near:
             differences = "; ".join(m["differences"])
             lines.append(f"  closest #{m['interaction']} {m['request']}: {differences}")
-        log.warning("\n".join(lines))
+        log.warning(printable("\n".join(lines), keep_newlines=True))
         body = {
             "error": "no recorded interaction matches this request",
             "request": shown,
@@ -269,4 +270,4 @@ def near_miss_text(report: Report) -> str:
                 f"  closest #{near['interaction']} {near['request']}: "
                 + "; ".join(near["differences"])
             )
-    return "\n".join(out) or json.dumps(report.to_dict())
+    return printable("\n".join(out), keep_newlines=True) or json.dumps(report.to_dict())
