@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .regex import compile_guarded
 
 try:  # libyaml when present: same safety, much faster
     SafeLoader: type = yaml.CSafeLoader
@@ -124,7 +125,13 @@ def load_config(path: str | Path | None = None) -> Config:
         ) from None
     if data is None:
         return Config()
-    return build(Config, data, str(path))
+    config = build(Config, data, str(path))
+    for n, pattern in enumerate(config.variables.path_regex):  # refused now, with the file
+        try:
+            compile_guarded(pattern, f"'variables.path_regex[{n}]'")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:

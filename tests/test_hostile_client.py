@@ -153,3 +153,63 @@ def test_double_slash_paths_are_never_taken_for_a_host(tmp_path: Path, target: b
     path, query = split_target(target.decode() + "?a=1")
     assert (path, query) == (target.decode(), "a=1")
     assert describe(Request("GET", target.decode())) == f"GET {target.decode()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# a crafted config (auto-loaded from ./replayproxy.yaml): its regexes cannot stall the proxy
+
+EVIL = r"^/v1/(\w+\s?)*$"  # Python's re: exponential on 'aaaa...!'
+
+
+def test_a_catastrophic_path_regex_cannot_stall_the_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers import job_cassette
+
+    from replayproxy.cassette import save
+    from replayproxy.config import load_config
+
+    (tmp_path / "replayproxy.yaml").write_text(f"variables:\n  path_regex: ['{EVIL}']\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEBHOOK_SECRET", "local")
+    config = load_config()  # the auto-loaded one
+    path = tmp_path / "jobs.yaml"
+    save(job_cassette(), path)
+    crafted = b"/v1/" + b"a" * 28 + b"!"  # 33 bytes: Python's re would take hours
+
+    async def main() -> list[int]:
+        async with ReplayProxy(path, config=config) as proxy:
+            statuses = []
+            for target in (crafted, b"/v1/jobs/6238"):
+                answer = await raw(proxy.url, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n")  # raw() gives up after 5 s
+                statuses.append(status_of(answer))
+            return statuses
+
+    assert run(main()) == [502, 200]  # a miss, at once; then the app's own request
+
+
+def test_a_path_regex_re2_cannot_run_is_a_one_line_config_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from replayproxy.config import load_config
+    from replayproxy.errors import ConfigError
+
+    config = tmp_path / "replayproxy.yaml"
+    for pattern in (r"(a)\1", r"(?<=/v1/)\w+", "(unclosed"):
+        config.write_text(f"variables:\n  path_regex: ['/ok/(x)', '{pattern}']\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(config)
+        message = str(caught.value)
+        assert message.startswith(f"{config}: 'variables.path_regex[1]': "), message
+        assert "RE2" in message and "\n" not in message
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "cli.py"), "replay", str(tmp_path / "x.yaml"), "--config",
+         str(config)], capture_output=True, text=True, timeout=30,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()  # nothing from RE2's own logging
+    assert line.startswith(f"replayproxy: {config}: 'variables.path_regex[1]': "), line
