@@ -26,7 +26,7 @@ from .journal import Recovered, recover
 from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
 from .report import Report
-from .server import Server
+from .server import Bounds, Server
 
 if TYPE_CHECKING:  # cryptography is loaded only by runs that terminate TLS
     from .ca import CertificateAuthority
@@ -165,6 +165,11 @@ class ReplayProxy:
                 max_header_size=self.config.max_header_size,
                 client_max_size=self.config.max_body_size,
                 origin_hosts=self._upstream_hosts(),
+                bounds=Bounds(
+                    self.config.head_timeout,
+                    self.config.idle_timeout,
+                    self.config.max_connections,
+                ),
             )
             self.url = await self._server.start()
         except BaseException:

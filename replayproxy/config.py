@@ -93,6 +93,9 @@ class Config:
     upstream_timeout: float = 30.0
     max_body_size: int = 64 * 1024 * 1024
     max_header_size: int = 64 * 1024  # request line, any header, all headers: else 431
+    head_timeout: float = 10.0  # seconds to send a whole request head
+    idle_timeout: float = 60.0  # seconds a kept-alive connection may sit idle
+    max_connections: int = 0  # 0: as many as the file limit leaves room for
     secret_env: tuple[str, ...] = ("CAMBER_API_KEY",)
     match: MatchConfig = field(default_factory=MatchConfig)
     redact: RedactConfig = field(default_factory=RedactConfig)

@@ -16,6 +16,11 @@ from replayproxy.cassette import load
 from replayproxy.journal import journal_path
 
 
+@pytest.fixture(autouse=True)
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", "replayproxy-hostile-client")
+
+
 class RawUpstream:
     """An upstream that keeps every request line exactly as the bytes arrived."""
 
@@ -171,7 +176,6 @@ def test_a_catastrophic_path_regex_cannot_stall_the_proxy(
 
     (tmp_path / "replayproxy.yaml").write_text(f"variables:\n  path_regex: ['{EVIL}']\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WEBHOOK_SECRET", "local")
     config = load_config()  # the auto-loaded one
     path = tmp_path / "jobs.yaml"
     save(job_cassette(), path)
@@ -213,3 +217,121 @@ def test_a_path_regex_re2_cannot_run_is_a_one_line_config_error(tmp_path: Path) 
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()  # nothing from RE2's own logging
     assert line.startswith(f"replayproxy: {config}: 'variables.path_regex[1]': "), line
+
+
+# ---------------------------------------------------------------------------------------------
+# connections: slow heads and idle sockets are closed; holding many cannot lock the app out
+
+
+def test_slow_heads_and_idle_connections_are_closed(tmp_path: Path) -> None:
+    from helpers import job_cassette
+
+    from replayproxy.cassette import save
+    from replayproxy.config import Config
+
+    path = tmp_path / "jobs.yaml"
+    save(job_cassette(), path)
+    config = Config(head_timeout=0.3, idle_timeout=0.6)
+
+    async def closed(reader: asyncio.StreamReader) -> bytes:
+        data = b""
+        while chunk := await asyncio.wait_for(reader.read(4096), 10):  # EOF, or a hang fails
+            data += chunk
+        return data
+
+    async def main() -> None:
+        async with ReplayProxy(path, config=config) as proxy:
+            host, port = proxy.url.rsplit("/", 1)[-1].rsplit(":", 1)
+            # silent from the start, a head that never ends, and one trickled byte by byte
+            silent = await asyncio.open_connection(host, int(port))
+            partial = await asyncio.open_connection(host, int(port))
+            partial[1].write(b"GET /v1/jobs/6238 HTTP/1.1\r\nHost: x\r\n")
+            trickle = await asyncio.open_connection(host, int(port))
+            head = b"GET /v1/jobs/6238 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40
+            for byte in head:
+                if trickle[0].at_eof() or trickle[1].is_closing():
+                    break
+                trickle[1].write(bytes([byte]))
+                await asyncio.sleep(0.02)  # 40 ms a byte keeps it busy past the head timeout
+            for reader, _ in (silent, partial, trickle):
+                assert await closed(reader) == b""
+            # a whole request is answered, then the idle kept-alive connection is closed
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /v1/jobs/6238 HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await closed(reader)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"RUNNING"' in answer
+            for _, w in (silent, partial, trickle):
+                w.close()
+            writer.close()
+
+    run(main())
+
+
+def test_the_app_is_served_while_2000_idle_and_200_slow_head_connections_are_open(
+    tmp_path: Path
+) -> None:
+    """The proxy in its own process under a 1024-file limit, as on many machines."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import exchange
+
+    from replayproxy.cassette import Cassette, save
+
+    root = Path(__file__).resolve().parent.parent
+    path = tmp_path / "polls.yaml"
+    save(Cassette(interactions=[exchange("GET", "/v1/jobs/6238", 200, {"n": n})
+                                for n in range(20)]), path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 and hard >= 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))  # for our own 2,200 sockets
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    proxy = subprocess.Popen(
+        [sys.executable, str(root / "cli.py"), "replay", str(path), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert proxy.stdout is not None
+        first = proxy.stdout.readline()
+        url = first.strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:"), first
+        host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+
+        async def hold(n: int, head: bytes) -> list[asyncio.StreamWriter]:
+            writers = []
+            for start in range(0, n, 100):  # in batches: the listen backlog is finite
+                pairs = await asyncio.gather(*(
+                    asyncio.open_connection(host, int(port)) for _ in range(min(100, n - start))
+                ))
+                for _, writer in pairs:
+                    if head:
+                        writer.write(head)
+                    writers.append(writer)
+            return writers
+
+        async def main() -> list[int]:
+            held = await hold(2000, b"")
+            held += await hold(200, b"GET /v1/jobs/6238 HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+            statuses = []
+            for _ in range(20):  # the app: a fresh connection each time
+                answer = await raw(url, b"GET /v1/jobs/6238 HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n")
+                statuses.append(status_of(answer))
+            for writer in held:
+                writer.close()
+            return statuses
+
+        assert run(main()) == [200] * 20
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        _, err = proxy.communicate(timeout=30)
+    assert "more than max_connections (768)" in err, err[-2000:]
+    assert "out of system resource" not in err and "Too many open files" not in err, err[-2000:]
+    assert "served 20" in err
