@@ -190,3 +190,85 @@ def test_check_flags_crafted_webhooks() -> None:
     assert not [f for f in check_cassette(tape, "x.yaml") if f.where == "webhook 2"]
     rendered = json.dumps([f.render() for f in findings])
     assert "stolen" not in rendered  # a finding never prints the value
+
+
+# ---------------------------------------------------------------------------------------------
+# terminal output: cassette text never drives the reviewer's terminal
+
+EVIL = "\x1b[2K\x1b[1A\x1b]0;owned\x07\x1b]52;c;ZXZpbA==\x07\x9b31m\u202e"
+
+
+def _evil_pair(tmp_path: Path) -> tuple[Path, Path]:
+    from replayproxy.cassette import Variable
+
+    a = Cassette(
+        interactions=[
+            exchange("GET", "/v1/jobs/7", 200, {"status": "RUNNING" + EVIL}),
+            exchange("GET", "/v1/jobs/7", 500, {"note": EVIL,
+                                                "token" + EVIL: "Zx9Qm2Lr8Tk4Wb7Yc3Nd6Pf1"}),
+        ],
+        webhooks=[webhook({"type": "job." + EVIL}, cause=1)],
+        variables=[Variable("uuid_1", "x" + EVIL, "uuid", ["1:path.3"])],
+    )
+    b = Cassette(interactions=[exchange("GET", "/v1/jobs/7", 200, {"status": "DONE" + EVIL})])
+    save(a, tmp_path / "a.yaml")
+    save(b, tmp_path / "b.yaml")
+    return tmp_path / "a.yaml", tmp_path / "b.yaml"
+
+
+def _driver(a: Path, b: Path) -> list[str]:
+    """One process running inspect, check and diff in turn (three interpreters cost seconds)."""
+    runs = [["inspect", str(a)], ["check", str(a)], ["diff", str(a), str(b)]]
+    code = (
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport cli\n"
+        f"for args in {runs!r}:\n"
+        "    print('=== ' + args[0], flush=True)\n"
+        "    try:\n        cli.main(args)\n    except SystemExit:\n        pass\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def _only_our_colours(text: str) -> str:
+    return text.replace("\x1b[31m", "").replace("\x1b[0m", "")
+
+
+def _assert_escaped(out: str, tty: bool) -> None:
+    parts = out.split("=== ")[1:]
+    assert [p.split()[0] for p in parts] == ["inspect", "check", "diff"], out
+    for part in parts:
+        if tty and part.startswith("inspect"):
+            assert "\x1b[31m" in part  # a TTY gets inspect's own colour for the 500
+        for bad in ("\x1b", "\x07", "\x9b", "\u202e"):
+            assert bad not in _only_our_colours(part), part
+        assert "\\x1b]52;c;" in part, part  # shown, not obeyed
+
+
+def test_inspect_check_and_diff_escape_control_characters_in_a_pipe(tmp_path: Path) -> None:
+    a, b = _evil_pair(tmp_path)
+    done = subprocess.run(_driver(a, b), capture_output=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = done.stdout.decode("utf-8") + done.stderr.decode("utf-8")
+    assert "\x1b" not in out
+    _assert_escaped(done.stdout.decode("utf-8"), tty=False)
+
+
+def test_inspect_check_and_diff_escape_control_characters_on_a_tty(tmp_path: Path) -> None:
+    import pty
+
+    a, b = _evil_pair(tmp_path)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(_driver(a, b), stdout=follower, stderr=follower,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(leader)
+    _assert_escaped(b"".join(chunks).decode("utf-8"), tty=True)
