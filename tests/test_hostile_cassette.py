@@ -272,3 +272,17 @@ def test_inspect_check_and_diff_escape_control_characters_on_a_tty(tmp_path: Pat
     proc.wait(timeout=60)
     os.close(leader)
     _assert_escaped(b"".join(chunks).decode("utf-8"), tty=True)
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    import re
+
+    text = (ROOT / "SECURITY.md").read_text()
+    section = text[text.index("## Threat model"):text.index("## Reporting a problem")]
+    named, current = [], None
+    for m in re.finditer(r"`(tests/[\w/]+\.py)?::(\w+)`", section):
+        current = m.group(1) or current
+        named.append((current, m.group(2)))
+    assert len(named) >= 25
+    missing = [(f, n) for f, n in named if f"def {n}(" not in (ROOT / f).read_text()]
+    assert missing == []
