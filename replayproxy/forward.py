@@ -32,6 +32,7 @@ from yarl import URL
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
 from .server import (
+    DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
     Handler,
     HandlerRunner,
@@ -49,7 +50,7 @@ log = logging.getLogger("replayproxy")
 
 MAX_HEAD = 64 * 1024  # a CONNECT or request head larger than this is refused
 HANDSHAKE_TIMEOUT = 30.0
-HEAD_TIMEOUT = 60.0  # a connection that sends no complete first head by then is closed
+HEAD_TIMEOUT = DEFAULT_HEAD_TIMEOUT  # no complete first head by then: closed
 CONNECT_TIMEOUT = 30.0
 
 
