@@ -391,13 +391,22 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+_TOKENS_SEEN: set[str] = set()  # header names repeat in every interaction: checked once
+
+
 def _token(value: str, path: tuple[Any, ...], what: str) -> str:
+    if value in _TOKENS_SEEN:
+        return value
     if not _TOKEN.fullmatch(value):
         raise _Invalid(path, f"{what} {value[:40]!r} is not an HTTP token")
+    if len(_TOKENS_SEEN) < 4096:
+        _TOKENS_SEEN.add(value)
     return value
 
 
 def _text_line(value: str, path: tuple[Any, ...]) -> str:
+    if value.isprintable():  # the common case, in C; tab and the rest go to the regex
+        return value
     if _CONTROL.search(value):
         raise _Invalid(path, f"carries a control character (CR, LF, NUL...): {value[:40]!r}")
     return value
