@@ -72,6 +72,13 @@ _constructor = yaml.constructor.SafeConstructor()
 _NOTHING = object()
 
 
+class _MergeKey(str):
+    """The plain `<<` key (YAML's merge): a str, so it is still '<<' if used as a value."""
+
+
+_MERGE_KEY = _MergeKey("<<")
+
+
 class LoadError(yaml.YAMLError):
     """A YAML problem with the place it happened, shaped like PyYAML's own errors."""
 
@@ -129,7 +136,7 @@ def _build(parser: Any, convert: Convert, budget: int) -> Any:
             top[1] = value
         else:
             key, top[1] = top[1], _NOTHING
-            if key == "<<" and isinstance(value, (dict, list)):
+            if key is _MERGE_KEY and isinstance(value, (dict, list)):
                 for merged in value if isinstance(value, list) else [value]:
                     if isinstance(merged, dict):
                         for k, v in merged.items():
@@ -213,7 +220,7 @@ def _scalar(event: ScalarEvent) -> Any:
         except (binascii.Error, UnicodeEncodeError):
             raise LoadError("!!binary value is not base64", event.start_mark) from None
     if tag == _MERGE:
-        return "<<"
+        return _MERGE_KEY  # a plain `<<`; a quoted '<<' is an ordinary key
     if tag == "tag:yaml.org,2002:timestamp":
         return value  # kept as written: the cassette reader wants text, not datetimes
     try:
