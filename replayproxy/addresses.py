@@ -26,5 +26,7 @@ def origin(url: str) -> tuple[str, str, int] | None:
         return None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return None
+    if "\\" in parts.netloc:  # parsers disagree on where such a host ends: none of them
+        return None
     scheme = parts.scheme.lower()
     return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)

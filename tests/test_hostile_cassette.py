@@ -286,3 +286,17 @@ def test_every_test_the_threat_model_names_exists() -> None:
     assert len(named) >= 25
     missing = [(f, n) for f, n in named if f"def {n}(" not in (ROOT / f).read_text()]
     assert missing == []
+
+
+@pytest.mark.parametrize("url", [
+    "http://evil.example\\@127.0.0.1:8080/", "http://127.0.0.1:8080\\@evil.example/",
+    "http://127.0.0.1@evil.example/", "http://evil.example#@127.0.0.1/", "http://127.1/",
+    "http://2130706433/", "http://0.0.0.0:80/", "http://[::ffff:10.0.0.1]/", "file:///etc/passwd",
+    "gopher://127.0.0.1/", "http:///x",
+])
+def test_targets_that_only_look_local_are_refused(url: str) -> None:
+    from replayproxy.webhooks import destination_refused
+
+    assert destination_refused(url, [], [None, None], []) is not None
+    for local in ("http://127.0.0.1:5001/hooks", "http://localhost/x", "http://[::1]:8/"):
+        assert destination_refused(local, [], [None, None], []) is None
