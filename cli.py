@@ -25,6 +25,7 @@ from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions
 from replayproxy.signing import SCHEMES
+from replayproxy.terminal import printable
 from replayproxy.timeline import load_report, write_html
 from replayproxy.webhooks import TIMINGS
 
@@ -37,7 +38,7 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ReplayProxyError as exc:
-            click.echo(f"replayproxy: {exc}", err=True)
+            click.echo(f"replayproxy: {printable(str(exc))}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -197,6 +198,13 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "and webhooks.forward_to is not set.",
         ),
         click.option(
+            "--allow-webhook-host",
+            "allow_webhook_hosts",
+            multiple=True,
+            metavar="HOST",
+            help="Also deliver webhooks whose recorded target is on HOST (repeatable).",
+        ),
+        click.option(
             "--duplicate-webhooks",
             type=click.IntRange(1, 100),
             default=1,
@@ -257,6 +265,7 @@ def build_options(kw: dict[str, Any]) -> ReplayOptions:
         drain_timeout=kw["drain_timeout"],
         shift_time=kw["shift_time"],
         fast_forward=kw["fast_forward"],
+        allow_webhook_hosts=tuple(kw["allow_webhook_hosts"]),
     )
 
 
@@ -589,7 +598,8 @@ def diff_command(
     from replayproxy.diff import diff
 
     result = diff(open_cassette(a), open_cassette(b), settings(config_path), ignore=ignore)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
+    shown = json.dumps(result.to_dict(), indent=2) if as_json else result.render()
+    click.echo(printable(shown, keep_newlines=True))
     sys.exit(0 if result.equal else 1)
 
 
@@ -645,7 +655,7 @@ def check_command(
             results = apply_fix(cassette, [f for f in findings if f.cassette == name])
             for finding, changed in results:
                 state = "fixed" if changed else "not fixed (not found as written)"
-                click.echo(f"{state}: {finding.render()}", err=as_json)  # stdout stays JSON
+                click.echo(printable(f"{state}: {finding.render()}"), err=as_json)  # stdout: JSON
             if any(changed for _, changed in results):
                 save(cassette, name)
         # what is left, read back from the files as written
@@ -660,7 +670,7 @@ def check_command(
         }, indent=2))
     else:
         for finding in findings:
-            click.echo(finding.render())
+            click.echo(printable(finding.render()))
     tail = f" ({accepted} accepted)" if accepted else ""
     if findings:
         click.echo(f"{len(findings)} finding(s) in {len(cassettes)} cassette(s){tail}", err=True)
@@ -732,7 +742,10 @@ def send_webhook(
     numbers = pick(tape, index, send_all)
     secrets = local_secrets(config, needed=True)
     results = eventloop.run(
-        send_recorded(tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout)
+        send_recorded(
+            tape, numbers, url, secrets, signature, timeout=config.webhooks.timeout,
+            methods=config.webhooks.allow_methods, keep=config.webhooks.keep_headers,
+        )
     )
     from replayproxy.clip import clip_bytes
     from replayproxy.replayer import signed_with

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .addresses import origin
 from .cassette import load
 from .config import Config, parse_listen
 from .errors import ConfigError, WebhookError
@@ -27,7 +28,7 @@ from .journal import Recovered, claim, open_cassette
 from .recorder import Recorder
 from .replayer import Replayer, ReplayOptions
 from .report import Report
-from .server import Server
+from .server import Bounds, Server
 
 if TYPE_CHECKING:  # cryptography is loaded only by runs that terminate TLS
     from .ca import CertificateAuthority
@@ -159,6 +160,14 @@ class ReplayProxy:
             client_max_size=self.config.max_body_size,
         )
 
+    def _upstream_hosts(self) -> tuple[str, ...]:
+        """The host an absolute-form target may name in reverse mode: the upstream's."""
+        upstream = self.recorder.upstream if self.recorder is not None else None
+        if upstream is None and self.replayer is not None:
+            upstream = self.replayer.cassette.meta.get("upstream")
+        found = origin(upstream) if isinstance(upstream, str) else None
+        return (found[1],) if found else ()
+
     async def start(self) -> str:
         self.ca = self._load_ca()
         gc.disable()  # loading makes a great many objects and no garbage: skip the collector
@@ -176,6 +185,12 @@ class ReplayProxy:
                 allow_remote=self.allow_remote,
                 max_header_size=self.config.max_header_size,
                 client_max_size=self.config.max_body_size,
+                origin_hosts=self._upstream_hosts(),
+                bounds=Bounds(
+                    self.config.head_timeout,
+                    self.config.idle_timeout,
+                    self.config.max_connections,
+                ),
             )
             self.url = await self._server.start()
         except BaseException:

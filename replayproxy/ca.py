@@ -82,6 +82,7 @@ class CertificateAuthority:
             _make_private_dir(folder)
             with _locked(folder):
                 created = ca._create_if_missing()
+        _check_private(folder, ca.key_path)
         ca._memo.signer = ca._load()
         return ca, created
 
@@ -186,9 +187,35 @@ class CertificateAuthority:
                 f"{self.cert_path}: the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}; "
                 f"remove {self.directory} to create a new CA (clients must then trust it)"
             )
-        if os.name == "posix" and self.key_path.stat().st_mode & 0o077:
-            os.chmod(self.key_path, 0o600)  # tighten a key someone loosened; never widen
         return cert, key
+
+
+def _check_private(folder: Path, key_path: Path) -> None:
+    """Refuse a CA another user could swap (a folder they own or may write to) or whose key
+    they may read: clients trust whatever certificate that key signs."""
+    if os.name != "posix":  # pragma: no cover - no POSIX modes to check
+        return
+    try:
+        folder_stat, key_stat = folder.stat(), key_path.stat()
+    except OSError as exc:
+        raise ReplayProxyError(f"{folder}: cannot read the CA folder: {exc.strerror}") from None
+    if folder_stat.st_uid != os.getuid():
+        raise ReplayProxyError(
+            f"{folder}: the CA folder belongs to another user (uid {folder_stat.st_uid}), who "
+            f"could replace the CA; use your own folder (--ca-dir) or chown it to yourself"
+        )
+    if folder_stat.st_mode & 0o022:
+        raise ReplayProxyError(
+            f"{folder}: the CA folder is writable by other users (mode "
+            f"{oct(folder_stat.st_mode & 0o777)}), who could replace the CA; fix it with "
+            f"`chmod 700 {shlex.quote(str(folder))}`"
+        )
+    if key_stat.st_mode & 0o077:
+        raise ReplayProxyError(
+            f"{key_path}: the CA's private key is open to other users (mode "
+            f"{oct(key_stat.st_mode & 0o777)}), who could sign certificates your clients trust; "
+            f"fix it with `chmod 600 {shlex.quote(str(key_path))}`"
+        )
 
 
 def check_not_inside(ca_dir: Path, cassette_dir: Path) -> None:

@@ -7,8 +7,11 @@ and `replayproxy` (session metadata and variables). Numbers shown to users start
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +21,7 @@ import yaml
 from . import __version__, vcrformat, yamlload
 from .atomic import write_atomic
 from .errors import CassetteError
+from .terminal import printable
 
 try:
     SafeLoader: type = yaml.CSafeLoader
@@ -274,7 +278,8 @@ def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
 def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        shown = printable(str(part))  # a key may carry CR LF or escape sequences
+        out += f"[{part}]" if isinstance(part, int) else (f".{shown}" if out else shown)
     return out
 
 
@@ -343,10 +348,13 @@ def _headers(data: Any, path: tuple[Any, ...]) -> Headers:
             values = [values]
         if not isinstance(values, list):
             raise _Invalid((*path, key), f"must be a list of strings, got {_kind(values)}")
+        if not isinstance(key, str):
+            raise _Invalid(path, f"a header name must be a string, got {_kind(key)}")
+        _token(key, (*path, key), "header name")
         for value in values:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise _Invalid((*path, key), f"must be a list of strings, got {_kind(value)}")
-            out.append((str(key), str(value)))
+            out.append((key, _text_line(str(value), (*path, key))))
     return out
 
 
@@ -358,6 +366,51 @@ def _body(value: Any, path: tuple[Any, ...]) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     raise _Invalid(path, f"must be a string or !!binary, got {_kind(value)}")
+
+
+def _optional(
+    data: dict[str, Any], key: str, kind: type | tuple[type, ...], path: tuple[Any, ...]
+) -> Any:
+    """data[key] when present and of `kind` (None when absent or null); numbers finite."""
+    value = data.get(key)
+    if value is None:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise _Invalid((*path, key), f"must be {_name(kind)}, got {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid((*path, key), f"must be a finite number, got {value!r}")
+    return value
+
+
+#: A header name (RFC 9110 5.1) and a method: a token. Values and reason phrases: no control
+#: characters but tab, so nothing loaded can split a response or a request on the wire.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+_TOKENS_SEEN: set[str] = set()  # header names repeat in every interaction: checked once
+
+
+def _token(value: str, path: tuple[Any, ...], what: str) -> str:
+    if value in _TOKENS_SEEN:
+        return value
+    if not _TOKEN.fullmatch(value):
+        raise _Invalid(path, f"{what} {value[:40]!r} is not an HTTP token")
+    if len(_TOKENS_SEEN) < 4096:
+        _TOKENS_SEEN.add(value)
+    return value
+
+
+def _text_line(value: str, path: tuple[Any, ...]) -> str:
+    if value.isprintable():  # the common case, in C; tab and the rest go to the regex
+        return value
+    if _CONTROL.search(value):
+        raise _Invalid(path, f"carries a control character (CR, LF, NUL...): {value[:40]!r}")
+    return value
+
+
+_NUMBER = (int, float)
 
 
 def from_data(data: Any) -> Cassette:
@@ -385,12 +438,27 @@ def from_data(data: Any) -> Cassette:
     if not isinstance(hooks, list):
         raise _Invalid(("webhooks",), f"must be a list, got {_kind(hooks)}")
     webhooks = [_webhook(item, ("webhooks", n), len(interactions)) for n, item in enumerate(hooks)]
-    variables = [
-        _variable(v, ("replayproxy", "variables", n))
-        for n, v in enumerate(meta.get("variables") or [])
-    ]
+    listed = _optional(meta, "variables", list, ("replayproxy",)) or []
+    variables = [_variable(v, ("replayproxy", "variables", n)) for n, v in enumerate(listed)]
+    _session_meta(meta)
     rest = {k: v for k, v in meta.items() if k not in ("variables", "format", "tool_version")}
     return Cassette(interactions, webhooks, variables, rest)
+
+
+def _session_meta(meta: dict[str, Any]) -> None:
+    """The session fields replay reads, checked now rather than failing mid-replay."""
+    path = ("replayproxy",)
+    for key in ("upstream", "signature_scheme", "tool_version"):
+        _optional(meta, key, (str, int, float) if key == "tool_version" else str, path)
+    _optional(meta, "variables_detected", bool, path)
+    recorded_at = _optional(meta, "recorded_at", str, path)
+    if recorded_at is not None:
+        try:
+            datetime.fromisoformat(recorded_at)
+        except ValueError:
+            raise _Invalid(
+                (*path, "recorded_at"), f"must be an ISO 8601 time, got {recorded_at[:40]!r}"
+            ) from None
 
 
 def _read_interaction(item: Any, index: int) -> Interaction:
@@ -402,13 +470,14 @@ def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
     req = _need(item, "request", dict, path)
     res = _need(item, "response", dict, path)
     rpath, spath = (*path, "request"), (*path, "response")
-    uri = _need(req, "uri", str, rpath)
+    uri = _text_line(_need(req, "uri", str, rpath), (*rpath, "uri"))
     try:
         urlsplit(uri)
     except ValueError as exc:
         raise _Invalid((*rpath, "uri"), f"not a valid URI: {exc}") from None
+    method = _token(_need(req, "method", str, rpath), (*rpath, "method"), "method")
     request = Request(
-        method=_need(req, "method", str, rpath).upper(),
+        method=method.upper(),
         uri=uri,
         headers=_headers(req.get("headers"), (*rpath, "headers")),
         body=_body(req.get("body"), (*rpath, "body")),
@@ -417,20 +486,26 @@ def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
     code = _need(status, "code", int, (*spath, "status"))
     if not 100 <= code <= 999:
         raise _Invalid((*spath, "status", "code"), f"{code} is not an HTTP status")
+    if code < 200:  # a client would wait for the final answer after it forever
+        raise _Invalid((*spath, "status", "code"), f"{code} is informational, not an answer")
     body = res.get("body")
     if isinstance(body, dict):
         body_bytes = _body(body.get("string"), (*spath, "body", "string"))
     else:
         raise _Invalid((*spath, "body"), f"must be a mapping with 'string', got {_kind(body)}")
+    reason = _optional(status, "message", (str, int), (*spath, "status"))
     response = Response(
         status=code,
-        reason=str(status.get("message") or ""),
+        reason=_text_line(str(reason or ""), (*spath, "status", "message")),
         headers=_headers(res.get("headers"), (*spath, "headers")),
         body=body_bytes,
     )
     meta = item.get("replayproxy") or {}
     if not isinstance(meta, dict):
         raise _Invalid((*path, "replayproxy"), f"must be a mapping, got {_kind(meta)}")
+    for key in ("at", "duration"):
+        _optional(meta, key, _NUMBER, (*path, "replayproxy"))
+    _optional(meta, "content_encoding", str, (*path, "replayproxy"))
     return Interaction(request, response, meta)
 
 
@@ -439,35 +514,53 @@ def _webhook(item: Any, path: tuple[Any, ...], count: int) -> Webhook:
     numbers = {}
     for key in ("cause", "after"):
         value = item.get(key)
-        if value is not None and (not isinstance(value, int) or not 1 <= value <= count):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= count
+        ):
             raise _Invalid(
                 (*path, key), f"must be an interaction number 1..{count}, got {_kind(value)}"
             )
         numbers[key] = value
     delay = item.get("delay") or 0.0
-    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+    if (
+        not isinstance(delay, (int, float))
+        or isinstance(delay, bool)
+        or not 0 <= delay < math.inf
+    ):
         raise _Invalid((*path, "delay"), f"must be seconds >= 0, got {_kind(delay)}")
     target = item.get("target")
     if target is not None and not isinstance(target, str):
         raise _Invalid((*path, "target"), f"must be a URL string, got {_kind(target)}")
+    if target is not None:
+        _text_line(target, (*path, "target"))
+    method = _token(_optional(item, "method", str, path) or "POST", (*path, "method"), "method")
+    hook_path = _text_line(_optional(item, "path", str, path) or "/", (*path, "path"))
+    at = _optional(item, "at", _NUMBER, path)
+    event_id = _optional(item, "event_id", (str, int), path)
     return Webhook(
         body=body,
         headers=_headers(item.get("headers"), (*path, "headers")),
-        method=str(item.get("method") or "POST").upper(),
-        path=str(item.get("path") or "/"),
+        method=method.upper(),
+        path=hook_path,
         target=target,
         cause=numbers["cause"],
         after=numbers["after"],
         delay=float(delay),
-        at=item.get("at"),
-        event_id=item.get("event_id"),
+        at=None if at is None else float(at),
+        event_id=None if event_id is None else _text_line(str(event_id), (*path, "event_id")),
     )
 
 
 def _variable(item: Any, path: tuple[Any, ...]) -> Variable:
+    name = _need(item, "name", str, path)
+    value = _need(item, "value", (str, int, float), path)
+    positions = _optional(item, "positions", list, path) or []
+    for n, position in enumerate(positions):
+        if not isinstance(position, str):
+            raise _Invalid((*path, "positions", n), f"must be a string, got {_kind(position)}")
     return Variable(
-        name=_need(item, "name", str, path),
-        value=str(_need(item, "value", (str, int, float), path)),
-        shape=str(item.get("shape") or "configured"),
-        positions=[str(p) for p in item.get("positions") or []],
+        name=name,
+        value=str(value),
+        shape=_optional(item, "shape", str, path) or "configured",
+        positions=list(positions),
     )

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .addresses import is_loopback, origin
 from .atomic import write_atomic
-from .cassette import Cassette
+from .cassette import Cassette, Webhook
 from .config import Config
 from .errors import CassetteError, ConfigError
 from .journal import open_cassette
 from .leaks import Leak, Scanner, entropy, looks_random
 from .redact import secret_values
+from .webhooks import replayed_header
 
 __all__ = ["Finding", "Context", "CHECKS", "check_cassette", "check_paths", "entropy",
            "looks_random", "read_allow", "accept"]
@@ -163,9 +165,44 @@ def missing_webhooks(cassette: Cassette, name: str, ctx: Context) -> Iterator[Fi
             )
 
 
+def check_webhook_targets(cassette: Cassette, name: str, ctx: Context) -> Iterator[Finding]:
+    """Webhooks whose target, method or headers a real sender's would not have (see
+    `crafted_webhook`): replay refuses or drops them, and a reviewer should know."""
+    for n, hook in enumerate(cassette.webhooks, start=1):
+        for field_, message in crafted_webhook(hook):
+            yield Finding(name, f"webhook {n}", field_, message, "webhook")
+
+
 Check = Callable[[Cassette, str, Context], Iterable[Finding]]
 #: Run in this order on every cassette that loads.
-CHECKS: list[Check] = [check_secrets, check_causes, check_variables, missing_webhooks]
+CHECKS: list[Check] = [check_secrets, check_causes, check_variables, missing_webhooks,
+                      check_webhook_targets]
+
+
+def crafted_webhook(hook: Webhook) -> list[tuple[str, str]]:
+    """(field, message) for what a webhook recorded from a real sender would not have: a target
+    off loopback, a method other than POST, headers that replay drops (credentials, forwarding,
+    Host, Origin, method overrides). Replay refuses or drops them; a reviewer should know."""
+    out = []
+    if hook.target:
+        where = origin(hook.target)
+        if where is None or not is_loopback(where[1]):
+            host = where[1] if where else hook.target[:80]
+            out.append(("target", f"the target host {host!r} is not loopback: replay sends it "
+                                  "only to the app's callback URL or an allow-listed host"))
+    if hook.method != "POST":
+        out.append(("method", f"method {hook.method[:20]!r}: replay sends POST unless "
+                              "webhooks.allow_methods allows it"))
+    for name, _ in hook.headers:
+        if not replayed_header(name) and name.lower() not in _SENDER_HEADERS:
+            out.append((f"headers.{name}", "a header replay never sends again (crafted?)"))
+    return out
+
+
+#: Headers every real sender has, which replay drops as describing the recorded hop only.
+_SENDER_HEADERS = frozenset(
+    {"accept", "accept-encoding", "content-length", "host", "connection", "date", "expect"}
+)
 
 
 def _interaction_of(position: str) -> int | None:

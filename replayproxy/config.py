@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .regex import compile_guarded
 
 try:  # libyaml when present: same safety, much faster
     SafeLoader: type = yaml.CSafeLoader
@@ -90,6 +91,10 @@ class WebhooksConfig:
     attempts: int = 5
     backoff: float = 0.05
     timeout: float = 10.0
+    # replay: hosts beyond the app's callback URLs, forward_to, --webhook-url and loopback
+    allow_hosts: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("POST",)  # others are sent as POST
+    keep_headers: tuple[str, ...] = ()  # recorded headers replayed beyond the kept ones
 
     def __post_init__(self) -> None:
         # One name is a list of one, whether it came from a file or from Python.
@@ -139,6 +144,9 @@ class Config:
     upstream_timeout: float = 30.0
     max_body_size: int = 64 * 1024 * 1024
     max_header_size: int = 64 * 1024  # request line, any header, all headers: else 431
+    head_timeout: float = 10.0  # seconds to send a whole request head
+    idle_timeout: float = 60.0  # seconds a kept-alive connection may sit idle
+    max_connections: int = 0  # 0: as many as the file limit leaves room for
     secret_env: tuple[str, ...] = ("CAMBER_API_KEY",)
     match: MatchConfig = field(default_factory=MatchConfig)
     redact: RedactConfig = field(default_factory=RedactConfig)
@@ -174,7 +182,13 @@ def load_config(path: str | Path | None = None) -> Config:
         ) from None
     if data is None:
         return Config()
-    return build(Config, data, str(path))
+    config = build(Config, data, str(path))
+    for n, pattern in enumerate(config.variables.path_regex):  # refused now, with the file
+        try:
+            compile_guarded(pattern, f"'variables.path_regex[{n}]'")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:

@@ -214,6 +214,8 @@ async def send_recorded(
     signature: SignatureConfig,
     *,
     timeout: float = 10.0,
+    methods: Sequence[str] = ("POST",),
+    keep: Sequence[str] = (),
 ) -> list[Sent]:
     """Send the recorded webhooks `numbers` to `url`, one attempt each, in order, re-signed now
     with `secrets` (recorded values as they are: there is no live conversation to bind to)."""
@@ -224,7 +226,10 @@ async def send_recorded(
     ) as session:
         for number in numbers:
             hook = cassette.webhooks[number - 1]
-            out = outgoing(hook, url, bindings, secrets, signature, now=int(time.time()))
+            out = outgoing(
+                hook, url, bindings, secrets, signature, now=int(time.time()),
+                methods=methods, keep={k.lower() for k in keep},
+            )
             sent = Sent(number, event_id(hook, signature), url, None, "", b"")
             try:
                 async with session.request(

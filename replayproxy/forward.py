@@ -34,12 +34,14 @@ from yarl import URL
 from .errors import ReplayProxyError
 from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
 from .server import (
+    DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
     Handler,
     HandlerRunner,
     Verbatim,
     check_listen,
     is_loopback,
+    origin_form,
 )
 from .tls import system_roots_pem, upstream_context
 from .upstream import Upstream, UpstreamError
@@ -51,7 +53,7 @@ log = logging.getLogger("replayproxy")
 
 MAX_HEAD = 64 * 1024  # a CONNECT or request head larger than this is refused
 HANDSHAKE_TIMEOUT = 30.0
-HEAD_TIMEOUT = 60.0  # a connection that sends no complete first head by then is closed
+HEAD_TIMEOUT = DEFAULT_HEAD_TIMEOUT  # no complete first head by then: closed
 CONNECT_TIMEOUT = 30.0
 
 
@@ -371,7 +373,7 @@ class ForwardServer:
         body = await request.read()
         try:
             answer = await self._client.request(
-                request.method, upstream, str(request.rel_url), headers, body
+                request.method, upstream, origin_form(request.raw_path), headers, body
             )
         except UpstreamError as exc:
             return web.json_response(

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from .cassette import Cassette, Webhook
 from .matching import origin_of
+from .terminal import printable
 
 Style = Callable[[int, int, str], str]
 
@@ -18,8 +19,11 @@ def table(
     """Aligned columns; numbers right-aligned, text left-aligned.
 
     `style(row, column, padded_cell)` (rows of `rows` from 0) may wrap a cell in colour codes:
-    it gets the cell already padded, so escape codes never count toward the widths."""
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    it gets the cell already padded, so escape codes never count toward the widths. Cells are
+    cassette text: their control characters are shown escaped (`printable`)."""
+    cells = [[str(c) for c in headers]] + [
+        ["" if c is None else printable(str(c)) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [
         all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(widths))

@@ -123,13 +123,13 @@ class Normaliser:
         return normal
 
     def normalise(self, req: Request) -> Normal:
-        parts = urlsplit(req.uri)
-        path = parts.path or "/"
+        path, query = split_target(req.uri)
+        path = path or "/"
         if self.base_path and path.startswith(self.base_path + "/"):
             path = path[len(self.base_path) :]
         slots: dict[str, str] = {}
         template = self._template(path, slots)
-        query = self._pairs("query", parse_qsl(parts.query, keep_blank_values=True), slots)
+        query = self._pairs("query", parse_qsl(query, keep_blank_values=True), slots)
         body = self._body(req, slots)
         headers = []
         for name in self.match_headers:
@@ -518,9 +518,19 @@ def _take(items: Any, n: int) -> list[int]:
 
 def describe(req: Request) -> str:
     """`METHOD /path?query`, the target cut to a bounded length (see `clip`)."""
-    parts = urlsplit(req.uri)
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    path, query = split_target(req.uri)
+    target = path + (f"?{query}" if query else "")
     return f"{clip(req.method, 40)} {clip(target)}"
+
+
+def split_target(uri: str) -> tuple[str, str]:
+    """(path, query) of a live request target or a recorded URI, read the same way: an
+    origin-form target is its path and query as sent ("//v1/jobs" is a path, never a host)."""
+    if uri[:1] == "/":
+        path, _, query = uri.partition("#")[0].partition("?")
+        return path, query
+    parts = urlsplit(uri)
+    return parts.path, parts.query
 
 
 def _show(value: Any) -> str:

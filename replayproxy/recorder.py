@@ -43,7 +43,7 @@ from .journal import Claim, Journal, Session, assemble, fingerprint, journal_pat
 from .journal import claim as claim_journal
 from .redact import Redactor, scrub_logs
 from .replayer import HungUp, Replayer, ReplayOptions, local_secrets, read_body
-from .server import UPSTREAM_KEY, Verbatim
+from .server import UPSTREAM_KEY, Verbatim, origin_form
 from .signing import (
     SignatureError,
     sign,
@@ -265,7 +265,7 @@ class Recorder:
         except HungUp:
             return web.Response(status=400)  # nobody is there to read it
         headers = [(str(k), v) for k, v in request.headers.items()]
-        req = Request(request.method, str(request.rel_url), headers, body)
+        req = Request(request.method, request.raw_path, headers, body)  # the raw target
         # before anything about it is logged or written: what it carries under redacted names
         self.redactor.learn_request(req)
         if self.replayer is not None:
@@ -276,7 +276,7 @@ class Recorder:
         sent_body, callbacks = self._rewrite_callbacks(body)
         # (a lookup that misses costs a KeyError inside aiohttp: only forward mode sets it)
         upstream = request.get(UPSTREAM_KEY, self.upstream) if self.forward else self.upstream
-        target = str(request.rel_url)
+        target = origin_form(request.raw_path)  # byte for byte as the app sent it
         url = upstream + target
         started = time.monotonic()
         try:
@@ -605,6 +605,8 @@ class Recorder:
             self.local_secrets,
             self.config.webhooks.signature,
             now=int(time.time()),
+            methods=self.config.webhooks.allow_methods,  # as replay will send it
+            keep=frozenset(h.lower() for h in self.config.webhooks.keep_headers),
         )
         try:
             async with self.app_session().request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,10 +22,19 @@ from .redact import Redactor, scrub_logs
 from .report import NAMED, Attempt, Delivery, Report, Unmatched
 from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
+from .terminal import printable
 from .timeshift import recording_delta, shift
-from .variables import Finder
+from .variables import Finder, dotted_get
 from .variants import Variant
-from .webhooks import Schedule, event_id, faults, order, outgoing, target
+from .webhooks import (
+    Schedule,
+    destination_refused,
+    event_id,
+    faults,
+    order,
+    outgoing,
+    target,
+)
 
 log = logging.getLogger("replayproxy")
 
@@ -46,6 +56,7 @@ class ReplayOptions:
     shift_time: bool = False
     fast_forward: bool = False
     variant: Variant | None = None  # one misbehaviour of Camber to play (faults.py)
+    allow_webhook_hosts: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -141,6 +152,10 @@ class Replayer:
         if self.options.shift_time:
             _shift_cassette(cassette)
         self.faults = Faults(self.options.variant, self) if self.options.variant else None
+        # callback URLs the app sent in this run: where the cassette's webhooks may go
+        self.callbacks: list[str] = []
+        self.allow_hosts = (*config.webhooks.allow_hosts, *self.options.allow_webhook_hosts)
+        self.keep_headers = frozenset(h.lower() for h in config.webhooks.keep_headers)
         find = Finder(self.matcher.variables)
         self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
@@ -185,6 +200,8 @@ class Replayer:
 
     async def answer(self, request: web.BaseRequest, req: Request) -> web.StreamResponse | None:
         """The recorded answer with live values in, and its webhooks scheduled; None on a miss."""
+        if self.cassette.webhooks:
+            self._note_callbacks(req.body)
         origin = request.get(UPSTREAM_KEY) if self.forward else None
         match = self.matcher.match(req, origin)
         if match is None:
@@ -218,6 +235,24 @@ class Replayer:
                 self._send(due)
         return resp
 
+    def _note_callbacks(self, body: bytes) -> None:
+        """Remember the callback URLs (`webhooks.callback_fields`) a JSON request carries."""
+        if not body or body.lstrip()[:1] != b"{":
+            return
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return
+        for dotted in self.config.webhooks.callback_fields:
+            value = dotted_get(data, dotted.split("."))
+            if (
+                isinstance(value, str)
+                and value.startswith(("http://", "https://"))
+                and value not in self.callbacks
+                and len(self.callbacks) < 1000
+            ):
+                self.callbacks.append(value)
+
     def _miss(self, req: Request, origin: str | None = None) -> web.Response:
         misses = self.matcher.near_misses(req, origin=origin)
         self.redactor.learn_request(req)  # a redacted query value, token or cookie: never shown
@@ -234,7 +269,7 @@ class Replayer:
         miss = Unmatched(shown, near)
         self.report.unmatched.append(miss)
         text = miss.sentence()
-        log.warning("replayproxy: %s", text)
+        log.warning("replayproxy: %s", printable(text, keep_newlines=True))
         body = {
             "error": "no recorded interaction matches this request",
             "request": shown,
@@ -254,9 +289,10 @@ class Replayer:
         """Report entries for webhook `number` and how to build its attempts; None (and the
         entries failed) when it has nowhere to go."""
         hook = self.cassette.webhooks[number - 1]
-        fallback = self.config.webhooks.forward_to or self.options.webhook_url
+        configured = (self.config.webhooks.forward_to, self.options.webhook_url)
         bindings = self.matcher.bindings
-        url = target(hook, bindings, self.matcher.variables, fallback)
+        url = target(hook, bindings, self.callbacks, configured)
+        refused = url and destination_refused(url, self.callbacks, configured, self.allow_hosts)
         kind = self.faults.webhook(number) if self.faults is not None else None
         bad = self.options.bad_signature or kind == "bad-signature"
         stale = self.options.stale_timestamp or kind == "stale-timestamp"
@@ -275,10 +311,12 @@ class Replayer:
             for n in range(max(1, self.options.duplicate_webhooks) + (kind == "duplicate"))
         ]
         self.report.deliveries.extend(copies)
-        if not url:
+        if not url or refused:
+            if refused:
+                log.warning("replayproxy: webhook %d not sent: %s", number, refused)
             for d in copies:
                 d.outcome = "failed"
-                d.attempts.append(_no_target())
+                d.attempts.append(Attempt(None, refused, 0.0) if refused else _no_target())
             return None
 
         def build(now: int):
@@ -291,6 +329,8 @@ class Replayer:
                 now=now,
                 bad_signature=bad,
                 stale_timestamp=stale,
+                methods=self.config.webhooks.allow_methods,
+                keep=self.keep_headers,
             )
 
         return Job(copies, build, delay, hang_up_first=kind == "sender-retry")

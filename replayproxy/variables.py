@@ -17,6 +17,7 @@ from urllib.parse import quote, quote_plus
 
 from .cassette import Cassette, Variable
 from .config import VariablesConfig
+from .regex import compile_guarded
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -79,7 +80,7 @@ class Rules:
     body_fields: frozenset[str] = frozenset()
     headers: frozenset[str] = frozenset(MINTED_HEADERS)
     query: frozenset[str] = frozenset()
-    path_regex: tuple[re.Pattern[str], ...] = ()
+    path_regex: tuple[Any, ...] = ()  # RE2 patterns (regex.py)
     pin: frozenset[str] = frozenset()
 
     @classmethod
@@ -88,7 +89,10 @@ class Rules:
             body_fields=frozenset(config.body_fields),
             headers=frozenset(MINTED_HEADERS | {h.lower() for h in config.headers}),
             query=frozenset(config.query),
-            path_regex=tuple(re.compile(p) for p in config.path_regex),
+            path_regex=tuple(
+                compile_guarded(p, f"variables.path_regex[{n}]")
+                for n, p in enumerate(config.path_regex)
+            ),
             pin=frozenset(config.pin),
         )
 

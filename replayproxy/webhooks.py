@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from .addresses import is_loopback, origin
 from .cassette import HOP_BY_HOP, Cassette, Webhook
 from .config import SignatureConfig
 from .errors import ConfigError
@@ -211,19 +213,46 @@ def _wrong(secret: str, scheme: str) -> str:
 
 
 def target(
-    hook: Webhook, bindings: Bindings, variables: frozenset[str], fallback: str | None
+    hook: Webhook,
+    bindings: Bindings,
+    callbacks: Collection[str],
+    configured: Sequence[str | None],
 ) -> str | None:
-    """The live URL: the app's live callback URL when it sent one, else the configured one
-    (`webhooks.forward_to`, else `--webhook-url`), else where the app received it when recording.
-
-    The recorded target is the app's callback URL (or contains it, or another live value such
-    as the app's id for the job) when a recorded value in it is bound to a live one.
+    """The live URL: the app's callback URL when the recorded target (its own callback URL, or a
+    URL carrying a live value such as the job's id) becomes one on the host of a callback URL
+    the app sent in this run; else the first configured one (`webhooks.forward_to`, then
+    `--webhook-url`); else the recorded target, live values in. `destination_refused` then
+    says whether it may be used: a cassette never decides alone where a signed request goes.
     """
-    if hook.target:
-        live = bindings.substitute_text(hook.target)
-        if live != hook.target or (hook.target in variables and hook.target in bindings.live):
-            return live
-    return fallback or hook.target
+    live = bindings.substitute_text(hook.target) if hook.target else None
+    if live and callbacks and origin(live) in {origin(c) for c in callbacks}:
+        return live
+    for url in configured:
+        if url:
+            return url
+    return live
+
+
+def destination_refused(
+    url: str,
+    callbacks: Collection[str],
+    configured: Sequence[str | None],
+    allow_hosts: Collection[str],
+) -> str | None:
+    """Why replay must not send a webhook to `url`, or None when it may: the app's callback
+    URLs of this run, the configured URLs, loopback and the allow-listed hosts only."""
+    where = origin(url)
+    if where is None:
+        return f"refused the target {url[:200]!r}: not an http(s) URL"
+    trusted = {origin(u) for u in (*callbacks, *configured) if u}
+    host = where[1]
+    if where in trusted or is_loopback(host) or host in {h.lower() for h in allow_hosts}:
+        return None
+    return (
+        f"refused the target host {host!r}: the cassette names it, but it is neither a callback "
+        "URL the app sent in this run, webhooks.forward_to, --webhook-url nor loopback (allow it "
+        "with webhooks.allow_hosts or --allow-webhook-host)"
+    )
 
 
 @lru_cache(maxsize=64)
@@ -241,6 +270,28 @@ def stale_headers(signature: SignatureConfig) -> frozenset[str]:
 #: Id headers of the named schemes: kept from the recording unless the app's scheme sets them.
 _ID_HEADERS = frozenset({"webhook-id", "svix-id"})
 
+#: Recorded headers sent again with a webhook, besides those the app's scheme signs anew: the
+#: ones that describe the body, the sender's User-Agent and event id, and extension headers
+#: (`X-...`) that are not credentials, forwarding or method overrides. Every other recorded
+#: header (Authorization, Cookie, Host, Forwarded, Origin, X-Forwarded-For, ...) is dropped
+#: unless `webhooks.keep_headers` names it: a cassette may come from a stranger.
+KEPT_HEADERS = frozenset(
+    {"content-type", "content-encoding", "content-language", "user-agent", *_ID_HEADERS}
+)
+CRAFTED_HEADER = re.compile(
+    r"^x-(?:forwarded|real-ip|client-ip|cluster-client-ip|original|rewrite|host|http-method"
+    r"|method-override)|auth|cookie|token|secret|passw|api[-_]?key|session|csrf|credential",
+    re.IGNORECASE,
+)
+
+
+def replayed_header(name: str, keep: Collection[str] = ()) -> bool:
+    """Whether a recorded webhook header goes out again (`keep`: lowercased extra names)."""
+    lower = name.lower()
+    if lower in KEPT_HEADERS or lower in keep:
+        return True
+    return lower.startswith("x-") and not CRAFTED_HEADER.search(lower)
+
 
 def event_id(hook: Webhook, signature: SignatureConfig) -> str | None:
     """The recorded event id: the cassette's, else the one in the recorded headers."""
@@ -257,12 +308,22 @@ def outgoing(
     now: int,
     bad_signature: bool = False,
     stale_timestamp: bool = False,
+    methods: Collection[str] = ("POST",),
+    keep: Collection[str] = (),
 ) -> Outgoing:
-    """One delivery attempt: live values in, stale signatures out, signed now with `secrets`."""
+    """One delivery attempt: live values in, stale signatures out, signed now with `secrets`.
+
+    Sent with the recorded method only when `methods` allows it (else POST), and with the
+    recorded headers `replayed_header` keeps (`keep`: further lowercased names to keep)."""
     body = bindings.substitute(hook.body)
     stale = stale_headers(signature)
-    headers = [(k, bindings.substitute_text(v)) for k, v in hook.headers if k.lower() not in stale]
+    headers = [
+        (k, bindings.substitute_text(v))
+        for k, v in hook.headers
+        if k.lower() not in stale and replayed_header(k, keep)
+    ]
+    method = hook.method if hook.method in methods else "POST"
     timestamp = now - 3600 if stale_timestamp else now
     keys = [_wrong(s, signature.scheme) for s in secrets] if bad_signature else list(secrets)
     signed = sign(body, keys, signature, timestamp=timestamp, webhook_id=event_id(hook, signature))
-    return Outgoing(url, hook.method, [*headers, *signed.items()], body)
+    return Outgoing(url, method, [*headers, *signed.items()], body)

@@ -41,6 +41,13 @@ except AttributeError:  # pragma: no cover - pyyaml built without libyaml
 
 #: How many values aliases may stand for, beyond the values written out.
 MAX_ALIAS_EXPANSION = 1_000_000
+#: How many characters of scalars aliases may stand for: this many times the document's own
+#: size (plus a floor for small files), never more than the absolute cap. Aliases are resolved
+#: by reference, but whoever reads the result (bodies encoded, headers joined, tables printed)
+#: makes copies: a 1 MiB string aliased a thousand times must not become a GiB.
+ALIAS_BYTES_FACTOR = 4
+ALIAS_BYTES_FLOOR = 1 << 20
+ALIAS_BYTES_CAP = 64 << 20
 #: How deep collections may nest. Deeper documents are refused before anything recurses on
 #: them: repr() would raise RecursionError, and PyYAML's C composer (used to find the line of
 #: a schema error) would overflow the C stack and kill the process.
@@ -76,6 +83,13 @@ _constructor = yaml.constructor.SafeConstructor()
 _NOTHING = object()
 
 
+class _MergeKey(str):
+    """The plain `<<` key (YAML's merge): a str, so it is still '<<' if used as a value."""
+
+
+_MERGE_KEY = _MergeKey("<<")
+
+
 class LoadError(yaml.YAMLError):
     """A YAML problem with the place it happened, shaped like PyYAML's own errors."""
 
@@ -99,26 +113,30 @@ def load(text: str | bytes, convert: Convert | None = None) -> Any:
     rest, so a large file loads in about the memory of what it becomes.
     """
     parser = _Parser(text)
+    budget = min(ALIAS_BYTES_CAP, ALIAS_BYTES_FLOOR + ALIAS_BYTES_FACTOR * len(text))
     try:
-        return _build(parser, convert or {})
+        return _build(parser, convert or {}, budget)
     finally:
         parser.dispose()
 
 
-def _build(parser: Any, convert: Convert) -> Any:
-    anchors: dict[str, tuple[Any, int]] = {}
-    stack: list[list[Any]] = []  # [container, pending key, size, anchor]
+def _build(parser: Any, convert: Convert, budget: int) -> Any:
+    anchors: dict[str, tuple[Any, int, int]] = {}  # value, values in it, characters in it
+    # [container, pending key, size, anchor, characters, tag, start mark]
+    stack: list[list[Any]] = []
     expanded = 0
+    expanded_bytes = 0
     documents = 0
     result: Any = None
 
-    def add(value: Any, size: int, event: Any) -> None:
+    def add(value: Any, size: int, chars: int, event: Any) -> None:
         nonlocal result
         if not stack:
             result = value
             return
         top = stack[-1]
         top[2] += size
+        top[4] += chars
         container = top[0]
         if container.__class__ is list:
             if convert and len(stack) == 2 and stack[0][1] in convert:
@@ -130,7 +148,7 @@ def _build(parser: Any, convert: Convert) -> Any:
             top[1] = value
         else:
             key, top[1] = top[1], _NOTHING
-            if key == "<<" and isinstance(value, (dict, list)):
+            if key is _MERGE_KEY and isinstance(value, (dict, list)):
                 for merged in value if isinstance(value, list) else [value]:
                     if isinstance(merged, dict):
                         for k, v in merged.items():
@@ -143,39 +161,47 @@ def _build(parser: Any, convert: Convert) -> Any:
         cls = event.__class__
         if cls is ScalarEvent:
             value = _scalar(event)
+            chars = len(event.value)
             if event.anchor:
-                anchors[event.anchor] = (value, 1)
-            add(value, 1, event)
+                anchors[event.anchor] = (value, 1, chars)
+            add(value, 1, chars, event)
         elif cls is MappingStartEvent or cls is SequenceStartEvent:
             tag = event.tag
             if tag not in _CONTAINER_TAGS and tag not in _DATA_TAGS:
                 raise LoadError(_refused(tag), event.start_mark)
             container = {} if cls is MappingStartEvent else []
-            stack.append([container, _NOTHING, 1, event.anchor, tag, event.start_mark])
+            stack.append([container, _NOTHING, 1, event.anchor, 0, tag, event.start_mark])
             if len(stack) > MAX_DEPTH:
                 raise LoadError(
                     f"nested deeper than {MAX_DEPTH} levels; a cassette never needs that many",
                     event.start_mark,
                 )
         elif cls is MappingEndEvent or cls is SequenceEndEvent:
-            container, _, size, anchor, tag, mark = stack.pop()
+            container, _, size, anchor, chars, tag, mark = stack.pop()
             if tag in _DATA_TAGS:
                 container = _python_data(tag, container, mark)
             if anchor:
-                anchors[anchor] = (container, size)
-            add(container, size, event)
+                anchors[anchor] = (container, size, chars)
+            add(container, size, chars, event)
         elif cls is AliasEvent:
             if event.anchor not in anchors:
                 raise LoadError(f"found undefined alias {event.anchor!r}", event.start_mark)
-            value, size = anchors[event.anchor]
+            value, size, chars = anchors[event.anchor]
             expanded += size
+            expanded_bytes += chars
             if expanded > MAX_ALIAS_EXPANSION:
                 raise LoadError(
                     f"aliases expand to more than {MAX_ALIAS_EXPANSION} values "
                     "(a YAML bomb?); a cassette never needs that many",
                     event.start_mark,
                 )
-            add(value, size, event)
+            if expanded_bytes > budget:
+                raise LoadError(
+                    f"aliases expand to more than {budget} characters, {ALIAS_BYTES_FACTOR} "
+                    "times the file's size (a YAML bomb?); a cassette never needs that many",
+                    event.start_mark,
+                )
+            add(value, size, chars, event)
         elif cls is DocumentStartEvent:
             documents += 1
             if documents > 1:
@@ -212,7 +238,7 @@ def _scalar(event: ScalarEvent) -> Any:
         except (binascii.Error, UnicodeEncodeError):
             raise LoadError("!!binary value is not base64", event.start_mark) from None
     if tag == _MERGE:
-        return "<<"
+        return _MERGE_KEY  # a plain `<<`; a quoted '<<' is an ordinary key
     if tag == "tag:yaml.org,2002:timestamp":
         return value  # kept as written: the cassette reader wants text, not datetimes
     try:

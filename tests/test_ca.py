@@ -139,10 +139,43 @@ def test_incomplete_ca_is_reported_and_left_alone(tmp_path: Path) -> None:
     assert ca.key_path.read_bytes() == key and not ca.cert_path.exists()
 
 
-def test_loosened_key_permissions_are_tightened_on_load(ca: CertificateAuthority) -> None:
-    os.chmod(ca.key_path, 0o644)
-    CertificateAuthority.load_or_create(ca.directory)
-    assert _mode(ca.key_path) == 0o600
+@pytest.mark.parametrize(
+    "what, mode, fix",
+    [("folder", 0o777, "chmod 700"), ("folder", 0o720, "chmod 700"), ("key", 0o644, "chmod 600"),
+     ("key", 0o640, "chmod 600")],
+)
+def test_a_ca_others_could_swap_or_read_is_refused_with_the_fix(
+    ca: CertificateAuthority, what: str, mode: int, fix: str
+) -> None:
+    target = ca.directory if what == "folder" else ca.key_path
+    key = ca.key_path.read_bytes()
+    os.chmod(target, mode)
+    try:
+        with pytest.raises(ReplayProxyError) as caught:
+            CertificateAuthority.load_or_create(ca.directory)
+        message = str(caught.value)
+        assert message.startswith(f"{target}: ") and "\n" not in message
+        assert f"{fix} {target}" in message and oct(mode) in message
+        assert _mode(target) == mode and ca.key_path.read_bytes() == key  # left as it was
+    finally:
+        os.chmod(target, 0o700 if what == "folder" else 0o600)
+    CertificateAuthority.load_or_create(ca.directory)  # fixed as told: used again
+
+
+def test_the_ca_command_refuses_a_world_writable_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    folder = tmp_path / "ca"
+    CertificateAuthority.load_or_create(folder)
+    os.chmod(folder, 0o777)
+    done = subprocess.run([sys.executable, str(root / "cli.py"), "ca", "--dir", str(folder)],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"chmod 700 {folder}" in line and done.stdout == ""
 
 
 def test_client_trusting_only_the_ca_reaches_localhost(ca: CertificateAuthority) -> None:
