@@ -23,7 +23,7 @@ from .cassette import Cassette, Webhook
 from .config import Config
 from .errors import CassetteError, ConfigError
 from .journal import open_cassette
-from .leaks import Leak, Scanner, entropy, looks_random
+from .leaks import Leak, Scanner, entropy, looks_random, placeholder
 from .redact import secret_values
 from .webhooks import replayed_header
 
@@ -193,7 +193,9 @@ def crafted_webhook(hook: Webhook) -> list[tuple[str, str]]:
     if hook.method != "POST":
         out.append(("method", f"method {hook.method[:20]!r}: replay sends POST unless "
                               "webhooks.allow_methods allows it"))
-    for name, _ in hook.headers:
+    for name, value in hook.headers:
+        if placeholder(value):
+            continue  # redacted while recording: a real sender's header, and nothing to abuse
         if not replayed_header(name) and name.lower() not in _SENDER_HEADERS:
             out.append((f"headers.{name}", "a header replay never sends again (crafted?)"))
     return out
