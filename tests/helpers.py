@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,18 @@ from replayproxy.cassette import Cassette, Interaction, Request, Response, Webho
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def raw_get(url: str, path: str, accept: str | None) -> tuple[dict[str, str], bytes]:
+    """GET through http.client, which decodes nothing: the headers and bytes on the wire."""
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path, headers={"Accept-Encoding": accept} if accept else {})
+        r = conn.getresponse()
+        return {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
 
 
 @asynccontextmanager

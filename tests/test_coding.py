@@ -3,10 +3,10 @@ body readable and replay codes it again for a request that accepts the coding.""
 
 from __future__ import annotations
 
-import http.client
 from pathlib import Path
 
 import pytest
+from helpers import raw_get
 from vcr_origin import DOC, Origin
 
 from replayproxy.api import SyncReplayProxy
@@ -35,16 +35,6 @@ def test_coding_round_trips(coding: str) -> None:
     assert encode_body(DOC, coding) == coded  # deterministic: the same replay, the same bytes
 
 
-def _get(url: str, path: str, accept: str | None) -> tuple[dict[str, str], bytes]:
-    host, port = url.split("//")[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path, headers={"Accept-Encoding": accept} if accept else {})
-        r = conn.getresponse()
-        return {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
-
 
 def test_recorded_coding_is_served_again(tmp_path: Path) -> None:
     """http.client decodes nothing: the comparison is of what crossed the wire."""
@@ -53,19 +43,19 @@ def test_recorded_coding_is_served_again(tmp_path: Path) -> None:
             "/negotiated": "gzip"}
     with Origin() as origin:
         with SyncReplayProxy(path, mode="all", upstream=origin.url) as proxy:
-            recorded = {p: _get(proxy.url, p, asked) for p, asked in asks.items()}
+            recorded = {p: raw_get(proxy.url, p, asked) for p, asked in asks.items()}
     for item in load(path).interactions:
         assert item.response.body == DOC
         assert header(item.response.headers, "content-encoding") is None
     with SyncReplayProxy(path) as proxy:
         for p, asked in asks.items():
-            headers, body = _get(proxy.url, p, asked)
+            headers, body = raw_get(proxy.url, p, asked)
             live_headers, live_body = recorded[p]
             coding = live_headers["content-encoding"]
             assert headers["content-encoding"] == coding
             assert decode_body(body, coding)[0] == decode_body(live_body, coding)[0] == DOC
             assert int(headers["content-length"]) == len(body)
             # the same answer to a client that does not take the coding: readable, unlabelled
-            headers, body = _get(proxy.url, p, None)
+            headers, body = raw_get(proxy.url, p, None)
             assert "content-encoding" not in headers and body == DOC
             assert int(headers["content-length"]) == len(DOC)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.client
 import json
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import brotli
 import pytest
+from helpers import raw_get
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -187,16 +187,6 @@ def test_a_false_coding_moves_to_the_metadata_and_a_true_one_stays() -> None:
     assert header(b.response.headers, "content-encoding") == "gzip"
 
 
-def _get(url: str, path: str, accept: str | None) -> tuple[dict, bytes]:
-    host, port = url.split("//")[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path, headers={"Accept-Encoding": accept} if accept else {})
-        r = conn.getresponse()
-        return {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
-
 
 def test_a_decoded_body_is_coded_again_only_for_a_client_that_accepts_it(tmp_path: Path) -> None:
     """http.client decodes nothing: these are the bytes on the wire."""
@@ -215,13 +205,13 @@ def test_a_decoded_body_is_coded_again_only_for_a_client_that_accepts_it(tmp_pat
     with SyncReplayProxy(path) as proxy:
         for accept, coded in (("gzip, deflate", True), (None, False), ("gzip;q=0, br", False),
                               ("*", True), ("identity", False)):
-            headers, body = _get(proxy.url, "/g", accept)
+            headers, body = raw_get(proxy.url, "/g", accept)
             assert int(headers["content-length"]) == len(body)
             if coded:
                 assert headers["content-encoding"] == "gzip" and gzip.decompress(body) == doc
             else:
                 assert "content-encoding" not in headers and body == doc
-        headers, body = _get(proxy.url, "/b", "gzip, deflate, br")
+        headers, body = raw_get(proxy.url, "/b", "gzip, deflate, br")
         assert headers["content-encoding"] == "br" and brotli.decompress(body) == doc
         assert int(headers["content-length"]) == len(body)
 
