@@ -1,6 +1,6 @@
-"""The docs are the reference: every command and option is on docs/commands.md, every relative
-link in the README, SECURITY.md and docs/ lands on a file and a heading that exist, and the README
-stays what a newcomer reads in five minutes."""
+"""The docs are the reference: every command and option is on docs/commands.md, every config
+key in docs/config.md, every relative link in the README, SECURITY.md and docs/ lands on a file
+and a heading that exist, and the README stays what a newcomer reads in five minutes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 import pytest
+import yaml
 from markdown_it import MarkdownIt
 
 from cli import main
@@ -110,6 +111,29 @@ def test_every_command_and_option_is_on_the_commands_page() -> None:
                     if opt.startswith("--") and opt not in sections[name] and opt != "--help":
                         missing.append(f"{name} {opt}")
     assert not missing, "undocumented in docs/commands.md: " + ", ".join(missing)
+
+
+def test_the_config_reference_names_every_key_and_loads(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from replayproxy.config import Config, load_config
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "replayproxy.yaml").write_text(block)
+    load_config(tmp_path / "replayproxy.yaml")  # the real loader refuses unknown keys and types
+    documented = yaml.safe_load(block)
+
+    def missing(fields: dict, doc: object, prefix: str = "") -> list[str]:
+        out = []
+        for key, value in fields.items():
+            if not isinstance(doc, dict) or key not in doc:
+                out.append(prefix + key)
+            elif isinstance(value, dict) and value:
+                out += missing(value, doc[key], f"{prefix}{key}.")
+        return out
+
+    assert missing(asdict(Config()), documented) == []
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
