@@ -17,7 +17,7 @@ import click
 from replayproxy import __version__, eventloop
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import load
-from replayproxy.config import Config, load_config
+from replayproxy.config import Config, RecordMode, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
 from replayproxy.journal import open_cassette
@@ -128,7 +128,7 @@ def with_options(options: list[Callable[..., Any]], func: Callable[..., Any]) ->
 
 
 def https_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--forward, --hosts, --ca-dir, --tls: the options of commands that serve (issue 10)."""
+    """--forward, --hosts, --ca-dir, --tls: the options of commands that serve."""
     options = [
         click.option(
             "--forward",
@@ -437,7 +437,7 @@ def run(
         extra_env[VARIANT_ENV] = variant
     proxy = open_proxy(
         cassette,
-        mode="all" if record else "replay",
+        mode=RecordMode.ALL if record else RecordMode.NONE,
         upstream=config.upstream if record else None,
         upstream_ca=upstream_ca,
         config=config,
@@ -772,8 +772,8 @@ def send_webhook(
 @config_option
 @click.option(
     "--mode",
-    type=click.Choice(["once", "new_episodes", "all", "none"]),
-    default="once",
+    type=click.Choice([m.value for m in RecordMode]),
+    default=RecordMode.ONCE.value,
     show_default=True,
     help="As in vcrpy: once records only when CASSETTE does not exist; new_episodes records "
     "what it lacks; all re-records; none only replays.",
