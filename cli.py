@@ -24,9 +24,10 @@ from replayproxy.journal import open_cassette
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions
+from replayproxy.report import load_report
 from replayproxy.signing import SCHEMES
 from replayproxy.terminal import printable
-from replayproxy.timeline import load_report, write_html
+from replayproxy.timeline import write_html
 from replayproxy.webhooks import TIMINGS
 
 
