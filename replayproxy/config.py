@@ -234,7 +234,7 @@ def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
 
 
 def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, source, dotted + ".")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -269,7 +269,7 @@ def env_secrets(
     environment, never from flags or files."""
     env = os.environ if environ is None else environ
     listed = [names] if isinstance(names, str) else list(names or ())
-    values = {}
+    values: dict[str, None] = {}  # a dict keeps the order and drops repeats
     for name in listed:
         value = env.get(name, "") if name else ""
         try:
