@@ -1,5 +1,8 @@
 """Plays one `Variant` (variants.py) during a replay: the faults Camber could have had.
 
+One misbehaviour at one webhook or interaction, as `vary` and `run --variant` choose it; the
+replay-wide faults of the webhook flags (--bad-signature, ...) are webhooks.Fault instead.
+
 The Replayer consults it at four points, and nowhere else:
 - `before(request, match)`: before an answer is built. It may answer in the recording's place
   (503 / 429 once, or reset the connection; the recorded answer stays unused, so the client's
