@@ -119,6 +119,17 @@ config_option = click.option(
     help="Config file (default: ./replayproxy.yaml when present).",
 )
 listen_option = click.option("--listen", help="HOST:PORT to listen on (port 0 picks a free one).")
+allow_remote_option = click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow listening on a non-loopback address (prints a warning).",
+)
+env_option = click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    help="Also export the proxy URL as NAME (default: config export_env).",
+)
 
 
 def with_options(options: list[Callable[..., Any]], func: Callable[..., Any]) -> Callable[..., Any]:
@@ -245,11 +256,7 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Move recorded timestamps in answers and webhooks to the present.",
         ),
-        click.option(
-            "--allow-remote",
-            is_flag=True,
-            help="Allow listening on a non-loopback address (prints a warning).",
-        ),
+        allow_remote_option,
     ]
     return with_options(options, func)
 
@@ -365,12 +372,7 @@ def demo(keep: str | None) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @listen_option
 @config_option
-@click.option(
-    "--env",
-    "env_name",
-    metavar="NAME",
-    help="Also export the proxy URL as NAME (default: config export_env).",
-)
+@env_option
 @click.option("--record", is_flag=True, help="Record through --upstream instead of replaying.")
 @click.option("--upstream", help="With --record: where requests go (default: config upstream).")
 @click.option(
@@ -493,12 +495,7 @@ def run(
     show_default=True,
     help="Seconds one run of the command may take before it is stopped.",
 )
-@click.option(
-    "--env",
-    "env_name",
-    metavar="NAME",
-    help="Also export the proxy URL as NAME (default: config export_env).",
-)
+@env_option
 @click.option(
     "--timing",
     type=click.Choice(TIMINGS),
@@ -788,11 +785,7 @@ def send_webhook(
     type=click.Path(dir_okay=False, exists=True),
     help="CA bundle (PEM) to verify the upstream's TLS certificate with.",
 )
-@click.option(
-    "--allow-remote",
-    is_flag=True,
-    help="Allow listening on a non-loopback address (prints a warning).",
-)
+@allow_remote_option
 @click.option(
     "--drain-timeout",
     type=float,
@@ -933,11 +926,7 @@ def ca_command(directory: str | None) -> None:
     help="Signature scheme of its webhooks (default: config webhooks.upstream_signature, "
     "else webhooks.signature).",
 )
-@click.option(
-    "--allow-remote",
-    is_flag=True,
-    help="Allow listening on a non-loopback address (prints a warning).",
-)
+@allow_remote_option
 @friendly
 def sandbox(
     listen: str, step_seconds: float, config_path: str | None, scheme: str | None,
