@@ -23,8 +23,8 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -75,6 +75,7 @@ class Faults:
                 return _reset(request)
             headers = {"Retry-After": str(v.retry_after)} if v.retry_after else {}
             text = "service unavailable" if v.status == 503 else "too many requests"
+            assert v.status is not None  # 503-once and 429 carry the status they answer
             return web.json_response(
                 {"error": text, "replayproxy_variant": v.name}, status=v.status, headers=headers
             )
@@ -142,10 +143,10 @@ class Faults:
                 d.delay = 0.0
             self.replayer._send(held, ordered=True)
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task the deliverer's drain waits for, as for any webhook still due."""
         tasks = self.replayer.deliverer.tasks
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
