@@ -1,10 +1,11 @@
 """What happened during a replay: served, unmatched, unused, and every webhook attempt.
 
-Plain data, filled by the service layer and written as JSON on exit, with `summary`: the same
-sentences pytest, the CLI and the log show. A replay *diverges* on an unmatched request, a
-webhook that fell due and was not delivered (failed, or still pending at the end), and a
-deliberately bad webhook the app accepted. Interactions never used and webhooks whose cause never
-came are reported but count only in strict mode, which requires the whole cassette played.
+Plain data, filled by the service layer and written as JSON on exit (read back by
+`load_report` for the page), with `summary`: the same sentences pytest, the CLI and the log
+show. A replay *diverges* on an unmatched request, a webhook that fell due and was not delivered
+(failed, or still pending at the end), and a deliberately bad webhook the app accepted.
+Interactions never used and webhooks whose cause never came are reported but count only in
+strict mode, which requires the whole cassette played.
 """
 
 from __future__ import annotations
