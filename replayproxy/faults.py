@@ -1,5 +1,8 @@
 """Plays one `Variant` (variants.py) during a replay: the faults Camber could have had.
 
+One misbehaviour at one webhook or interaction, as `vary` and `run --variant` choose it; the
+replay-wide faults of the webhook flags (--bad-signature, ...) are webhooks.Fault instead.
+
 The Replayer consults it at four points, and nowhere else:
 - `before(request, match)`: before an answer is built. It may answer in the recording's place
   (503 / 429 once, or reset the connection; the recorded answer stays unused, so the client's
@@ -20,8 +23,8 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -72,6 +75,7 @@ class Faults:
                 return _reset(request)
             headers = {"Retry-After": str(v.retry_after)} if v.retry_after else {}
             text = "service unavailable" if v.status == 503 else "too many requests"
+            assert v.status is not None  # 503-once and 429 carry the status they answer
             return web.json_response(
                 {"error": text, "replayproxy_variant": v.name}, status=v.status, headers=headers
             )
@@ -139,10 +143,10 @@ class Faults:
                 d.delay = 0.0
             self.replayer._send(held, ordered=True)
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task the deliverer's drain waits for, as for any webhook still due."""
         tasks = self.replayer.deliverer.tasks
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

@@ -19,7 +19,7 @@ from .faults import Faults
 from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
-from .report import NAMED, Attempt, Delivery, Report, Unmatched
+from .report import NAMED, Attempt, Delivery, NearMiss, Report, Unmatched
 from .server import UPSTREAM_KEY, Verbatim
 from .signing import sign, validate
 from .terminal import printable
@@ -258,12 +258,7 @@ class Replayer:
         self.redactor.learn_request(req)  # a redacted query value, token or cookie: never shown
         scrub = self.redactor.text
         near = [
-            {
-                "interaction": m.number,
-                "request": scrub(m.request),
-                "differences": [scrub(d) for d in m.differences],
-            }
-            for m in misses
+            NearMiss(m.number, scrub(m.request), [scrub(d) for d in m.differences]) for m in misses
         ]
         shown = scrub(describe(req))
         miss = Unmatched(shown, near)
@@ -273,7 +268,7 @@ class Replayer:
         body = {
             "error": "no recorded interaction matches this request",
             "request": shown,
-            "near_misses": near,
+            "near_misses": miss.to_dict()["near_misses"],
             "message": text,
         }
         return web.json_response(body, status=self.config.unmatched_status)

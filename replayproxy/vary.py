@@ -240,7 +240,7 @@ class Matrix:
         links = []
         for c in self.cells:
             name = f"{c.variant.name}.html"
-            report = c.report.to_dict() if c.error is None else None
+            report = c.report if c.error is None else None
             title = f"replayproxy vary: {c.variant.name} - {c.variant.did}"
             write_html(load(cassette_path), folder / name, report, title=title)
             links.append(

@@ -135,7 +135,14 @@ def order(due: Sequence[Due], seed: int | None) -> list[Due]:
 
 @dataclass(frozen=True)
 class Fault:
-    """A deliberate fault of a replay, as the report and stderr show it."""
+    """A deliberate fault a replay flag asks for (--bad-signature, --stale-timestamp,
+    --duplicate-webhooks, --shuffle-webhooks), done to every webhook of the replay; the report
+    (`faults`) and stderr show what it does and what a correct app does about it.
+
+    Not a variant (variants.Variant, played by faults.Faults): a variant is one misbehaviour of
+    Camber at one webhook or interaction, one row of `vary`'s matrix, and whether the app must
+    survive it is config `vary.expect`. The two meet in one place: a bad or stale webhook, by
+    flag or by variant, is sent as a Delivery with `test` set and judged by report.Delivery."""
 
     fault: str  # bad-signature | stale-timestamp | duplicate-webhooks | shuffle-webhooks
     scheme: str  # the signature scheme the webhooks were signed in
