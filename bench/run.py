@@ -131,8 +131,8 @@ def main() -> None:
             extra_sections(plan, files[SMALL][:2], result)
         if plan.profile:
             log("profiling replayproxy under wrk c32 with py-spy")
-            result["profile"] = profile(files[SMALL][:2], 4 if plan.quick else 10,
-                                                    plan.cpus, plan.stamp)
+            result["profile"] = profile(files[SMALL][:2], 4 if plan.quick else 10, plan.cpus,
+                                        plan.stamp)
     finally:
         harness.stop_all()
     finish(plan, result)
