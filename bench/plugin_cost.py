@@ -215,10 +215,10 @@ def main() -> None:
           f"({result['suite_ratio_median']:.2f}x)")
     print(f"  plugin cost per test: {result['plugin_ms_per_test_median']:.2f} ms wall, "
           f"{result['plugin_cpu_ms_per_test_median']:.2f} ms cpu (target < 10)")
-    print(f"  a 1,000-test suite: +{result['per_1000_tests_s']:.1f} s (target <= 10 s)")
+    print(f"  a 1,000-test suite: {result['per_1000_tests_s']:+.1f} s (target <= 10 s)")
     print(f"  in process: start + one request + stop {inner['with_ms']:.2f} ms "
           f"({inner['with_cpu_ms']:.2f} ms cpu) vs one request {inner['without_ms']:.2f} ms: "
-          f"+{inner['plugin_ms']:.2f} ms")
+          f"{inner['plugin_ms']:+.2f} ms")
     print(f"wrote {out}")
 
 
