@@ -32,10 +32,12 @@ from aiohttp import web
 from yarl import URL
 
 from .errors import ReplayProxyError
-from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
+from .headers import answer_headers, request_headers
+from .recorder import INGRESS
 from .server import (
     DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
+    UPSTREAM_KEY,
     Handler,
     HandlerRunner,
     Verbatim,
@@ -369,7 +371,7 @@ class ForwardServer:
                 timeout=self.timeout,
                 limit=sys.maxsize,
             )
-        headers = upstream_headers(request.headers)
+        headers = request_headers(request.headers)
         body = await request.read()
         try:
             answer = await self._client.request(
@@ -383,7 +385,7 @@ class ForwardServer:
             status=answer.status,
             reason=answer.reason,
             body=answer.body,
-            headers=app_headers(answer, head=request.method == "HEAD"),
+            headers=answer_headers(answer.pairs, answer.connection, request.method == "HEAD"),
         )
 
 

@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,11 +33,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from .cassette import HOP_BY_HOP, Cassette, Interaction, Request, Response, Webhook, save
+from .cassette import Cassette, Interaction, Request, Response, Webhook, save
 from .coding import TooLarge, decode_body
 from .config import Config, env_names, env_secrets
 from .correlate import exchange_values, webhook_ids
 from .errors import CassetteError, ConfigError
+from .headers import answer_headers, request_headers, storable
 from .journal import Claim, Journal, Session, assemble, fingerprint, journal_path, read
 from .journal import claim as claim_journal
 from .redact import Redactor, scrub_logs
@@ -61,57 +61,6 @@ from .webhooks import outgoing
 log = logging.getLogger("replayproxy")
 
 INGRESS = "/__replayproxy/webhooks"
-
-def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
-    """The fixed hop-by-hop names, any the Connection header lists, and `also`."""
-    listed = headers.getall("Connection", ()) if hasattr(headers, "getall") else ()
-    return hop_by_hop_listed(listed, *also)
-
-
-def hop_by_hop_listed(listed: Iterable[str], *also: str) -> frozenset[str]:
-    """The same, from the Connection header values themselves."""
-    if not listed:
-        return _hop_by_hop_and(also)
-    named = set(HOP_BY_HOP).union(also)
-    for value in listed:
-        named.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return frozenset(named)
-
-
-@lru_cache(maxsize=16)
-def _hop_by_hop_and(also: tuple[str, ...]) -> frozenset[str]:
-    return HOP_BY_HOP.union(also)
-
-
-def upstream_headers(headers: Any) -> list[tuple[str, str]]:
-    """The app's request headers as they go upstream: no hop-by-hop ones; the client writes
-    Host and Content-Length anew."""
-    skip = hop_by_hop(headers, "host", "content-length")
-    return [(str(k), v) for k, v in headers.items() if k.lower() not in skip]
-
-
-def app_headers(answer: Answer, head: bool = False) -> list[tuple[str, str]]:
-    """The upstream's answer headers as the app gets them: no hop-by-hop ones; aiohttp writes
-    Content-Length anew, except for a HEAD answer (no body to count), whose own is kept."""
-    skip = hop_by_hop_listed(answer.connection, *(() if head else ("content-length",)))
-    return [(k, v) for k, v in answer.pairs if k.lower() not in skip]
-
-
-def storable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Header text a cassette can hold. Bytes that are not UTF-8 (kept by aiohttp and httptools
-    as lone surrogates) are read as Latin-1, HTTP's historical charset, so `filename="r\xe9sum\xe9"`
-    is stored, answered and replayed as "résumé" rather than making the cassette unwritable."""
-    if all(k.isascii() and v.isascii() for k, v in headers):
-        return headers
-    return [(_text(k), _text(v)) for k, v in headers]
-
-
-def _text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 class Recorder:
@@ -272,7 +221,7 @@ class Recorder:
             replayed = await self._replay(request, req)
             if replayed is not None:
                 return replayed
-        sent_headers = upstream_headers(request.headers)
+        sent_headers = request_headers(request.headers)
         sent_body, callbacks = self._rewrite_callbacks(body)
         # (a lookup that misses costs a KeyError inside aiohttp: only forward mode sets it)
         upstream = request.get(UPSTREAM_KEY, self.upstream) if self.forward else self.upstream
@@ -308,7 +257,9 @@ class Recorder:
                 cause=cause,
             )
         duration = round(time.monotonic() - started, 6)
-        passed = storable(app_headers(answer, head=request.method == "HEAD"))
+        passed = storable(
+            answer_headers(answer.pairs, answer.connection, head=request.method == "HEAD")
+        )
         try:
             number = self._record(
                 request, url, sent_headers, body, answer, passed, at, duration
@@ -475,13 +426,11 @@ class Recorder:
             target = self.callbacks[int(number) - 1]
             hint = self.callback_hint.get(target)
         event_id = webhook_id(headers, signature) or _body_event_id(body)
-        skip = signature_header_names(signature) | hop_by_hop(
-            request.headers, "host", "content-length"
-        )
+        signed = signature_header_names(signature)
         hook = Webhook(
             body=body,
             headers=storable(
-                [(str(k), v) for k, v in request.headers.items() if k.lower() not in skip]
+                [(k, v) for k, v in request_headers(request.headers) if k.lower() not in signed]
             ),
             method=request.method,
             path=request.path,

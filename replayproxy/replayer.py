@@ -16,6 +16,7 @@ from .config import Config, env_names, env_secrets
 from .delivery import Deliverer, Job
 from .errors import ReplayProxyError
 from .faults import Faults
+from .headers import replayed_headers
 from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
@@ -37,11 +38,6 @@ from .webhooks import (
 )
 
 log = logging.getLogger("replayproxy")
-
-#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own
-#: (but a HEAD answer's Content-Length, which counts a body never sent, is served as recorded).
-_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
-
 
 @dataclass(frozen=True)
 class ReplayOptions:
@@ -162,12 +158,7 @@ class Replayer:
     def _prepare(self, item: Interaction, find: Finder) -> Prepared:
         response = item.response
         coding = item.meta.get("content_encoding")
-        head = item.request.method == "HEAD"
-        headers = [
-            (k, v)
-            for k, v in response.headers
-            if k.lower() not in _HOP or (head and k.lower() == "content-length" and v.isdigit())
-        ]
+        headers = replayed_headers(response.headers, head=item.request.method == "HEAD")
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
