@@ -42,12 +42,15 @@ from .headers import answer_headers, request_headers, storable
 from .journal import Claim, Journal, Session, assemble, fingerprint, journal_path, read
 from .journal import claim as claim_journal
 from .redact import Redactor, scrub_logs
-from .replayer import HungUp, Replayer, ReplayOptions, local_secrets, read_body
+from .replayer import HungUp, Replayer, ReplayOptions, read_body
 from .server import UPSTREAM_KEY, Verbatim, origin_form
 from .signing import (
     SignatureError,
-    sign,
+    check_secrets,
+    local_secrets,
     signature_header_names,
+    signed_with,
+    signing_env,
     validate,
     verify,
     webhook_id,
@@ -113,16 +116,8 @@ class Recorder:
                 env_names(hooks.upstream_secret_env),
             )
         self.local_secrets = local_secrets(config, needed=False)
-        # a malformed secret (e.g. not whsec_<base64>) fails now, not with a 500 per webhook
-        for names, keys, scheme in (
-            (hooks.upstream_secret_env, self.upstream_secrets, hooks.upstream_scheme),
-            (hooks.local_secret_env, self.local_secrets, hooks.signature),
-        ):
-            if keys:
-                try:
-                    sign(b"", keys, scheme, timestamp=0)
-                except ConfigError as exc:
-                    raise ConfigError(f"{env_names(names)}: {exc}") from None
+        check_secrets(self.upstream_secrets, hooks.upstream_secret_env, hooks.upstream_scheme)
+        check_secrets(self.local_secrets, hooks.local_secret_env, hooks.signature)
         # new_episodes: what the existing cassette answers is replayed, not forwarded
         self.base = base
         self.replayer = (
@@ -521,13 +516,10 @@ class Recorder:
         return out
 
     def _refused_line(self, count: int, status: int, why: str) -> str:
-        names = self.config.webhooks.local_secret_env
-        scheme = self.config.webhooks.signature.scheme
-        current = names[0] if names else "(none)"  # the first variable's secret signs
         return (
-            f"the app refused {count} webhook(s) signed with ${current} (scheme {scheme}): "
+            f"the app refused {count} webhook(s) signed with {signed_with(self.config, True)}: "
             f"{status} {why}".rstrip()
-            + f"; is the app's webhook secret the one in {current}?"
+            + f"; is the app's webhook secret the one in {signing_env(self.config)}?"
         )
 
     async def _forward_webhook(self, hook: Webhook, target: str, key: str) -> web.StreamResponse:

@@ -12,9 +12,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .cassette import Cassette, Interaction, Request
 from .coding import accepts, encode_body
-from .config import Config, env_names, env_secrets
+from .config import Config
 from .delivery import Deliverer, Job
-from .errors import ReplayProxyError
 from .faults import Faults
 from .headers import replayed_headers
 from .inspect import event_type
@@ -22,7 +21,7 @@ from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
 from .report import NAMED, Attempt, Delivery, Report, Unmatched
 from .server import UPSTREAM_KEY, Verbatim
-from .signing import sign, validate
+from .signing import check_secrets, local_secrets, signed_with, validate
 from .terminal import printable
 from .timeshift import recording_delta, shift
 from .variables import Finder, dotted_get
@@ -64,19 +63,6 @@ class Prepared:
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
     coding: str | None = None  # the Content-Encoding it was recorded in (the body is decoded)
     coded: bytes | None = None  # the body in that coding, made at its first use
-
-
-def local_secrets(config: Config, needed: bool) -> list[str]:
-    """The app's webhook secrets: one per variable `webhooks.local_secret_env` lists (rotation:
-    current first), each exactly as set."""
-    names = config.webhooks.local_secret_env
-    secrets = env_secrets(names)
-    if needed and not secrets:
-        raise ReplayProxyError(
-            f"the cassette has webhooks to sign, but the environment variable {env_names(names)} "
-            "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
-        )
-    return secrets
 
 
 class HungUp(Exception):
@@ -125,8 +111,7 @@ class Replayer:
             shuffle_seed=opts.shuffle_webhooks,
         )
         self.secrets = local_secrets(config, needed=bool(cassette.webhooks))
-        if self.secrets:  # a malformed key (e.g. not whsec_<base64>) fails now, not per webhook
-            sign(b"", self.secrets, config.webhooks.signature, timestamp=0)
+        check_secrets(self.secrets, config.webhooks.local_secret_env, config.webhooks.signature)
         self.matcher = Matcher(cassette, config, fast_forward=self.options.fast_forward)
         # misses are logged and reported with the live request: never with a secret in it
         self.redactor = Redactor.from_config(config)
@@ -389,14 +374,4 @@ def _no_target() -> Attempt:
         "no target URL: the recording has none and neither "
         "webhooks.forward_to nor --webhook-url is set",
         0.0,
-    )
-
-
-def signed_with(config: Config) -> str:
-    """Which secret variable(s) and scheme sign replayed webhooks, as the 401/403 hint says it."""
-    names = config.webhooks.local_secret_env
-    shown = ", ".join(f"${n}" for n in ([names] if isinstance(names, str) else names) if n)
-    return (
-        f"the secret in {shown or 'no variable'} (config webhooks.local_secret_env) and scheme "
-        f"{config.webhooks.signature.scheme} (webhooks.signature.scheme)"
     )
