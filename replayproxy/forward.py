@@ -4,14 +4,15 @@ One listener sniffs the first request head of every connection:
 
 - `CONNECT host:port` to an intercepted host: answer `200 Connection Established`, terminate TLS
   with a leaf for `host` signed by the local CA, and hand the decrypted connection to the same
-  aiohttp application reverse mode serves (recorder or replayer), with `https://host:port` as
-  that connection's upstream. A tunnel whose first byte does not open a TLS handshake carries
-  plain HTTP (undici's ProxyAgent tunnels http:// URLs too): `http://host:port` is its upstream.
+  handler reverse mode serves (the recorder's or the replayer's `handle`), with
+  `https://host:port` as that connection's upstream. A tunnel whose first byte does not open a
+  TLS handshake carries plain HTTP (undici's ProxyAgent tunnels http:// URLs too):
+  `http://host:port` is its upstream.
 - `CONNECT` to any other host (outside `--hosts`): tunnelled untouched (a raw byte pipe) while
   recording; refused with 403 while replaying, so nothing leaves the machine.
 - Anything else (plain HTTP proxy requests in absolute form, and origin-form requests such as
-  webhooks arriving at the proxy itself): handed to the aiohttp application as it is; a
-  middleware tells the recorder each request's upstream (`recorder.UPSTREAM_KEY`).
+  webhooks arriving at the proxy itself): handed to the handler as it is; `_dispatch` tells it
+  each request's upstream by setting `server.UPSTREAM_KEY` on the request.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .headers import answer_headers, request_headers
-from .recorder import INGRESS
+from .ingress import INGRESS
 from .server import (
     DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
@@ -111,7 +112,7 @@ def _plain(status: int, reason: str, message: str) -> bytes:
 
 
 class ForwardServer:
-    """Serve `app` as a forward proxy on host:port; `url` is known once started.
+    """Serve `handler` as a forward proxy on host:port; `url` is known once started.
 
     `recording` decides what happens to hosts outside `hosts`: tunnelled (True) or refused.
     `has_upstream` says whether origin-form requests (not to the webhook ingress) have somewhere
