@@ -374,10 +374,10 @@ class Recorder:
                 save(result, self.path)
             except OSError as exc:
                 self.journal.close()
-                kept, lost = self.journaled, len(self.held)
+                journaled, lost = self.journaled, len(self.held)
                 raise CassetteError(
                     f"{self.path}: cannot save the cassette: {exc.strerror or exc}; the previous "
-                    f"file is unchanged. {self.journal.path} keeps {kept} of this session's "
+                    f"file is unchanged. {self.journal.path} keeps {journaled} of this session's "
                     f"items: `replayproxy recover {self.path}` (or the next `record`) saves them"
                     + (f" ({lost} could not be journaled and are lost)" if lost else "")
                 ) from None

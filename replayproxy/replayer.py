@@ -194,7 +194,7 @@ class Replayer:
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
         if answer.coding and _accepts(req, answer.coding):
-            headers, payload = _coded(answer, headers, payload)
+            headers, payload = _coded(answer, answer.coding, headers, payload)
         resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if self.faults is not None:
@@ -344,19 +344,21 @@ def _accepts(req: Request, coding: str) -> bool:
     return accepts(asked, coding)
 
 
-def _coded(answer: Prepared, headers: tuple, payload: bytes) -> tuple[tuple, bytes]:
-    """The answer in the coding it was recorded in, as the upstream sent it to a client that
-    accepts it. A body without live values is coded once and kept."""
+def _coded(
+    answer: Prepared, coding: str, headers: tuple, payload: bytes
+) -> tuple[tuple, bytes]:
+    """The answer in `coding`, the one it was recorded in, as the upstream sent it to a client
+    that accepts it. A body without live values is coded once and kept."""
     try:
         if payload is answer.body:
             if answer.coded is None:
-                answer.coded = encode_body(payload, answer.coding)
+                answer.coded = encode_body(payload, coding)
             coded = answer.coded
         else:
-            coded = encode_body(payload, answer.coding)
+            coded = encode_body(payload, coding)
     except ValueError:  # a coding replayproxy cannot make: the readable body, unlabelled
         return headers, payload
-    return (*headers, ("Content-Encoding", answer.coding)), coded
+    return (*headers, ("Content-Encoding", coding)), coded
 
 
 def _shift_cassette(cassette: Cassette) -> None:
