@@ -734,8 +734,7 @@ def send_webhook(
     import dataclasses
 
     from replayproxy.delivery import pick, send_recorded
-    from replayproxy.replayer import local_secrets
-    from replayproxy.signing import validate
+    from replayproxy.signing import local_secrets, validate
 
     config = settings(config_path)
     signature = config.webhooks.signature
@@ -752,8 +751,8 @@ def send_webhook(
         )
     )
     from replayproxy.clip import clip_bytes
-    from replayproxy.replayer import signed_with
     from replayproxy.report import signature_hint
+    from replayproxy.signing import signed_with
 
     used = dataclasses.replace(
         config, webhooks=dataclasses.replace(config.webhooks, signature=signature)

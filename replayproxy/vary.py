@@ -32,9 +32,10 @@ from .config import Config
 from .errors import ReplayProxyError
 from .inspect import table
 from .journal import open_cassette
-from .replayer import Replayer, ReplayOptions, local_secrets
+from .replayer import Replayer, ReplayOptions
 from .report import Report
 from .runner import command_env
+from .signing import local_secrets
 from .variants import BASELINE, Variant, derive, expectation, find, select
 
 #: The variable a command run by `vary` (or `run --variant`) finds its variant's name in.

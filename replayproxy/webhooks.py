@@ -15,9 +15,10 @@ from functools import lru_cache
 from typing import Any
 
 from .addresses import is_loopback, origin
-from .cassette import HOP_BY_HOP, Cassette, Webhook
+from .cassette import Cassette, Webhook
 from .config import SignatureConfig
 from .errors import ConfigError
+from .headers import REQUEST_HOP
 from .signing import (
     SCHEMES,
     carries_timestamp,
@@ -30,10 +31,6 @@ from .signing import (
 from .variables import Bindings
 
 TIMINGS = ("sequence", "recorded", "immediate")
-
-#: Headers that describe one hop or one body, never copied from the recording.
-_HOP_HEADERS = HOP_BY_HOP | {"content-length", "host"}
-
 
 @dataclass(slots=True)
 class Due:
@@ -267,7 +264,7 @@ def stale_headers(signature: SignatureConfig) -> frozenset[str]:
     """Lowercased header names never copied from a recorded webhook: hop headers, the configured
     scheme's signature/timestamp/id headers, and every named scheme's signature and timestamp
     headers (the upstream may sign in another scheme than the app's; its ids are kept)."""
-    names = set(signature_header_names(signature)) | _HOP_HEADERS
+    names = set(signature_header_names(signature)) | REQUEST_HOP
     for scheme in SCHEMES:
         if scheme != "custom":
             names |= signature_header_names(SignatureConfig(scheme=scheme)) - _ID_HEADERS
