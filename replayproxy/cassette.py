@@ -52,9 +52,14 @@ class Response:
 
 @dataclass(slots=True)
 class Interaction:
+    """One exchange. On disk its times and `meta` share the `replayproxy` key beside vcrpy's
+    request and response (`interaction_meta`)."""
+
     request: Request
     response: Response
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the rest: content_encoding, ...
+    at: float | None = None  # when the request arrived: seconds since the session started
+    duration: float | None = None  # seconds from then until the answer was complete
 
 
 @dataclass(slots=True)
@@ -166,9 +171,18 @@ def _dump_interaction(item: Interaction) -> dict[str, Any]:
             "status": {"code": res.status, "message": res.reason},
         },
     }
-    if item.meta:
-        out["replayproxy"] = item.meta
+    meta = interaction_meta(item)
+    if meta:
+        out["replayproxy"] = meta
     return out
+
+
+def interaction_meta(item: Interaction) -> dict[str, Any]:
+    """The interaction's `replayproxy` mapping as written: `at`, `duration`, then `meta`."""
+    if item.at is None and item.duration is None:
+        return item.meta
+    times = {"at": item.at, "duration": item.duration}
+    return {**{k: v for k, v in times.items() if v is not None}, **item.meta}
 
 
 def _dump_webhook(hook: Webhook) -> dict[str, Any]:
@@ -503,10 +517,12 @@ def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
     meta = item.get("replayproxy") or {}
     if not isinstance(meta, dict):
         raise _Invalid((*path, "replayproxy"), f"must be a mapping, got {_kind(meta)}")
-    for key in ("at", "duration"):
-        _optional(meta, key, _NUMBER, (*path, "replayproxy"))
+    at = _optional(meta, "at", _NUMBER, (*path, "replayproxy"))
+    duration = _optional(meta, "duration", _NUMBER, (*path, "replayproxy"))
     _optional(meta, "content_encoding", str, (*path, "replayproxy"))
-    return Interaction(request, response, meta)
+    if "at" in meta or "duration" in meta:
+        meta = {k: v for k, v in meta.items() if k not in ("at", "duration")}
+    return Interaction(request, response, meta, at, duration)
 
 
 def _webhook(item: Any, path: tuple[Any, ...], count: int) -> Webhook:

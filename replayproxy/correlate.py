@@ -10,8 +10,8 @@
 - *after* is the last exchange of the conversation that completed before the webhook arrived;
   *delay* the seconds between that completion and the arrival.
 
-Times are the interactions' `meta["at"]` and `meta["duration"]` and the webhook's `at`, in
-seconds since the start of the recording session.
+Times are the interactions' and the webhook's `at` and the interactions' `duration`, in seconds
+since the start of the recording session.
 """
 
 from __future__ import annotations
@@ -138,10 +138,9 @@ def conversations(interactions: Sequence[Interaction]) -> list[str | None]:
 
 
 def _end(item: Interaction) -> float | None:
-    at = item.meta.get("at")
-    if not isinstance(at, (int, float)):
+    if item.at is None:
         return None
-    return float(at) + float(item.meta.get("duration") or 0.0)
+    return float(item.at) + float(item.duration or 0.0)
 
 
 def exchanges_of(

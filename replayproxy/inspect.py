@@ -68,8 +68,8 @@ def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
 
 
-def _at(value: object) -> str:
-    return f"{value:.3f}s" if isinstance(value, (int, float)) else ""
+def _at(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}s"
 
 
 def _red(text: str) -> str:
@@ -109,7 +109,7 @@ def render_inspect(cassette: Cassette, color: bool = False) -> str:
                 *row,
                 item.response.status,
                 _size(len(item.response.body)),
-                _at(item.meta.get("at")),
+                _at(item.at),
             )
         )
     statuses = [item.response.status for item in cassette.interactions]

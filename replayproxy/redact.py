@@ -237,6 +237,8 @@ class Redactor:
                 Request(req.method, req.uri, self.header_names(req.headers), req.body),
                 Response(res.status, res.reason, self.header_names(res.headers), res.body),
                 dict(item.meta),
+                item.at,
+                item.duration,
             )
         # First learn the values under redacted names, then scrub them everywhere.
         if self.query:
@@ -252,7 +254,7 @@ class Redactor:
         if body != res.body:
             headers = _fix_length(headers, len(body))
         response = Response(res.status, res.reason, headers, body)
-        return Interaction(request, response, dict(item.meta))
+        return Interaction(request, response, dict(item.meta), item.at, item.duration)
 
     def webhook(self, hook: Webhook) -> Webhook:
         """Headers by rule; the body only where a secret value appears in it (rare: it is what
