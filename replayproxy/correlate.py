@@ -16,12 +16,12 @@ since the start of the recording session.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Interaction
 from .variables import shape
 
@@ -44,15 +44,6 @@ def _leaves(data: Any) -> Iterator[Any]:
         yield data
 
 
-def _json(raw: bytes) -> Any:
-    if not raw or raw.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def id_like(value: Any) -> str | None:
     """The value as an id string, or None when it cannot be an id."""
     if isinstance(value, bool):
@@ -66,8 +57,8 @@ def id_like(value: Any) -> str | None:
 
 
 def webhook_ids(body: bytes) -> set[str]:
-    data = _json(body)
-    if data is None:
+    data = json_body(body)
+    if data is NOT_JSON:
         return set()
     return {i for i in map(id_like, _leaves(data)) if i is not None}
 
@@ -81,8 +72,8 @@ def request_values(item: Interaction) -> set[str]:
     parts = urlsplit(item.request.uri)
     values = {unquote(s) for s in parts.path.split("/") if s}
     values.update(v for _, v in parse_qsl(parts.query, keep_blank_values=True))
-    data = _json(item.request.body)
-    if data is not None:
+    data = json_body(item.request.body)
+    if data is not NOT_JSON:
         values |= _values(data)
     return values
 
@@ -90,8 +81,8 @@ def request_values(item: Interaction) -> set[str]:
 def exchange_values(item: Interaction) -> set[str]:
     """Every value an exchange carries where an id could be."""
     values = request_values(item)
-    data = _json(item.response.body)
-    if data is not None:
+    data = json_body(item.response.body)
+    if data is not NOT_JSON:
         values |= _values(data)
     return values
 
@@ -120,8 +111,8 @@ def conversations(interactions: Sequence[Interaction]) -> list[str | None]:
                 anchors.setdefault(value, introduced[value])
             else:
                 own.add(value)
-        data = _json(item.response.body)
-        got = _ids(_leaves(data)) if data is not None else set()
+        data = json_body(item.response.body)
+        got = _ids(_leaves(data)) if data is not NOT_JSON else set()
         for value in got - own:
             introduced.setdefault(value, index)
         sent_ids.append(sent)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Headers, Interaction, Webhook
 from .config import Config
 from .correlate import conversations
@@ -520,8 +521,8 @@ class _Comparer:
     def body(self, where: str, a: bytes, b: bytes) -> list[str]:
         if a == b:
             return []
-        ja, jb = _json(a), _json(b)
-        if ja is not _NOT_JSON and jb is not _NOT_JSON:
+        ja, jb = json_body(a), json_body(b)
+        if ja is not NOT_JSON and jb is not NOT_JSON:
             out: list[str] = []
             self.json(where, ja, jb, out)
             return out
@@ -660,18 +661,6 @@ def _webhooks(
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-_NOT_JSON = object()
-
-
-def _json(body: bytes) -> Any:
-    if not body or body[:1] not in b"{[":
-        return _NOT_JSON
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _NOT_JSON
 
 
 def _header_map(headers: Headers) -> dict[str, list[str]]:

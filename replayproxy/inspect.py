@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
+from .bodies import json_body
 from .cassette import Cassette, Webhook
 from .matching import origin_of
 from .terminal import printable
@@ -53,10 +53,7 @@ def _is_number(text: str) -> bool:
 
 
 def event_type(hook: Webhook) -> str:
-    try:
-        data = json.loads(hook.body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
+    data = json_body(hook.body, mapping=True)
     if isinstance(data, dict):
         for key in ("type", "event", "event_type", "eventType"):
             if isinstance(data.get(key), str):

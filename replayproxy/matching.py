@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Request, header
 from .clip import LIMIT, clip
 from .config import Config, MatchConfig
@@ -192,10 +193,9 @@ class Normaliser:
         if not raw:
             return b""
         ctype = (header(req.headers, "content-type") or "").lower()
-        if "json" in ctype or raw[:1] in (b"{", b"["):
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+        if "json" in ctype or raw[:1] in (b"{", b"["):  # as every cassette was matched so far
+            data = json_body(raw, sniff=False)
+            if data is NOT_JSON:
                 return raw
             for path in self.ignore_body:
                 _drop(data, path)
@@ -298,9 +298,8 @@ class Redacted:
                     pairs = parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
                     out.form.update(k for k, v in pairs if REDACTED in v)
                 else:
-                    try:
-                        data = json.loads(req.body)
-                    except (ValueError, UnicodeDecodeError, RecursionError):
+                    data = json_body(req.body, sniff=False)
+                    if data is NOT_JSON:
                         continue
                     out.body_fields.update(
                         position[len("body.") :]

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Headers, Interaction, Request, Response, Webhook
 from .config import Config, env_secrets
 from .variables import dotted_get, spellings
@@ -197,14 +198,13 @@ class Redactor:
 
     def body(self, raw: bytes) -> bytes:
         """Configured JSON fields, then secret values; the bytes stay as they were elsewhere."""
-        if self.body_fields and raw[:1] in (b"{", b"["):
+        if self.body_fields:
             raw = self._json_fields(raw)
         return self.bytes(raw)
 
     def _json_fields(self, raw: bytes) -> bytes:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        data = json_body(raw)
+        if data is NOT_JSON:
             return raw
         found: list[Any] = []
         for path in self.body_fields:

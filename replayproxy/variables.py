@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Variable
 from .config import VariablesConfig
 from .regex import compile_guarded
@@ -187,9 +188,8 @@ def detect(cassette: Cassette, rules: Rules, split: Any) -> list[Variable]:
 
 def _response_values(body: bytes, headers: list[tuple[str, str]]) -> set[str]:
     values = {v for _, v in headers}
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    data = json_body(body, sniff=False)
+    if data is NOT_JSON:
         return values
     values.update(str(v) for _, v in json_leaves(data) if isinstance(v, (str, int, float)))
     return values
