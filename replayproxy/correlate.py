@@ -1,8 +1,9 @@
 """Which exchange caused a recorded webhook, and where it arrived in its conversation. Pure.
 
-- The webhook's *ids* are the id-like values its JSON body carries: integers (not booleans, not
-  0..99, which are counts and flags far more often than ids), and strings that contain a digit or
-  have a minted shape. Plain words such as `COMPLETED` never count.
+- The webhook's *ids* are the id-like values its JSON body carries (`id_like`): integers (not
+  booleans, not 0..99, which are counts and flags far more often than ids), and strings that
+  contain a digit or have a minted shape. Plain words such as `COMPLETED` never count. (`diff`
+  uses the variant `named_id`, where a field's name such as `job_id` vouches for its value.)
 - Its *cause* is the earliest exchange whose request (URI path segments, query values, JSON body)
   or response JSON carries one of those ids.
 - Its *conversation* is every exchange carrying one of those ids (the submit, its polls, the
@@ -16,6 +17,7 @@ since the start of the recording session.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +46,12 @@ def _leaves(data: Any) -> Iterator[Any]:
         yield data
 
 
+#: A field name that says its value is an id: `id`, `job_id`, `jobId`, `ID`.
+ID_NAME = re.compile(r"(^|_)id$|Id$|^id$", re.IGNORECASE)
+
+
 def id_like(value: Any) -> str | None:
-    """The value as an id string, or None when it cannot be an id."""
+    """The value as an id string, or None when it cannot be an id: the value alone decides."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -53,6 +59,17 @@ def id_like(value: Any) -> str | None:
     if isinstance(value, str) and 3 <= len(value) <= 2048:
         if any(c.isdigit() for c in value) or shape(value):
             return value
+    return None
+
+
+def named_id(name: str, value: Any) -> str | None:
+    """The variant for a value under a field whose name says id (`ID_NAME`): the name vouches,
+    so any string or integer of three characters or more is one (`-12`, `"abc"`), but not a
+    boolean or a tiny number like 1. None for any value under another name."""
+    if not name or not ID_NAME.search(name):
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) >= 3:
+        return str(value)
     return None
 
 

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Headers, Interaction, Webhook
 from .config import Config
-from .correlate import conversations
+from .correlate import conversations, named_id
 from .inspect import event_type
 from .matching import Normal, describe, ensure_variables, normaliser
 from .variables import number_shape, shape
@@ -59,7 +59,6 @@ VOLATILE_HEADERS = frozenset(
 
 #: Minted shapes: two values of the same one of these shapes are equal for a diff.
 _MINTED = frozenset({"uuid", "ulid", "token", "time", "url"})
-_ID_KEY = re.compile(r"(^|_)id$|Id$|^id$", re.IGNORECASE)
 _DIGITS = re.compile(r"^\d+$")
 
 
@@ -480,7 +479,7 @@ class _Comparer:
         renamed = self.ids.get(str(x))
         if renamed is not None:
             return renamed == str(y)
-        if key and _ID_KEY.search(key) and _id_like(x) and _id_like(y):
+        if named_id(key, x) is not None and named_id(key, y) is not None:
             if str(y) in self.ids.values():
                 return False
             self.learn(str(x), str(y))  # an upstream id, first seen here: learn the rename
@@ -672,11 +671,6 @@ def _header_map(headers: Headers) -> dict[str, list[str]]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _id_like(value: Any) -> bool:
-    """An upstream id worth learning a rename for: not a flag, not a tiny number like 1."""
-    return isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) >= 3
 
 
 def _short(value: Any, limit: int = 80) -> str:
