@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -218,17 +218,18 @@ def _yaml(data: Any) -> str:
 def chunks(cassette: Cassette) -> Iterator[str]:
     """The file, one entry at a time: saving 100,000 interactions never holds the whole text."""
     yield _yaml({"version": FORMAT_VERSION})
-    for key, items, dump in (
-        ("interactions", cassette.interactions, _dump_interaction),
-        ("webhooks", cassette.webhooks, _dump_webhook),
-    ):
-        if not items:
-            yield f"{key}: []\n"
-            continue
-        yield f"{key}:\n"
-        for item in items:
-            yield _yaml([dump(item)])
+    yield from _entries("interactions", cassette.interactions, _dump_interaction)
+    yield from _entries("webhooks", cassette.webhooks, _dump_webhook)
     yield _yaml({"replayproxy": _meta(cassette)})
+
+
+def _entries(key: str, items: list[Any], dump: Callable[[Any], dict[str, Any]]) -> Iterator[str]:
+    if not items:
+        yield f"{key}: []\n"
+        return
+    yield f"{key}:\n"
+    for item in items:
+        yield _yaml([dump(item)])
 
 
 def dumps(cassette: Cassette) -> str:
@@ -266,7 +267,8 @@ def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
             data = yamlload.load(text, {"interactions": _read_interaction})
         return from_data(data)
     except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count(b"\n" if isinstance(text, bytes) else "\n") + 1
+        head = text[: exc.position]
+        line = (head.count(b"\n") if isinstance(head, bytes) else head.count("\n")) + 1
         raise CassetteError(
             f"{source}:{line}: not UTF-8 text ({exc.reason} at byte {exc.position})"
         ) from None
@@ -274,8 +276,8 @@ def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
         raise CassetteError(_yaml_message(exc, source)) from None
     except _Invalid as exc:
         where = _dotted(exc.path)
-        line = _line_of(vcrformat.composable(text), exc.path)
-        loc = f"{source}:{line}" if line else source
+        found = _line_of(vcrformat.composable(text), exc.path)
+        loc = f"{source}:{found}" if found else source
         message = f"{where}: {exc.message}" if where else exc.message
         raise CassetteError(f"{loc}: {message}") from None
 

@@ -8,6 +8,7 @@ can accept. Each check is one function in `CHECKS`; the secret scanner is `leaks
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,8 +40,8 @@ class Finding:
     message: str
     check: str = "schema"  # which check made it: schema, secret, cause, variable
     digest: str = ""  # sha256 of the flagged value (of the message when there is none)
-    secret: str = field(default="", repr=False, compare=False)  # never printed
-    part: tuple[str | int, ...] = field(default=(), repr=False, compare=False)
+    secret: str = dataclasses.field(default="", repr=False, compare=False)  # never printed
+    part: tuple[str | int, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:

@@ -633,7 +633,8 @@ def _webhooks(
     used: set[int] = set()
     pairs: dict[int, int] = {}
     for i, hook in enumerate(a):
-        mapped = number_map.get(cmp.left.canonical(hook.cause)) if hook.cause else None
+        cause = cmp.left.canonical(hook.cause)
+        mapped = number_map.get(cause) if cause is not None else None
         queue = [j for j in by_cause.get((*kind(hook), mapped), []) if j not in used]
         if mapped is not None and queue:
             pairs[i] = queue[0]

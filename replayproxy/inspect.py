@@ -28,7 +28,7 @@ def table(
     numeric = [
         all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(widths))
     ]
-    lines = []
+    lines: list[str] = []
     for row in cells:
         parts = [
             c.rjust(w) if num else c.ljust(w)

@@ -124,13 +124,13 @@ class Normaliser:
         return normal
 
     def normalise(self, req: Request) -> Normal:
-        path, query = split_target(req.uri)
+        path, raw_query = split_target(req.uri)
         path = path or "/"
         if self.base_path and path.startswith(self.base_path + "/"):
             path = path[len(self.base_path) :]
         slots: dict[str, str] = {}
         template = self._template(path, slots)
-        query = self._pairs("query", parse_qsl(query, keep_blank_values=True), slots)
+        query = self._pairs("query", parse_qsl(raw_query, keep_blank_values=True), slots)
         body = self._body(req, slots)
         headers = []
         for name in self.match_headers:
@@ -177,7 +177,8 @@ class Normaliser:
         return "/".join(segments)
 
     def _pairs(self, section: str, pairs: list[tuple[str, str]], slots: dict[str, str]) -> tuple:
-        out, seen = [], {}
+        out: list[tuple[str, Any]] = []
+        seen: dict[str, int] = {}
         for key, value in sorted(pairs):
             if section == "query" and key in self.ignore_query:
                 continue

@@ -150,7 +150,7 @@ class Redactor:
                 self._header_names[name] = known
         return known
 
-    def bytes(self, data: bytes) -> bytes:
+    def scrub(self, data: bytes) -> bytes:
         """Every secret value in `data` (any spelling) replaced by the marker."""
         if self._secret is None or not data:
             return data
@@ -161,7 +161,7 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._secret is None:
             return value
-        return self.bytes(value.encode("utf-8", "surrogateescape")).decode(
+        return self.scrub(value.encode("utf-8", "surrogateescape")).decode(
             "utf-8", "surrogateescape"
         )
 
@@ -200,7 +200,7 @@ class Redactor:
         """Configured JSON fields, then secret values; the bytes stay as they were elsewhere."""
         if self.body_fields:
             raw = self._json_fields(raw)
-        return self.bytes(raw)
+        return self.scrub(raw)
 
     def _json_fields(self, raw: bytes) -> bytes:
         data = json_body(raw)
@@ -263,7 +263,7 @@ class Redactor:
         return replace(
             hook,
             headers=self.header_list(hook.headers),
-            body=self.bytes(hook.body),
+            body=self.scrub(hook.body),
             path=self.text(hook.path),
             target=self.text(hook.target) if hook.target else hook.target,
         )
