@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,9 +52,14 @@ class Response:
 
 @dataclass(slots=True)
 class Interaction:
+    """One exchange. On disk its times and `meta` share the `replayproxy` key beside vcrpy's
+    request and response (`interaction_meta`)."""
+
     request: Request
     response: Response
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the rest: content_encoding, ...
+    at: float | None = None  # when the request arrived: seconds since the session started
+    duration: float | None = None  # seconds from then until the answer was complete
 
 
 @dataclass(slots=True)
@@ -149,9 +154,18 @@ def _dump_interaction(item: Interaction) -> dict[str, Any]:
             "status": {"code": res.status, "message": res.reason},
         },
     }
-    if item.meta:
-        out["replayproxy"] = item.meta
+    meta = interaction_meta(item)
+    if meta:
+        out["replayproxy"] = meta
     return out
+
+
+def interaction_meta(item: Interaction) -> dict[str, Any]:
+    """The interaction's `replayproxy` mapping as written: `at`, `duration`, then `meta`."""
+    if item.at is None and item.duration is None:
+        return item.meta
+    times = {"at": item.at, "duration": item.duration}
+    return {**{k: v for k, v in times.items() if v is not None}, **item.meta}
 
 
 def _dump_webhook(hook: Webhook) -> dict[str, Any]:
@@ -187,17 +201,18 @@ def _yaml(data: Any) -> str:
 def chunks(cassette: Cassette) -> Iterator[str]:
     """The file, one entry at a time: saving 100,000 interactions never holds the whole text."""
     yield _yaml({"version": FORMAT_VERSION})
-    for key, items, dump in (
-        ("interactions", cassette.interactions, _dump_interaction),
-        ("webhooks", cassette.webhooks, _dump_webhook),
-    ):
-        if not items:
-            yield f"{key}: []\n"
-            continue
-        yield f"{key}:\n"
-        for item in items:
-            yield _yaml([dump(item)])
+    yield from _entries("interactions", cassette.interactions, _dump_interaction)
+    yield from _entries("webhooks", cassette.webhooks, _dump_webhook)
     yield _yaml({"replayproxy": _meta(cassette)})
+
+
+def _entries(key: str, items: list[Any], dump: Callable[[Any], dict[str, Any]]) -> Iterator[str]:
+    if not items:
+        yield f"{key}: []\n"
+        return
+    yield f"{key}:\n"
+    for item in items:
+        yield _yaml([dump(item)])
 
 
 def dumps(cassette: Cassette) -> str:
@@ -235,7 +250,8 @@ def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
             data = yamlload.load(text, {"interactions": _read_interaction})
         return from_data(data)
     except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count(b"\n" if isinstance(text, bytes) else "\n") + 1
+        head = text[: exc.position]
+        line = (head.count(b"\n") if isinstance(head, bytes) else head.count("\n")) + 1
         raise CassetteError(
             f"{source}:{line}: not UTF-8 text ({exc.reason} at byte {exc.position})"
         ) from None
@@ -243,8 +259,8 @@ def loads(text: str | bytes, source: str = "<cassette>") -> Cassette:
         raise CassetteError(_yaml_message(exc, source)) from None
     except _Invalid as exc:
         where = _dotted(exc.path)
-        line = _line_of(vcrformat.composable(text), exc.path)
-        loc = f"{source}:{line}" if line else source
+        found = _line_of(vcrformat.composable(text), exc.path)
+        loc = f"{source}:{found}" if found else source
         message = f"{where}: {exc.message}" if where else exc.message
         raise CassetteError(f"{loc}: {message}") from None
 
@@ -486,10 +502,12 @@ def _interaction(item: Any, path: tuple[Any, ...]) -> Interaction:
     meta = item.get("replayproxy") or {}
     if not isinstance(meta, dict):
         raise _Invalid((*path, "replayproxy"), f"must be a mapping, got {_kind(meta)}")
-    for key in ("at", "duration"):
-        _optional(meta, key, _NUMBER, (*path, "replayproxy"))
+    at = _optional(meta, "at", _NUMBER, (*path, "replayproxy"))
+    duration = _optional(meta, "duration", _NUMBER, (*path, "replayproxy"))
     _optional(meta, "content_encoding", str, (*path, "replayproxy"))
-    return Interaction(request, response, meta)
+    if "at" in meta or "duration" in meta:
+        meta = {k: v for k, v in meta.items() if k not in ("at", "duration")}
+    return Interaction(request, response, meta, at, duration)
 
 
 def _webhook(item: Any, path: tuple[Any, ...], count: int) -> Webhook:

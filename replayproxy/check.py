@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ from .errors import CassetteError, ConfigError
 from .journal import open_cassette
 from .leaks import Leak, Scanner, entropy, looks_random, placeholder
 from .redact import secret_values
+from .variables import json_escaped, plain, spellings
 from .webhooks import replayed_header
 
 __all__ = ["Finding", "Context", "CHECKS", "check_cassette", "check_paths", "entropy",
@@ -215,14 +215,10 @@ def _interaction_of(position: str) -> int | None:
 
 def _carries(item: Any, value: str) -> bool:
     req = item.request
-    if value in req.uri or value.encode() in req.body:
+    if value in req.uri or any(value in v for _, v in req.headers):
         return True
-    if any(value in v for _, v in req.headers):
-        return True
-    try:  # JSON-escaped, or a number written as a number
-        return json.dumps(value)[1:-1].encode() in req.body
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
+    # plain or JSON-escaped (a number written as a number is its plain spelling)
+    return any(s in req.body for s in spellings(value, (plain, json_escaped)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Which exchange caused a recorded webhook, and where it arrived in its conversation. Pure.
 
-- The webhook's *ids* are the id-like values its JSON body carries: integers (not booleans, not
-  0..99, which are counts and flags far more often than ids), and strings that contain a digit or
-  have a minted shape. Plain words such as `COMPLETED` never count.
+- The webhook's *ids* are the id-like values its JSON body carries (`id_like`): integers (not
+  booleans, not 0..99, which are counts and flags far more often than ids), and strings that
+  contain a digit or have a minted shape. Plain words such as `COMPLETED` never count. (`diff`
+  uses the variant `named_id`, where a field's name such as `job_id` vouches for its value.)
 - Its *cause* is the earliest exchange whose request (URI path segments, query values, JSON body)
   or response JSON carries one of those ids.
 - Its *conversation* is every exchange carrying one of those ids (the submit, its polls, the
@@ -10,18 +11,19 @@
 - *after* is the last exchange of the conversation that completed before the webhook arrived;
   *delay* the seconds between that completion and the arrival.
 
-Times are the interactions' `meta["at"]` and `meta["duration"]` and the webhook's `at`, in
-seconds since the start of the recording session.
+Times are the interactions' and the webhook's `at` and the interactions' `duration`, in seconds
+since the start of the recording session.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Interaction
 from .variables import shape
 
@@ -44,17 +46,12 @@ def _leaves(data: Any) -> Iterator[Any]:
         yield data
 
 
-def _json(raw: bytes) -> Any:
-    if not raw or raw.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
+#: A field name that says its value is an id: `id`, `job_id`, `jobId`, `ID`.
+ID_NAME = re.compile(r"(^|_)id$|Id$|^id$", re.IGNORECASE)
 
 
 def id_like(value: Any) -> str | None:
-    """The value as an id string, or None when it cannot be an id."""
+    """The value as an id string, or None when it cannot be an id: the value alone decides."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -65,9 +62,20 @@ def id_like(value: Any) -> str | None:
     return None
 
 
+def named_id(name: str, value: Any) -> str | None:
+    """The variant for a value under a field whose name says id (`ID_NAME`): the name vouches,
+    so any string or integer of three characters or more is one (`-12`, `"abc"`), but not a
+    boolean or a tiny number like 1. None for any value under another name."""
+    if not name or not ID_NAME.search(name):
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) >= 3:
+        return str(value)
+    return None
+
+
 def webhook_ids(body: bytes) -> set[str]:
-    data = _json(body)
-    if data is None:
+    data = json_body(body)
+    if data is NOT_JSON:
         return set()
     return {i for i in map(id_like, _leaves(data)) if i is not None}
 
@@ -81,8 +89,8 @@ def request_values(item: Interaction) -> set[str]:
     parts = urlsplit(item.request.uri)
     values = {unquote(s) for s in parts.path.split("/") if s}
     values.update(v for _, v in parse_qsl(parts.query, keep_blank_values=True))
-    data = _json(item.request.body)
-    if data is not None:
+    data = json_body(item.request.body)
+    if data is not NOT_JSON:
         values |= _values(data)
     return values
 
@@ -90,8 +98,8 @@ def request_values(item: Interaction) -> set[str]:
 def exchange_values(item: Interaction) -> set[str]:
     """Every value an exchange carries where an id could be."""
     values = request_values(item)
-    data = _json(item.response.body)
-    if data is not None:
+    data = json_body(item.response.body)
+    if data is not NOT_JSON:
         values |= _values(data)
     return values
 
@@ -120,8 +128,8 @@ def conversations(interactions: Sequence[Interaction]) -> list[str | None]:
                 anchors.setdefault(value, introduced[value])
             else:
                 own.add(value)
-        data = _json(item.response.body)
-        got = _ids(_leaves(data)) if data is not None else set()
+        data = json_body(item.response.body)
+        got = _ids(_leaves(data)) if data is not NOT_JSON else set()
         for value in got - own:
             introduced.setdefault(value, index)
         sent_ids.append(sent)
@@ -138,10 +146,9 @@ def conversations(interactions: Sequence[Interaction]) -> list[str | None]:
 
 
 def _end(item: Interaction) -> float | None:
-    at = item.meta.get("at")
-    if not isinstance(at, (int, float)):
+    if item.at is None:
         return None
-    return float(at) + float(item.meta.get("duration") or 0.0)
+    return float(item.at) + float(item.duration or 0.0)
 
 
 def exchanges_of(

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Headers, Interaction, Webhook
 from .config import Config
-from .correlate import conversations
+from .correlate import conversations, named_id
 from .inspect import event_type
 from .matching import Normal, describe, ensure_variables, normaliser
 from .variables import number_shape, shape
@@ -58,7 +59,6 @@ VOLATILE_HEADERS = frozenset(
 
 #: Minted shapes: two values of the same one of these shapes are equal for a diff.
 _MINTED = frozenset({"uuid", "ulid", "token", "time", "url"})
-_ID_KEY = re.compile(r"(^|_)id$|Id$|^id$", re.IGNORECASE)
 _DIGITS = re.compile(r"^\d+$")
 
 
@@ -479,7 +479,7 @@ class _Comparer:
         renamed = self.ids.get(str(x))
         if renamed is not None:
             return renamed == str(y)
-        if key and _ID_KEY.search(key) and _id_like(x) and _id_like(y):
+        if named_id(key, x) is not None and named_id(key, y) is not None:
             if str(y) in self.ids.values():
                 return False
             self.learn(str(x), str(y))  # an upstream id, first seen here: learn the rename
@@ -520,8 +520,8 @@ class _Comparer:
     def body(self, where: str, a: bytes, b: bytes) -> list[str]:
         if a == b:
             return []
-        ja, jb = _json(a), _json(b)
-        if ja is not _NOT_JSON and jb is not _NOT_JSON:
+        ja, jb = json_body(a), json_body(b)
+        if ja is not NOT_JSON and jb is not NOT_JSON:
             out: list[str] = []
             self.json(where, ja, jb, out)
             return out
@@ -633,7 +633,8 @@ def _webhooks(
     used: set[int] = set()
     pairs: dict[int, int] = {}
     for i, hook in enumerate(a):
-        mapped = number_map.get(cmp.left.canonical(hook.cause)) if hook.cause else None
+        cause = cmp.left.canonical(hook.cause)
+        mapped = number_map.get(cause) if cause is not None else None
         queue = [j for j in by_cause.get((*kind(hook), mapped), []) if j not in used]
         if mapped is not None and queue:
             pairs[i] = queue[0]
@@ -662,18 +663,6 @@ def _webhooks(
 # ---------------------------------------------------------------------------------------------
 
 
-_NOT_JSON = object()
-
-
-def _json(body: bytes) -> Any:
-    if not body or body[:1] not in b"{[":
-        return _NOT_JSON
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _NOT_JSON
-
-
 def _header_map(headers: Headers) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, value in headers:
@@ -683,11 +672,6 @@ def _header_map(headers: Headers) -> dict[str, list[str]]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _id_like(value: Any) -> bool:
-    """An upstream id worth learning a rename for: not a flag, not a tiny number like 1."""
-    return isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) >= 3
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
+from .bodies import json_body
 from .cassette import Cassette, Webhook
 from .matching import origin_of
 from .terminal import printable
@@ -28,7 +28,7 @@ def table(
     numeric = [
         all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(widths))
     ]
-    lines = []
+    lines: list[str] = []
     for row in cells:
         parts = [
             c.rjust(w) if num else c.ljust(w)
@@ -53,10 +53,7 @@ def _is_number(text: str) -> bool:
 
 
 def event_type(hook: Webhook) -> str:
-    try:
-        data = json.loads(hook.body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
+    data = json_body(hook.body, mapping=True)
     if isinstance(data, dict):
         for key in ("type", "event", "event_type", "eventType"):
             if isinstance(data.get(key), str):
@@ -68,8 +65,8 @@ def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
 
 
-def _at(value: object) -> str:
-    return f"{value:.3f}s" if isinstance(value, (int, float)) else ""
+def _at(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}s"
 
 
 def _red(text: str) -> str:
@@ -109,7 +106,7 @@ def render_inspect(cassette: Cassette, color: bool = False) -> str:
                 *row,
                 item.response.status,
                 _size(len(item.response.body)),
-                _at(item.meta.get("at")),
+                _at(item.at),
             )
         )
     statuses = [item.response.status for item in cassette.interactions]

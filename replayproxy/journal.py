@@ -27,7 +27,16 @@ from typing import Any
 
 import orjson
 
-from .cassette import Cassette, Interaction, Request, Response, Webhook, load, save
+from .cassette import (
+    Cassette,
+    Interaction,
+    Request,
+    Response,
+    Webhook,
+    interaction_meta,
+    load,
+    save,
+)
 from .config import Config
 from .correlate import correlate, exchange_values
 from .errors import CassetteError
@@ -136,7 +145,7 @@ def interaction_line(item: Interaction) -> dict[str, Any]:
             "headers": res.headers,
             "body": _b(res.body),
         },
-        "meta": item.meta,
+        "meta": interaction_meta(item),
     }
 
 
@@ -160,13 +169,21 @@ def _headers(data: Any) -> list[tuple[str, str]]:
 
 def _interaction(data: dict[str, Any]) -> Interaction:
     req, res = data["request"], data["response"]
+    meta = dict(data.get("meta") or {})
     return Interaction(
         Request(req["method"], req["uri"], _headers(req["headers"]), _unb(req["body"])),
         Response(
             int(res["status"]), res.get("reason") or "", _headers(res["headers"]), _unb(res["body"])
         ),
-        dict(data.get("meta") or {}),
+        meta,
+        _seconds(meta.pop("at", None)),
+        _seconds(meta.pop("duration", None)),
     )
+
+
+def _seconds(value: Any) -> float | None:
+    """A time the recorder wrote; anything else is an unknown time, the exchange kept."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _webhook(data: dict[str, Any]) -> Webhook:

@@ -14,7 +14,6 @@ credential formats run through RE2. Pure: no sockets, no click.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import zlib
@@ -27,6 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import re2
 
 from . import formats
+from .bodies import NOT_JSON, json_body
 from .cassette import Headers, Interaction, Webhook, header
 from .variables import MINTED_HEADERS, shape
 
@@ -545,14 +545,10 @@ class Scanner:
             for name, value in parse_qsl(text, keep_blank_values=True):
                 self.named(f"{prefix}.{name}", name, value, "form field")
             return
-        if "json" in ctype or text.lstrip()[:1] in ("{", "["):
-            try:
-                doc = json.loads(text)
-            except (ValueError, RecursionError):  # RecursionError: nested 100,000 deep
-                doc = None
-            if doc is not None:
-                self.json(prefix, doc)
-                return
+        doc = json_body(text, sniff="json" not in ctype)
+        if doc is not NOT_JSON and doc is not None:
+            self.json(prefix, doc)
+            return
         self.text(prefix, text)
 
     def multipart(self, prefix: str, data: bytes, ctype: str) -> None:
@@ -595,12 +591,10 @@ class Scanner:
         before = len(self.out)
         self.named(where, name, value, "field")
         if len(self.out) == before and len(value) > 24 and not trivial(value):
-            if value.lstrip()[:1] in ("{", "["):
-                try:
-                    self.json(where, json.loads(value))
-                    return
-                except (ValueError, RecursionError):
-                    pass
+            doc = json_body(value)
+            if doc is not NOT_JSON:
+                self.json(where, doc)
+                return
             if " " in value or "=" in value or "<" in value:
                 self.text(where, value)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Request, header
 from .clip import LIMIT, clip
 from .config import Config, MatchConfig
@@ -124,13 +125,13 @@ class Normaliser:
         return normal
 
     def normalise(self, req: Request) -> Normal:
-        path, query = split_target(req.uri)
+        path, raw_query = split_target(req.uri)
         path = path or "/"
         if self.base_path and path.startswith(self.base_path + "/"):
             path = path[len(self.base_path) :]
         slots: dict[str, str] = {}
         template = self._template(path, slots)
-        query = self._pairs("query", parse_qsl(query, keep_blank_values=True), slots)
+        query = self._pairs("query", parse_qsl(raw_query, keep_blank_values=True), slots)
         body = self._body(req, slots)
         headers = []
         for name in self.match_headers:
@@ -177,7 +178,8 @@ class Normaliser:
         return "/".join(segments)
 
     def _pairs(self, section: str, pairs: list[tuple[str, str]], slots: dict[str, str]) -> tuple:
-        out, seen = [], {}
+        out: list[tuple[str, Any]] = []
+        seen: dict[str, int] = {}
         for key, value in sorted(pairs):
             if section == "query" and key in self.ignore_query:
                 continue
@@ -193,10 +195,9 @@ class Normaliser:
         if not raw:
             return b""
         ctype = (header(req.headers, "content-type") or "").lower()
-        if "json" in ctype or raw[:1] in (b"{", b"["):
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+        if "json" in ctype or raw[:1] in (b"{", b"["):  # as every cassette was matched so far
+            data = json_body(raw, sniff=False)
+            if data is NOT_JSON:
                 return raw
             for path in self.ignore_body:
                 _drop(data, path)
@@ -292,9 +293,8 @@ class Redacted:
                     pairs = parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
                     out.form.update(k for k, v in pairs if REDACTED in v)
                 else:
-                    try:
-                        data = json.loads(req.body)
-                    except (ValueError, UnicodeDecodeError, RecursionError):
+                    data = json_body(req.body, sniff=False)
+                    if data is NOT_JSON:
                         continue
                     out.body_fields.update(
                         position[len("body.") :]

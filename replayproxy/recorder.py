@@ -255,7 +255,7 @@ class Recorder:
         `passed` are the answer's headers as the app got them (no hop-by-hop ones and no
         Content-Length but a HEAD answer's); the cassette's say how long the body it stores is.
         An empty body (HEAD, 204, 304) has nothing to decode: its Content-Encoding stays."""
-        meta: dict[str, Any] = {"at": at, "duration": duration}
+        meta: dict[str, Any] = {}
         decoded, removed = (
             decode_body(answer.body, answer.content_encoding, self.config.max_body_size)
             if answer.body
@@ -271,6 +271,8 @@ class Recorder:
             Request(request.method, url, storable(sent_headers), body),
             Response(answer.status, answer.reason, stored_headers, decoded),
             meta,
+            at,
+            duration,
         )
         item = self.redactor.interaction(item)
         self.recorded += 1

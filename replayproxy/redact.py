@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Headers, Interaction, Request, Response, Webhook
 from .config import Config, env_secrets
 from .variables import dotted_get, spellings
@@ -149,7 +150,7 @@ class Redactor:
                 self._header_names[name] = known
         return known
 
-    def bytes(self, data: bytes) -> bytes:
+    def scrub(self, data: bytes) -> bytes:
         """Every secret value in `data` (any spelling) replaced by the marker."""
         if self._secret is None or not data:
             return data
@@ -160,7 +161,7 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._secret is None:
             return value
-        return self.bytes(value.encode("utf-8", "surrogateescape")).decode(
+        return self.scrub(value.encode("utf-8", "surrogateescape")).decode(
             "utf-8", "surrogateescape"
         )
 
@@ -197,14 +198,13 @@ class Redactor:
 
     def body(self, raw: bytes) -> bytes:
         """Configured JSON fields, then secret values; the bytes stay as they were elsewhere."""
-        if self.body_fields and raw[:1] in (b"{", b"["):
+        if self.body_fields:
             raw = self._json_fields(raw)
-        return self.bytes(raw)
+        return self.scrub(raw)
 
     def _json_fields(self, raw: bytes) -> bytes:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        data = json_body(raw)
+        if data is NOT_JSON:
             return raw
         found: list[Any] = []
         for path in self.body_fields:
@@ -237,6 +237,8 @@ class Redactor:
                 Request(req.method, req.uri, self.header_names(req.headers), req.body),
                 Response(res.status, res.reason, self.header_names(res.headers), res.body),
                 dict(item.meta),
+                item.at,
+                item.duration,
             )
         # First learn the values under redacted names, then scrub them everywhere.
         if self.query:
@@ -252,7 +254,7 @@ class Redactor:
         if body != res.body:
             headers = _fix_length(headers, len(body))
         response = Response(res.status, res.reason, headers, body)
-        return Interaction(request, response, dict(item.meta))
+        return Interaction(request, response, dict(item.meta), item.at, item.duration)
 
     def webhook(self, hook: Webhook) -> Webhook:
         """Headers by rule; the body only where a secret value appears in it (rare: it is what
@@ -261,7 +263,7 @@ class Redactor:
         return replace(
             hook,
             headers=self.header_list(hook.headers),
-            body=self.bytes(hook.body),
+            body=self.scrub(hook.body),
             path=self.text(hook.path),
             target=self.text(hook.target) if hook.target else hook.target,
         )

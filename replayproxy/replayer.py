@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -10,6 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Interaction, Request
 from .coding import accepts, encode_body
 from .config import Config
@@ -213,11 +213,8 @@ class Replayer:
 
     def _note_callbacks(self, body: bytes) -> None:
         """Remember the callback URLs (`webhooks.callback_fields`) a JSON request carries."""
-        if not body or body.lstrip()[:1] != b"{":
-            return
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        data = json_body(body, mapping=True)
+        if data is NOT_JSON:
             return
         for dotted in self.config.webhooks.callback_fields:
             value = dotted_get(data, dotted.split("."))

@@ -1,31 +1,26 @@
 """`check --fix`: each flagged secret becomes the marker in the one place it was found.
 
 Only the text `check` flagged changes, in the spellings it can have there (plain, JSON-escaped,
-URL-encoded); a compressed body is decoded, changed and encoded again with the same coding, and
-its Content-Length follows. Matching ignores what was recorded as the marker (matching.py), so
-the cassette replays as before.
+URL-encoded: `variables.TEXT_SPELLINGS`); a compressed body is decoded, changed and encoded
+again with the same coding, and its Content-Length follows. Matching ignores what was recorded
+as the marker (matching.py), so the cassette replays as before.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
 
 from .cassette import Cassette, Headers
 from .check import Finding
 from .leaks import MAX_DECODED, decoded, encoded
 from .redact import MARKER
-
-
-def spellings(secret: str) -> list[str]:
-    escaped = json.dumps(secret)[1:-1]
-    out = {secret, escaped, quote(secret, safe=""), quote(secret, safe="/:"), quote_plus(secret)}
-    return sorted(out, key=len, reverse=True)
+from .variables import TEXT_SPELLINGS, spellings
 
 
 def _replace(text: str, secret: str) -> str:
-    for spelling in spellings(secret):
+    # longest first: a spelling that holds a shorter one goes whole
+    spelled = [s.decode("utf-8") for s in spellings(secret, TEXT_SPELLINGS)]
+    for spelling in sorted(spelled, key=len, reverse=True):
         text = text.replace(spelling, MARKER)
     return text
 

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .atomic import write_atomic
-from .cassette import Cassette, Headers, Interaction, Webhook, header
+from .cassette import Cassette, Headers, Interaction, Webhook, header, interaction_meta
 from .inspect import event_type
 from .report import Delivery, Report
 
@@ -90,15 +90,12 @@ def _target(uri: str) -> str:
 def _times(interactions: list[Interaction]) -> tuple[list[tuple[float, float]], bool]:
     """(request time, answer time) per interaction; recorded when every one has `at`, else
     evenly spaced in recorded order (second value False)."""
-    ats = [_seconds(i.meta.get("at")) for i in interactions]
-    timed = bool(interactions) and all(a is not None for a in ats)
+    timed = bool(interactions) and all(i.at is not None for i in interactions)
     out = []
     for n, item in enumerate(interactions):
-        start = ats[n]
-        if timed and start is not None:
-            duration = _seconds(item.meta.get("duration"))
-            end = start + duration if duration is not None and duration > 0 else start
-            out.append((start, end))
+        if timed and item.at is not None:
+            start, duration = float(item.at), item.duration
+            out.append((start, start + (float(duration) if duration and duration > 0 else 0.0)))
         else:
             out.append((float(n), n + 0.5))
     return out, timed
@@ -142,7 +139,7 @@ def build_model(cassette: Cassette, report: Report | None = None) -> dict[str, A
         start, end = times[n - 1]
         flags = ["unused"] if n in unused else []
         meta = [["interaction", str(n)], ["uri", req.uri]]
-        meta += [[k, str(v)] for k, v in item.meta.items()]
+        meta += [[k, str(v)] for k, v in interaction_meta(item).items()]
         add(
             {
                 "id": f"request-{n}",

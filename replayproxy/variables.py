@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Cassette, Variable
 from .config import VariablesConfig
 from .regex import compile_guarded
@@ -187,9 +188,8 @@ def detect(cassette: Cassette, rules: Rules, split: Any) -> list[Variable]:
 
 def _response_values(body: bytes, headers: list[tuple[str, str]]) -> set[str]:
     values = {v for _, v in headers}
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    data = json_body(body, sniff=False)
+    if data is NOT_JSON:
         return values
     values.update(str(v) for _, v in json_leaves(data) if isinstance(v, (str, int, float)))
     return values
@@ -228,7 +228,7 @@ class Bindings:
             live = self.live.get(rec)
             if live is None or live == rec:
                 continue
-            for spell in (_plain, _json_escaped, _url_encoded):
+            for spell in SUBSTITUTED:
                 pairs.setdefault(spell(rec), spell(live))
         if not pairs:
             return data
@@ -241,13 +241,14 @@ class Bindings:
 
 
 class Finder:
-    """Which of a fixed set of values occur in some bytes, in any spelling, in one regex pass."""
+    """Which of a fixed set of values occur in some bytes, as substitution spells them, in one
+    regex pass."""
 
     def __init__(self, values: frozenset[str]):
         self.spelled: dict[bytes, str] = {}
         for value in values:
-            for spell in (_plain, _json_escaped, _url_encoded):
-                self.spelled.setdefault(spell(value), value)
+            for spelled in spellings(value, SUBSTITUTED):
+                self.spelled.setdefault(spelled, value)
         keys = sorted(self.spelled, key=len, reverse=True)
         self.pattern = re.compile(b"|".join(re.escape(k) for k in keys)) if keys else None
 
@@ -257,36 +258,72 @@ class Finder:
         return {self.spelled[m] for m in self.pattern.findall(data)}
 
 
-def _plain(value: str) -> bytes:
+# ---------------------------------------------------------------------------------------------
+# spellings: one value as a URI, a header, a JSON body or a form writes it
+
+
+def plain(value: str) -> bytes:
     return value.encode("utf-8")
 
 
-def spellings(value: str) -> list[bytes]:
-    """Every way a secret value may be written where it leaks: plain, JSON-escaped (once and
-    twice: JSON inside a JSON string), URL-encoded (strict, path-safe, form-style) and base64
-    (standard and URL-safe, with or without padding). Substitution uses the first three."""
-    escaped = json.dumps(value)[1:-1]
-    raw = value.encode("utf-8")
-    out = [
-        raw,
-        escaped.encode("utf-8"),
-        json.dumps(escaped)[1:-1].encode("utf-8"),
-        _url_encoded(value),
-        quote(value, safe="/:").encode("ascii"),
-        quote_plus(value).encode("ascii"),
-        # unpadded: a prefix of the padded spelling, so one search finds both
-        base64.b64encode(raw).rstrip(b"="),
-        base64.urlsafe_b64encode(raw).rstrip(b"="),
-    ]
-    return list(dict.fromkeys(out))
-
-
-def _json_escaped(value: str) -> bytes:
+def json_escaped(value: str) -> bytes:
+    """Inside a JSON string: `"` and `\\` escaped, non-ASCII as `\\u....` (json's default)."""
     return json.dumps(value)[1:-1].encode("utf-8")
 
 
-def _url_encoded(value: str) -> bytes:
+def json_escaped_twice(value: str) -> bytes:
+    """JSON inside a JSON string (a payload field that holds a JSON document as text)."""
+    return json.dumps(json.dumps(value)[1:-1])[1:-1].encode("utf-8")
+
+
+def url_encoded(value: str) -> bytes:
+    """Strict percent-encoding: every reserved character, `/` too."""
     return quote(value, safe="").encode("ascii")
+
+
+def url_path(value: str) -> bytes:
+    """Percent-encoded as a path writes it, `/` and `:` kept."""
+    return quote(value, safe="/:").encode("ascii")
+
+
+def form_encoded(value: str) -> bytes:
+    """As an HTML form writes it: spaces as `+`."""
+    return quote_plus(value).encode("ascii")
+
+
+def base64_unpadded(value: str) -> bytes:
+    """Standard base64 without its `=` padding: a prefix of the padded spelling, so one search
+    finds both."""
+    return base64.b64encode(plain(value)).rstrip(b"=")
+
+
+def base64_url_unpadded(value: str) -> bytes:
+    return base64.urlsafe_b64encode(plain(value)).rstrip(b"=")
+
+
+Speller = Callable[[str], bytes]
+
+#: Every spelling a value may leak in: what redaction and `check` look for.
+EVERY_SPELLING: tuple[Speller, ...] = (
+    plain,
+    json_escaped,
+    json_escaped_twice,
+    url_encoded,
+    url_path,
+    form_encoded,
+    base64_unpadded,
+    base64_url_unpadded,
+)
+#: Text spellings: `check --fix` replaces these in the text a secret was found in.
+TEXT_SPELLINGS: tuple[Speller, ...] = (plain, json_escaped, url_encoded, url_path, form_encoded)
+#: Spellings a recorded value is replaced by its live one in, each by the same spelling of it,
+#: so JSON stays valid and query strings stay encoded (substitution and `Finder`).
+SUBSTITUTED: tuple[Speller, ...] = (plain, json_escaped, url_encoded)
+
+
+def spellings(value: str, spellers: Sequence[Speller] = EVERY_SPELLING) -> list[bytes]:
+    """The ways `value` is written (`spellers`, by default every one): each once, in order."""
+    return list(dict.fromkeys(spell(value) for spell in spellers))
 
 
 _patterns: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}

@@ -286,8 +286,7 @@ def reset(f: Facts, n: int) -> Variant:
 
 
 def slow(f: Facts, n: int) -> Variant:
-    duration = f.cassette.interactions[n - 1].meta.get("duration")
-    recorded = float(duration) if isinstance(duration, (int, float)) else 0.0
+    recorded = float(f.cassette.interactions[n - 1].duration or 0.0)
     hold = round(max(SLOW_AT_LEAST, recorded * SLOW_FACTOR), 3)
     return Variant(
         f"interaction-{n}-slow",

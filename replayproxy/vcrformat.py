@@ -235,6 +235,7 @@ def _response(res: dict, path: tuple[Any, ...]) -> str | None:
         string = body["string"] = _text(string, (*path, "response", where, "string"))
     if coded is None or string.__class__ is not bytes:
         return None
+    assert isinstance(headers, dict)  # `coded` is a name found in it
     coding = _false_coding(string, headers, coded)
     if coding:  # a new mapping: YAML aliases may share this one with another interaction
         res["headers"] = {

@@ -101,12 +101,9 @@ def recorded_delay(hook: Webhook, interactions: Sequence[Any]) -> float:
     counts from `after` (the same exchange when the webhook followed its cause directly).
     """
     if hook.at is not None and hook.cause and 0 < hook.cause <= len(interactions):
-        meta = interactions[hook.cause - 1].meta
-        at = meta.get("at")
-        if isinstance(at, (int, float)):
-            duration = meta.get("duration")
-            end = at + (duration if isinstance(duration, (int, float)) else 0.0)
-            return hook.at - end
+        cause = interactions[hook.cause - 1]
+        if cause.at is not None:
+            return hook.at - (cause.at + (cause.duration or 0.0))
     return hook.delay
 
 

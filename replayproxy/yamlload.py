@@ -169,7 +169,7 @@ def _build(parser: Any, convert: Convert, budget: int) -> Any:
             tag = event.tag
             if tag not in _CONTAINER_TAGS and tag not in _DATA_TAGS:
                 raise LoadError(_refused(tag), event.start_mark)
-            container = {} if cls is MappingStartEvent else []
+            container: dict[Any, Any] | list[Any] = {} if cls is MappingStartEvent else []
             stack.append([container, _NOTHING, 1, event.anchor, 0, tag, event.start_mark])
             if len(stack) > MAX_DEPTH:
                 raise LoadError(
@@ -243,7 +243,8 @@ def _scalar(event: ScalarEvent) -> Any:
         return value  # kept as written: the cassette reader wants text, not datetimes
     try:
         construct = _constructor.yaml_constructors[tag]
-        return construct(_constructor, ScalarNode(tag, value, event.start_mark))
+        mark = event.start_mark  # libyaml's Mark, the same fields as PyYAML's
+        return construct(_constructor, ScalarNode(tag, value, mark))  # type: ignore[arg-type]
     except (ValueError, KeyError, yaml.constructor.ConstructorError):
         raise LoadError(
             f"cannot read {value!r} as {tag.rsplit(':', 1)[-1]}", event.start_mark

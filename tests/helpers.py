@@ -56,11 +56,10 @@ def exchange(method: str, uri: str, status: int = 200, body: Any = None,
 
     req_headers = [("Content-Type", "application/json")] if request_body is not None else []
     res_headers = headers if headers is not None else [("Content-Type", "application/json")]
-    meta = {"at": at} if at is not None else {}
     return Interaction(
         Request(method, f"https://camber.example{uri}", req_headers, encode(request_body)),
         Response(status, "OK", res_headers, encode(body)),
-        meta,
+        at=at,
     )
 
 

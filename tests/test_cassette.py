@@ -38,6 +38,36 @@ def test_round_trip_keeps_every_byte(tmp_path: Path) -> None:
     assert dumps(again) == text
 
 
+def test_times_are_fields_and_the_file_keeps_them_as_written(tmp_path: Path) -> None:
+    """`at` and `duration` sit in the `replayproxy` key beside vcrpy's shape; loaded they are
+    typed fields, the rest of that key stays `meta`; saved again, the file is the same."""
+    cassette = job_cassette()
+    first, second = cassette.interactions[:2]
+    first.at, first.duration = 0.012, 0.25
+    first.meta = {"content_encoding": "gzip"}
+    second.at = 3  # an integer stays one
+    path = tmp_path / "c.yaml"
+    save(cassette, path)
+    text = path.read_text()
+    assert "  replayproxy:\n    at: 0.012\n    duration: 0.25\n    content_encoding: gzip\n" in text
+    assert "  replayproxy:\n    at: 3\n- request:" in text
+    again = load(path)
+    a, b, c = again.interactions[:3]
+    assert (a.at, a.duration, a.meta) == (0.012, 0.25, {"content_encoding": "gzip"})
+    assert (b.at, b.duration, b.meta) == (3, None, {})
+    assert (c.at, c.duration, c.meta) == (None, None, {})
+    assert "replayproxy" not in text.split("- request:")[3]  # nothing written when nothing known
+    assert dumps(again) == text
+    # vcrpy's own reader takes the file as it is: our key is beside its request and response
+    from vcr.serialize import deserialize
+    from vcr.serializers import yamlserializer
+
+    requests_, responses = deserialize(text, yamlserializer)
+    assert [r.uri for r in requests_][:2] == [
+        "https://camber.example/v1/jobs", "https://camber.example/v1/jobs/6238"]
+    assert responses[0]["status"]["code"] == 201
+
+
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     save(job_cassette(), path)
@@ -65,6 +95,24 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
         (
             "version: 1\ninteractions: []\nwebhooks:\n- body: x\n  cause: 7\n",
             ":5: webhooks[0].cause: must be an interaction number 1..0",
+        ),
+        (
+            "version: 1\ninteractions:\n- request: {method: GET, uri: /x}\n"
+            "  response: {status: {code: 200}, body: {string: ''}}\n"
+            "  replayproxy: {at: soon}\n",
+            ":5: interactions[0].replayproxy.at: must be an integer or a number, got str 'soon'",
+        ),
+        (
+            "version: 1\ninteractions:\n- request: {method: GET, uri: /x}\n"
+            "  response: {status: {code: 200}, body: {string: ''}}\n"
+            "  replayproxy:\n    at: 1.5\n    duration: true\n",
+            ":7: interactions[0].replayproxy.duration: must be an integer or a number, got bool",
+        ),
+        (
+            "version: 1\ninteractions:\n- request: {method: GET, uri: /x}\n"
+            "  response: {status: {code: 200}, body: {string: ''}}\n"
+            "  replayproxy: {duration: .inf}\n",
+            "interactions[0].replayproxy.duration: must be a finite number, got inf",
         ),
     ],
 )

@@ -231,3 +231,39 @@ def test_a_poll_more_answered_as_the_one_before_is_not_a_change() -> None:
     c.webhooks[0].cause, c.webhooks[0].after = 1, 4
     result = diff(a, c)
     assert [(x.kind, x.a, x.b) for x in result.changes] == [("added", None, 2)], result.render()
+
+
+@pytest.mark.parametrize(
+    ("value", "alone", "under_job_id"),
+    [
+        (6238, "6238", "6238"),
+        (42, None, None),  # a count or a flag far more often than an id
+        (-42, None, "-42"),  # the name vouches for three characters
+        (True, None, None),
+        (3.5, None, None),
+        ("job_6238", "job_6238", "job_6238"),
+        ("COMPLETED", None, "COMPLETED"),  # a plain word is an id only where the name says so
+        ("ab", None, None),
+        ("7" * 3000, None, "7" * 3000),
+    ],
+)
+def test_one_id_rule_and_its_named_variant(value: object, alone: str | None,
+                                           under_job_id: str | None) -> None:
+    """Correlation finds ids by the value alone; diff, under a field named like an id, by the
+    name: the same module holds both, side by side."""
+    from replayproxy.correlate import id_like, named_id
+
+    assert id_like(value) == alone
+    assert named_id("job_id", value) == under_job_id
+    assert named_id("jobId", value) == under_job_id and named_id("ID", value) == under_job_id
+    assert named_id("status", value) is None and named_id("", value) is None
+
+
+def test_a_renamed_id_under_an_id_name_is_no_difference_elsewhere_it_is() -> None:
+    def session(job: str, state: str) -> Cassette:
+        return Cassette([exchange("POST", "/v1/jobs", 201, {"job_id": job, "state": state})])
+
+    result = diff(session("abc", "RUNNING"), session("xyz", "FAILED"))
+    assert [c.render() for c in result.changes] == [
+        '~ interaction A#1 -> B#1 POST /v1/jobs\n    response.body.state: "RUNNING" -> "FAILED"'
+    ]

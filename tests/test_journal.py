@@ -32,9 +32,9 @@ def test_recover_merges_finished_records_and_skips_the_torn_line(tmp_path: Path)
     journal = Journal(journal_path(path), session)
     submit = exchange("POST", "/v1/jobs", 201, {"job_id": 6238, "status": "PENDING"},
                       {"command": "x"}, at=0.0)
-    submit.meta["duration"] = 0.01
+    submit.duration = 0.01
     poll = exchange("GET", "/v1/jobs/6238", 200, {"job_id": 6238, "status": "COMPLETED"}, at=0.1)
-    poll.meta["duration"] = 0.01
+    poll.duration = 0.01
     journal.interaction(submit)
     journal.interaction(poll)
     journal.webhook(_hook({"type": "job.completed", "job_id": 6238, "status": "COMPLETED"}, 0.3),

@@ -95,6 +95,25 @@ def test_string_body_fields_are_replaced_in_place() -> None:
     assert r.body(raw) == b'{ "password" :  "<redacted>",\n  "keep": [1, 2] }'
 
 
+def test_body_fields_after_leading_whitespace_and_the_times_kept() -> None:
+    """JSON may open with whitespace (a pretty-printer's newline): its fields are fields too.
+    A redacted copy keeps the exchange's times and metadata, on either path."""
+    r = Redactor(body_fields=["password"])
+    raw = b'\n  {"password": "hunter2", "user": "ann"}\n'
+    assert r.body(raw) == b'\n  {"password": "<redacted>", "user": "ann"}\n'
+    item = Interaction(
+        Request("POST", "https://x.example/login", [], raw),
+        Response(200, "OK", [], b"{}"),
+        {"content_encoding": "gzip"},
+        at=1.5,
+        duration=0.25,
+    )
+    for redactor in (r, Redactor()):
+        out = redactor.interaction(item)
+        assert (out.at, out.duration, out.meta) == (1.5, 0.25, {"content_encoding": "gzip"})
+    assert b"hunter2" not in r.interaction(item).request.body
+
+
 def test_webhooks_keep_their_body_unless_a_secret_is_in_it() -> None:
     r = Redactor.from_config(
         Config(redact=RedactConfig(headers=["X-Trace"])), {"CAMBER_API_KEY": "sk_abcdef"}

@@ -34,7 +34,7 @@ def timed_cassette() -> Cassette:
     and a second webhook."""
     tape = job_cassette()
     for n, item in enumerate(tape.interactions):
-        item.meta = {"at": 0.012 + n * 0.4, "duration": 0.08}
+        item.at, item.duration = 0.012 + n * 0.4, 0.08
     tape.interactions[2].request.body = b"\x00\x01\xff\xfebinary"
     tape.interactions[3].response.body = json.dumps({"note": HOSTILE}).encode()
     tape.interactions.append(exchange("DELETE", "/v1/jobs/6238", 500, {"error": "boom"}, at=2.5))

@@ -280,7 +280,7 @@ def test_schedule_scales_recorded_delays_and_measures_them_from_the_cause() -> N
     assert [(d.number, d.delay) for d in due] == [(1, 0.5), (2, 0.0)]
     assert [d.number for d in order(due, None)] == [2, 1]
     # With timestamps, the delay counts from the end of the cause's exchange.
-    cassette.interactions[0].meta = {"at": 1.0, "duration": 0.5}
+    cassette.interactions[0].at, cassette.interactions[0].duration = 1.0, 0.5
     cassette.webhooks[0].at = 3.5
     assert Schedule(cassette, "recorded", speed=2.0).serve(1)[0].delay == 1.0
     # sequence waits for `after`; immediate does not; neither delays.
