@@ -1,4 +1,4 @@
-"""Plays one `Variant` (variants.py) during a replay: the faults Camber could have had.
+"""Plays one `Variant` (variants/) during a replay: the faults Camber could have had.
 
 The Replayer consults it at four points, and nowhere else:
 - `before(request, match)`: before an answer is built. It may answer in the recording's place
@@ -20,8 +20,8 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -72,9 +72,8 @@ class Faults:
                 return _reset(request)
             headers = {"Retry-After": str(v.retry_after)} if v.retry_after else {}
             text = "service unavailable" if v.status == 503 else "too many requests"
-            return web.json_response(
-                {"error": text, "replayproxy_variant": v.name}, status=v.status, headers=headers
-            )
+            body = {"error": text, "replayproxy_variant": v.name}
+            return web.json_response(body, status=v.status or 503, headers=headers)
         if v.kind == "slow":
             await asyncio.sleep(v.hold)
         elif v.kind == "timeout":
@@ -139,10 +138,10 @@ class Faults:
                 d.delay = 0.0
             self.replayer._send(held, ordered=True)
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task the deliverer's drain waits for, as for any webhook still due."""
         tasks = self.replayer.deliverer.tasks
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
