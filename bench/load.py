@@ -36,8 +36,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from replayproxy import sandbox  # noqa: E402
 from replayproxy.cassette import load  # noqa: E402
+from replayproxy.demo import sandbox  # noqa: E402
 
 API_KEY = "sk_load_test_key_0d5e"
 UPSTREAM_SECRET = "camber_load_upstream_f81c"

@@ -39,8 +39,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from replayproxy import sample_app, sandbox  # noqa: E402
 from replayproxy.api import ReplayProxy  # noqa: E402
+from replayproxy.demo import sample_app, sandbox  # noqa: E402
 from replayproxy.server import Server  # noqa: E402
 
 FILES = ("invoice-march.pdf", "invoice-april.pdf", "fail-corrupt.pdf")

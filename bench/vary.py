@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASSETTE = ROOT / "cassettes" / "camber-jobs.yaml"
-COMMAND = [sys.executable, "-m", "replayproxy.sample_app"]
+COMMAND = [sys.executable, "-m", "replayproxy.demo.sample_app"]
 ONLY = (
     "webhook-*-duplicate,webhook-*-sender-retry,webhook-*-early,webhooks-reordered,"
     "interaction-*-503-once,interaction-*-429,interaction-*-slow,interaction-*-reset"
