@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any
+from typing import Any, Protocol
 
 import click
 
@@ -48,8 +48,14 @@ def settings(config_path: str | None, **overrides: Any) -> Config:
     return load_config(config_path).replace(**overrides)
 
 
+class BannerFormat(Protocol):
+    """A `str.format` template with `{url}`, or an object that words the line once started."""
+
+    def format(self, *, url: str) -> str: ...
+
+
 async def until_signalled(
-    start: Callable[[], Awaitable[str]], stop: Callable[[], Awaitable[Any]], banner: str
+    start: Callable[[], Awaitable[str]], stop: Callable[[], Awaitable[Any]], banner: BannerFormat
 ) -> Any:
     """Start, print the banner with the URL as the first stdout line, wait for SIGINT/SIGTERM."""
     loop = asyncio.get_running_loop()
@@ -868,7 +874,7 @@ def record(
         await asyncio.gather(*views, return_exceptions=True)
         return await proxy.stop()
 
-    eventloop.run(until_signalled(start, stop, Banner()))  # type: ignore[arg-type]
+    eventloop.run(until_signalled(start, stop, Banner()))
     recorder = proxy.recorder
     if recorder is not None:
         click.echo(

@@ -11,9 +11,9 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
+import platform
 import re
 import shlex
-import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -272,7 +272,7 @@ def _parse_host(host: str) -> tuple[str, x509.GeneralName]:
 
 def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    hostname = (socket.gethostname() or "localhost")[:40]
+    hostname = (platform.node() or "localhost")[:40]  # the machine name gethostname() gives
     name = _name(f"replayproxy local CA ({hostname})")
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = _now()

@@ -8,12 +8,13 @@ can accept. Each check is one function in `CHECKS`; the secret scanner is `leaks
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ class Finding:
     message: str
     check: str = "schema"  # which check made it: schema, secret, cause, variable
     digest: str = ""  # sha256 of the flagged value (of the message when there is none)
-    secret: str = field(default="", repr=False, compare=False)  # never printed
-    part: tuple[str | int, ...] = field(default=(), repr=False, compare=False)
+    secret: str = dataclasses.field(default="", repr=False, compare=False)  # never printed
+    part: tuple[str | int, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -67,7 +68,7 @@ class Finding:
 class Context:
     """What the checks share for one run: the config and the scanner it configures."""
 
-    config: Config = field(default_factory=Config)
+    config: Config = dataclasses.field(default_factory=Config)
     scanner: Scanner | None = None
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ names are judged in `leaks.py` instead. `(?!\\w)` endings are checked after the 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -44,26 +44,29 @@ MAX_PER_TEXT = 100
 @dataclass(frozen=True, slots=True)
 class Format:
     name: str
-    pattern: re2._Regexp  # type: ignore[name-defined]
+    pattern: re2._Regexp
     word_end: bool  # the library's pattern ended in (?!\w): checked after the match
 
 
 @cache
-def formats() -> tuple[tuple[Format, ...], re2._Regexp]:  # type: ignore[name-defined]
+def formats() -> tuple[tuple[Format, ...], re2._Regexp]:
     """Every format, and one pattern that finds any of them (the usual answer is no)."""
     import detect_secrets.plugins as package
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.plugins.base import BasePlugin, RegexBasedDetector
 
     del package
     found: list[Format] = []
-    for plugin in get_mapping_from_secret_type_to_class().values():
+    # declared: the library types its answer with a TypeVar bound to nothing
+    classes: Iterable[type[BasePlugin]] = get_mapping_from_secret_type_to_class().values()
+    for plugin in classes:
         if not issubclass(plugin, RegexBasedDetector) or plugin.__name__ in EXCLUDED:
             continue
-        for regex in plugin().denylist:
+        detector = plugin()
+        for regex in detector.denylist:
             compiled = _re2(regex.pattern, bool(regex.flags & re.IGNORECASE))
             if compiled is not None:
-                found.append(Format(plugin.secret_type, *compiled))
+                found.append(Format(detector.secret_type, *compiled))
     for name, pattern in EXTRA.items():
         compiled = _re2(pattern, False)
         assert compiled is not None
@@ -128,7 +131,9 @@ def find(text: str) -> Iterator[tuple[str, str]]:
                     start, end = block.span()
                 pos = max(pos, end)
             elif start == m.start():
-                end = _TOKEN_RUN.match(data, end).end()
+                run = _TOKEN_RUN.match(data, end)
+                assert run is not None  # {0,4096}: matches anywhere, the empty string at least
+                end = run.end()
                 pos = max(pos, end)  # the next search starts after this token: linear
             raw = data[start:end].decode("utf-8", "replace")
             secret = _CONTEXT.sub("", raw.strip("\"' \t\r\n:"))

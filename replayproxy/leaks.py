@@ -13,12 +13,13 @@ credential formats run through RE2. Pure: no sockets, no click.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -43,7 +44,8 @@ class Leak:
     field: str  # "request.headers.Cookie.SID", "response.body.data.0.token"
     secret: str
     reason: str  # "Stripe Access Key", "secret-named header", ...
-    part: tuple[str | int, ...] = field(default=(), compare=False)  # what --fix rewrites
+    # what --fix rewrites
+    part: tuple[str | int, ...] = dataclasses.field(default=(), compare=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -79,6 +79,16 @@ def split_base(url: str) -> tuple[Origin, str]:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; one exchange at a time."""
 
+    # the exchange's answer so far, set anew by _reset() as each request starts
+    reason: str
+    header_list: list[tuple[str, str]]
+    connection: list[str]
+    content_encoding: str | None
+    chunks: list[bytes]
+    size: int
+    headers_done: bool
+    framed: bool
+
     def __init__(self, limit: int):
         self.limit = limit
         self.transport: asyncio.Transport | None = None
@@ -89,7 +99,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's
         # kept: each get_running_loop() costs a getpid() system call (CPython checks for forks)
         self.loop = asyncio.get_running_loop()
 
@@ -179,10 +189,10 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.reason = ""
-        self.header_list: list[tuple[str, str]] = []
-        self.connection: list[str] = []
-        self.content_encoding: str | None = None
-        self.chunks: list[bytes] = []
+        self.header_list = []
+        self.connection = []
+        self.content_encoding = None
+        self.chunks = []
         self.size = 0
         self.headers_done = False
         self.framed = False

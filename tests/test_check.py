@@ -117,7 +117,7 @@ def test_entropy_heuristics() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# what is never a finding, and what always is (the README's lists)
+# what is never a finding, and what always is (the lists in docs/check.md)
 
 NEVER = [
     ("Authorization", "Bearer <redacted>"),

@@ -7,7 +7,7 @@ written here by hand): JSON, 201, gzip, a chunked stream, 1 MiB of binary, 204, 
 repeated and unicode query keys, an answer with an empty reason phrase and no Content-Type,
 Date or Server, and Set-Cookie. Each client reports what it saw (status, reason, the headers it
 exposes, a hash of the body bytes, its cookie jar); the replay must match the recording, but
-for the framing headers the README lists and the cookie values redaction replaces. In reverse
+for the framing headers docs/matching.md lists and the cookie values redaction replaces. In reverse
 mode the recording must also match what the client sees talking to the upstream directly.
 
 One proxy per (mode, phase) and one process per client keep the matrix to a few seconds of CPU.
@@ -49,7 +49,7 @@ PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROX
               "ALL_PROXY", "all_proxy")
 
 CASES = py.CASES
-#: Framing headers (README, "What clients get in replay"): they describe one hop's transfer,
+#: Framing headers (docs/matching.md, "What clients get in replay"): they describe one hop,
 #: so the proxy writes its own.
 FRAMING = frozenset({"transfer-encoding", "connection", "keep-alive"})
 MARKER = "<redacted>"

@@ -1,7 +1,7 @@
 """The variants a cassette yields (pure rules), and each one played by a real replay.
 
 The replays run a real aiohttp client against a ReplayProxy on 127.0.0.1 and a real webhook
-receiver; what each variant promises (README "Vary") is checked from the outside.
+receiver; what each variant promises (docs/vary.md) is checked from the outside.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ YAML and the JSON serializer. vcrpy then plays it to the client, replayproxy ser
 same client, and the two views are compared: status, reason, headers, body, byte for byte.
 The origin counts its answers: neither playback may reach it.
 
-Two things are served differently on purpose (README, "Cassette format"): `Content-Length`
+Two things are served differently on purpose (docs/cassette.md#vcrpys-cassettes): `Content-Length`
 is the length replayproxy sends (vcrpy plays the recorded value, the coded length for a body
 it stored decoded), and a body stored decoded under a `Content-Encoding` header reaches a
 client that did not accept that coding without the false label.
