@@ -17,16 +17,17 @@ import click
 from replayproxy import __version__, eventloop
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import load
-from replayproxy.config import Config, load_config
+from replayproxy.config import Config, RecordMode, load_config
 from replayproxy.errors import ReplayProxyError
 from replayproxy.inspect import render_inspect
 from replayproxy.journal import open_cassette
 from replayproxy.matching import ensure_variables, normaliser
 from replayproxy.progress import LiveView, RecordView
 from replayproxy.replayer import ReplayOptions
+from replayproxy.report import load_report
 from replayproxy.signing import SCHEMES
 from replayproxy.terminal import printable
-from replayproxy.timeline import load_report, write_html
+from replayproxy.timeline import write_html
 from replayproxy.webhooks import TIMINGS
 
 
@@ -124,6 +125,17 @@ config_option = click.option(
     help="Config file (default: ./replayproxy.yaml when present).",
 )
 listen_option = click.option("--listen", help="HOST:PORT to listen on (port 0 picks a free one).")
+allow_remote_option = click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow listening on a non-loopback address (prints a warning).",
+)
+env_option = click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    help="Also export the proxy URL as NAME (default: config export_env).",
+)
 
 
 def with_options(options: list[Callable[..., Any]], func: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,7 +146,7 @@ def with_options(options: list[Callable[..., Any]], func: Callable[..., Any]) ->
 
 
 def https_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--forward, --hosts, --ca-dir, --tls: the options of commands that serve (issue 10)."""
+    """--forward, --hosts, --ca-dir, --tls: the options of commands that serve."""
     options = [
         click.option(
             "--forward",
@@ -250,11 +262,7 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Move recorded timestamps in answers and webhooks to the present.",
         ),
-        click.option(
-            "--allow-remote",
-            is_flag=True,
-            help="Allow listening on a non-loopback address (prints a warning).",
-        ),
+        allow_remote_option,
     ]
     return with_options(options, func)
 
@@ -370,12 +378,7 @@ def demo(keep: str | None) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @listen_option
 @config_option
-@click.option(
-    "--env",
-    "env_name",
-    metavar="NAME",
-    help="Also export the proxy URL as NAME (default: config export_env).",
-)
+@env_option
 @click.option("--record", is_flag=True, help="Record through --upstream instead of replaying.")
 @click.option("--upstream", help="With --record: where requests go (default: config upstream).")
 @click.option(
@@ -443,7 +446,7 @@ def run(
         extra_env[VARIANT_ENV] = variant
     proxy = open_proxy(
         cassette,
-        mode="all" if record else "replay",
+        mode=RecordMode.ALL if record else RecordMode.NONE,
         upstream=config.upstream if record else None,
         upstream_ca=upstream_ca,
         config=config,
@@ -498,12 +501,7 @@ def run(
     show_default=True,
     help="Seconds one run of the command may take before it is stopped.",
 )
-@click.option(
-    "--env",
-    "env_name",
-    metavar="NAME",
-    help="Also export the proxy URL as NAME (default: config export_env).",
-)
+@env_option
 @click.option(
     "--timing",
     type=click.Choice(TIMINGS),
@@ -736,8 +734,7 @@ def send_webhook(
     import dataclasses
 
     from replayproxy.delivery import pick, send_recorded
-    from replayproxy.replayer import local_secrets
-    from replayproxy.signing import validate
+    from replayproxy.signing import local_secrets, validate
 
     config = settings(config_path)
     signature = config.webhooks.signature
@@ -754,8 +751,8 @@ def send_webhook(
         )
     )
     from replayproxy.clip import clip_bytes
-    from replayproxy.replayer import signed_with
     from replayproxy.report import signature_hint
+    from replayproxy.signing import signed_with
 
     used = dataclasses.replace(
         config, webhooks=dataclasses.replace(config.webhooks, signature=signature)
@@ -778,8 +775,8 @@ def send_webhook(
 @config_option
 @click.option(
     "--mode",
-    type=click.Choice(["once", "new_episodes", "all", "none"]),
-    default="once",
+    type=click.Choice([m.value for m in RecordMode]),
+    default=RecordMode.ONCE.value,
     show_default=True,
     help="As in vcrpy: once records only when CASSETTE does not exist; new_episodes records "
     "what it lacks; all re-records; none only replays.",
@@ -793,11 +790,7 @@ def send_webhook(
     type=click.Path(dir_okay=False, exists=True),
     help="CA bundle (PEM) to verify the upstream's TLS certificate with.",
 )
-@click.option(
-    "--allow-remote",
-    is_flag=True,
-    help="Allow listening on a non-loopback address (prints a warning).",
-)
+@allow_remote_option
 @click.option(
     "--drain-timeout",
     type=float,
@@ -938,11 +931,7 @@ def ca_command(directory: str | None) -> None:
     help="Signature scheme of its webhooks (default: config webhooks.upstream_signature, "
     "else webhooks.signature).",
 )
-@click.option(
-    "--allow-remote",
-    is_flag=True,
-    help="Allow listening on a non-loopback address (prints a warning).",
-)
+@allow_remote_option
 @friendly
 def sandbox(
     listen: str, step_seconds: float, config_path: str | None, scheme: str | None,

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import workload  # noqa: E402
+from harness import ROOT, median  # noqa: E402
+
 SNIPPET = (
     "import gc, sys, time\n"
     "from replayproxy.cassette import load\n"
@@ -31,12 +33,10 @@ SNIPPET = (
 
 
 def timed(tree: Path, cassette: Path) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", SNIPPET, str(cassette)],
-        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=True, timeout=600,
-    ).stdout.split()
-    return float(out[0])
+    """CPU seconds of `load()` in a fresh interpreter that imports the package from `tree`."""
+    out = harness.python(SNIPPET, str(cassette), tree=tree, env={"PATH": "/usr/bin:/bin"},
+                         timeout=600)
+    return float(out.split()[0])
 
 
 def main() -> None:
@@ -45,13 +45,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    sys.path.insert(0, str(HERE))
-    import workload
-
     cassette = Path(tempfile.gettempdir()) / f"replayproxy-bench-load-{args.count}.yaml"
     if not cassette.exists():
         workload.write_cassette(cassette, workload.exchanges(args.count))
-    ours, base, ratios = [], [], []
+    ours: list[float] = []
+    base: list[float] = []
+    ratios: list[float] = []
     for n in range(args.rounds):
         pair = [(ROOT, ours), (args.baseline, base)]
         for tree, into in pair if n % 2 == 0 else pair[::-1]:
@@ -59,9 +58,9 @@ def main() -> None:
         ratios.append(ours[-1] / base[-1])
     print(json.dumps({
         "interactions": args.count,
-        "this_s": round(statistics.median(ours), 3),
-        "baseline_s": round(statistics.median(base), 3),
-        "ratio_median": round(statistics.median(ratios), 3),
+        "this_s": round(median(ours), 3),
+        "baseline_s": round(median(base), 3),
+        "ratio_median": round(median(ratios), 3),
         "ratios": [round(r, 3) for r in ratios],
     }, indent=1))
 

@@ -1,76 +1,25 @@
-"""The issue-7 targets beyond replay throughput: record mode, webhook delivery rate, turnaround.
+"""The targets beyond replay throughput: record mode, webhook delivery rate, turnaround.
 
-Called by bench/run.py (which passes itself as `h`, for its Server class, wrk and helpers); each
-returns a dict for the JSON and the table. Every process started here is a `h.Server` (stopped by
-run.py's `finally`) or a bounded `subprocess.run`.
+Called by bench/run.py; each returns a dict for the JSON, and `rows` draws their table rows.
+Every process started here is a `harness.Server` (stopped by run.py's `finally`) or a bounded
+`subprocess.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
-from urllib.parse import urlsplit
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+import harness
+from harness import CASSETTES, HERE, ROOT, Cpus, Server, get_json, log, median, ok, pinned
+
 SECRET = "whbench_local_secret_5f2a9c"  # WEBHOOK_SECRET of the replays and the receiver
 UPSTREAM = "https://staging.camber.example"
-
-
-def _get_json(url: str, method: str = "GET", timeout: float = 10) -> dict:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    try:
-        conn.request(method, parts.path or "/")
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    return json.loads(body) if body else {"status": resp.status}
-
-
-@contextlib.contextmanager
-def _env(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _script(h: ModuleType) -> list[str]:
-    script = h.LAUNCHER or Path(sys.executable).with_name("replayproxy")
-    if not Path(script).exists():
-        script = ROOT / "cli.py"
-    return [sys.executable, str(script)]
-
-
-def _stop_timed(server, timeout: float) -> tuple[float, int | None]:
-    """SIGTERM and wait (bounded) for the process to end on its own; (seconds, exit status)."""
-    start = time.perf_counter()
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    took = time.perf_counter() - start
-    code = server.proc.poll()
-    server.stop()  # SIGKILL if it is still running; closes the log
-    return took, code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,30 +51,30 @@ def _count_items(path: Path) -> int:
     return 0
 
 
-def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: float,
-                cpus: tuple[int | None, int | None], quiet_wait: float, workdir: Path,
-                pinned: bool = False) -> dict:
+def record_mode(small: tuple[Path, Path], rounds: int, seconds: float, cpus: Cpus,
+                quiet_wait: float, workdir: Path, pinned: bool = False) -> dict:
     """Direct and through `record`, alternating. Three processes share two cpus here (wrk,
     the upstream, the proxy), so by default none is pinned and the OS places them, in the
     direct runs as in the record runs; `pinned` puts wrk and the upstream on a cpu each, as
     the replay runs do, which leaves the proxy the scraps of both (reported for comparison)."""
     client_cpu, server_cpu = cpus if pinned else (None, None)
     cassette_in, requests = small
-    upstream = h.Server("upstream-1200", h.baseline_cmd(cassette_in) + ["--count"], server_cpu)
+    upstream = Server("upstream-1200", [*harness.baseline_cmd(cassette_in), "--count"],
+                      server_cpu)
     count_url = upstream.url + "/__bench/count"
 
     def served() -> int:
-        return _get_json(count_url)["served"]
+        return get_json(count_url)["served"]
 
     out_path = workdir / "recorded.yaml"
     journal = out_path.with_name(out_path.name + ".journal")
     for stale in (out_path, journal):
         stale.unlink(missing_ok=True)
     before_start = served()
-    cmd = _script(h) + ["record", str(out_path), "--upstream", upstream.url, "--mode", "all",
-                        "--listen", "127.0.0.1:0"]
+    cmd = harness.replayproxy("record", str(out_path), "--upstream", upstream.url, "--mode", "all",
+                              "--listen", "127.0.0.1:0")
     # the proxy is never pinned (with `pinned`, it competes with both pinned processes)
-    recorder = h.Server("record-1200", cmd, None)
+    recorder = Server("record-1200", cmd, None)
     direct_total = 0
     _, journal_offset = _count_lines(journal, 0, b"")  # past the ready probe's exchange
     runs: dict[str, list[dict]] = {"direct@32": [], "record@32": [], "direct@1": [],
@@ -136,7 +85,7 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
             nonlocal direct_total, journal_offset
             target = upstream if name == "direct" else recorder
             c0 = served()
-            data = h.wrk(target.url, requests, conns, secs, client_cpu, target)
+            data = harness.wrk(target.url, requests, conns, secs, client_cpu, target)
             time.sleep(0.2)  # requests wrk left in flight reach the upstream and the journal
             delta = served() - c0
             if name == "direct":
@@ -153,19 +102,18 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
         for r in range(rounds):
             for conns in (32, 1):
                 if quiet_wait > 0:
-                    h.wait_quiet(quiet_wait)
-                order = ["direct", "record"] if r % 2 == 0 else ["record", "direct"]
-                for name in order:
+                    harness.wait_quiet(quiet_wait)
+                for name in harness.alternate(["direct", "record"], r):
                     data = run(name, conns, seconds)
                     runs[f"{name}@{conns}"].append(data)
-                    h.log(f"record{' (pinned)' if pinned else ''} round {r + 1}/{rounds} "
-                          f"{name:<6} c{conns:<2} "
-                          f"{data['rps']:>8,.0f} req/s p50 {data['p50_us'] / 1000:5.2f} ms "
-                          f"p99 {data['p99_us'] / 1000:6.2f} ms errors {data['errors']} "
-                          f"(other processes: {data['foreign_cpu_pct']:.0f}% of the cpus)")
+                    log(f"record{' (pinned)' if pinned else ''} round {r + 1}/{rounds} "
+                        f"{name:<6} c{conns:<2} "
+                        f"{data['rps']:>8,.0f} req/s p50 {data['p50_us'] / 1000:5.2f} ms "
+                        f"p99 {data['p99_us'] / 1000:6.2f} ms errors {data['errors']} "
+                        f"(other processes: {data['foreign_cpu_pct']:.0f}% of the cpus)")
         memory = recorder.memory()
         proxied = served() - before_start - direct_total
-        stop_s, code = _stop_timed(recorder, 600)
+        stop_s, code = recorder.stop_timed(600)
     finally:
         recorder.stop()
         upstream.stop()
@@ -175,18 +123,18 @@ def record_mode(h: ModuleType, small: tuple[Path, Path], rounds: int, seconds: f
     out_path.unlink(missing_ok=True)
     journal.unlink(missing_ok=True)
 
-    med = h.median
     pairs32 = list(zip(runs["record@32"], runs["direct@32"], strict=True))
     pairs1 = list(zip(runs["record@1"], runs["direct@1"], strict=True))
-    summary = {key: h.summarise(items) for key, items in runs.items()}
+    summary = {key: harness.summarise(items) for key, items in runs.items()}
     return {
         "pinned": pinned,
         "runs": runs,
         "summary": summary,
-        "rps_ratio_c32_median": med([a["rps"] / b["rps"] for a, b in pairs32]),
+        "rps_ratio_c32_median": median([a["rps"] / b["rps"] for a, b in pairs32]),
         "rps_ratios_c32": [a["rps"] / b["rps"] for a, b in pairs32],
-        "added_p50_ms_c1_median": med([(a["p50_us"] - b["p50_us"]) / 1000 for a, b in pairs1]),
-        "added_p50_ms_c32_median": med([(a["p50_us"] - b["p50_us"]) / 1000 for a, b in pairs32]),
+        "added_p50_ms_c1_median": median((a["p50_us"] - b["p50_us"]) / 1000 for a, b in pairs1),
+        "added_p50_ms_c32_median": median((a["p50_us"] - b["p50_us"]) / 1000
+                                          for a, b in pairs32),
         "per_run_journal_checks": per_run_checks,
         "journal_complete_every_run": all(c["forwarded"] == c["journaled"]
                                           for c in per_run_checks),
@@ -233,100 +181,92 @@ def _hook_cassette(path: Path, n: int, per_request: bool) -> Path:
 def _wait_received(receiver_url: str, n: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        stats = _get_json(receiver_url + "/__bench/stats")
+        stats = get_json(receiver_url + "/__bench/stats")
         if stats["ok"] + stats["bad"] >= n or time.monotonic() > deadline:
             return stats
         time.sleep(0.01)
 
 
-def webhooks(h: ModuleType, n: int, rounds: int, cpus: tuple[int | None, int | None],
-             workdir: Path) -> dict:
+def webhooks(n: int, rounds: int, cpus: Cpus, workdir: Path) -> dict:
     """Deliveries per second to a verifying receiver: replayproxy vs a plain aiohttp client."""
     client_cpu, server_cpu = cpus
     cases = {
         # all N due at once from one request: replayproxy sends them one after the other
-        "one_cause": (_hook_cassette(h.CASSETTES / f"hooks-one-cause-{n}.yaml", n, False), 1),
+        "one_cause": (_hook_cassette(CASSETTES / f"hooks-one-cause-{n}.yaml", n, False), 1),
         # webhook i due when GET /hook/<i> is answered; 32 clients: a task per due webhook, on
         # one aiohttp session whose connector allows 100 connections
-        "per_request": (_hook_cassette(h.CASSETTES / f"hooks-per-request-{n}.yaml", n, True),
+        "per_request": (_hook_cassette(CASSETTES / f"hooks-per-request-{n}.yaml", n, True),
                         100),
     }
     results: dict = {"n": n, "cases": {}}
-    with _env(WEBHOOK_SECRET=SECRET):
-        receiver = h.Server("webhook-receiver", [sys.executable, str(HERE / "webhook_receiver.py"),
-                                                 "--listen", "127.0.0.1:0"], client_cpu)
-        hook_url = receiver.url + "/webhooks/camber"
-        try:
-            for case, (cassette, concurrency) in cases.items():
-                runs: dict[str, list[dict]] = {"baseline": [], "replayproxy": []}
-                for r in range(rounds):
-                    order = ["baseline", "replayproxy"] if r % 2 == 0 else ["replayproxy",
-                                                                            "baseline"]
-                    for side in order:
-                        _get_json(receiver.url + "/__bench/reset", "POST")
-                        if side == "baseline":
-                            res = _baseline_send(cassette, hook_url, concurrency, server_cpu, n)
-                        else:
-                            res = _replay_send(h, cassette, hook_url, case, n, server_cpu,
-                                               client_cpu, workdir)
-                        stats = _wait_received(receiver.url, n, 120)
-                        res["received_ok"] = stats["ok"]
-                        res["rejected"] = stats["bad"]
-                        res["unique_events"] = stats["unique"]
-                        res["signature_errors"] = stats["errors"]
-                        last = stats["last"] or res["start"]
-                        res["seconds"] = last - res["start"]
-                        res["per_s"] = stats["ok"] / res["seconds"] if res["seconds"] > 0 else 0
-                        if side == "replayproxy":
-                            res.update(res.pop("_finish")())
-                        runs[side].append(res)
-                        h.log(f"webhooks {case} round {r + 1}/{rounds} {side:<11} "
-                              f"{res['per_s']:>7,.0f}/s ({stats['ok']}/{n} verified, "
-                              f"{stats['bad']} rejected)")
-                med = h.median
-                base, rp = runs["baseline"], runs["replayproxy"]
-                results["cases"][case] = {
-                    "concurrency": concurrency,
-                    "runs": runs,
-                    "baseline_per_s": med([x["per_s"] for x in base]),
-                    "replayproxy_per_s": med([x["per_s"] for x in rp]),
-                    "ratio_median": med([a["per_s"] / b["per_s"] for a, b in zip(rp, base,
-                                                                                 strict=True)]),
-                    "all_delivered": all(x["received_ok"] == n and x["unique_events"] == n
-                                         and x["rejected"] == 0 for x in base + rp)
-                    and all(x.get("report_delivered") == n for x in rp),
-                }
-        finally:
-            receiver.stop()
+    env = {**os.environ, "WEBHOOK_SECRET": SECRET}  # secrets reach each process this way only
+    receiver = Server("webhook-receiver", [sys.executable, str(HERE / "webhook_receiver.py"),
+                                           "--listen", "127.0.0.1:0"], client_cpu, env=env)
+    hook_url = receiver.url + "/webhooks/camber"
+    try:
+        for case, (cassette, concurrency) in cases.items():
+            runs: dict[str, list[dict]] = {"baseline": [], "replayproxy": []}
+            for r in range(rounds):
+                for side in harness.alternate(["baseline", "replayproxy"], r):
+                    get_json(receiver.url + "/__bench/reset", "POST")
+                    if side == "baseline":
+                        res = _baseline_send(cassette, hook_url, concurrency, server_cpu, n, env)
+                    else:
+                        res = _replay_send(cassette, hook_url, case, n, server_cpu,
+                                           client_cpu, workdir, env)
+                    stats = _wait_received(receiver.url, n, 120)
+                    res["received_ok"] = stats["ok"]
+                    res["rejected"] = stats["bad"]
+                    res["unique_events"] = stats["unique"]
+                    res["signature_errors"] = stats["errors"]
+                    last = stats["last"] or res["start"]
+                    res["seconds"] = last - res["start"]
+                    res["per_s"] = stats["ok"] / res["seconds"] if res["seconds"] > 0 else 0
+                    if side == "replayproxy":
+                        res.update(res.pop("_finish")())
+                    runs[side].append(res)
+                    log(f"webhooks {case} round {r + 1}/{rounds} {side:<11} "
+                        f"{res['per_s']:>7,.0f}/s ({stats['ok']}/{n} verified, "
+                        f"{stats['bad']} rejected)")
+                    base, rp = runs["baseline"], runs["replayproxy"]
+            results["cases"][case] = {
+                "concurrency": concurrency,
+                "runs": runs,
+                "baseline_per_s": median([x["per_s"] for x in base]),
+                "replayproxy_per_s": median([x["per_s"] for x in rp]),
+                "ratio_median": median([a["per_s"] / b["per_s"] for a, b in zip(rp, base,
+                                                                             strict=True)]),
+                "all_delivered": all(x["received_ok"] == n and x["unique_events"] == n
+                                     and x["rejected"] == 0 for x in base + rp)
+                and all(x.get("report_delivered") == n for x in rp),
+            }
+    finally:
+        receiver.stop()
     return results
 
 
-def _baseline_send(cassette: Path, url: str, concurrency: int, cpu: int | None, n: int) -> dict:
+def _baseline_send(cassette: Path, url: str, concurrency: int, cpu: int | None, n: int,
+                   env: dict[str, str]) -> dict:
     out = subprocess.run([sys.executable, str(HERE / "webhook_client.py"), "send", str(cassette),
                           url, "--concurrency", str(concurrency)], capture_output=True, text=True,
-                         timeout=300, check=False, preexec_fn=_pin(cpu), cwd=ROOT)
+                         timeout=300, check=False, preexec_fn=pinned(cpu), cwd=ROOT, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"webhook baseline sender failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _pin(cpu: int | None):
-    if cpu is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
-def _replay_send(h: ModuleType, cassette: Path, url: str, case: str, n: int,
-                 server_cpu: int | None, client_cpu: int | None, workdir: Path) -> dict:
+def _replay_send(cassette: Path, url: str, case: str, n: int,
+                 server_cpu: int | None, client_cpu: int | None, workdir: Path,
+                 env: dict[str, str]) -> dict:
     report = workdir / f"hooks-{case}-report.json"
     report.unlink(missing_ok=True)
-    cmd = _script(h) + ["replay", str(cassette), "--listen", "127.0.0.1:0", "--timing",
-                        "immediate", "--webhook-url", url, "--report", str(report)]
-    server = h.Server(f"replay-hooks-{case}", cmd, server_cpu)
+    cmd = harness.replayproxy("replay", str(cassette), "--listen", "127.0.0.1:0", "--timing",
+                              "immediate", "--webhook-url", url, "--report", str(report))
+    server = Server(f"replay-hooks-{case}", cmd, server_cpu, env=env)
+    res: dict
     try:
         if case == "one_cause":
-            parts = urlsplit(server.url)
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            conn = harness.connect(server.url, timeout=30)
             start = time.monotonic()
             conn.request("POST", "/v1/trigger", body=b"{}",
                          headers={"Content-Type": "application/json"})
@@ -338,7 +278,7 @@ def _replay_send(h: ModuleType, cassette: Path, url: str, case: str, n: int,
             out = subprocess.run([sys.executable, str(HERE / "webhook_client.py"), "trigger",
                                   server.url, str(n), "--concurrency", "32"],
                                  capture_output=True, text=True, timeout=300, check=False,
-                                 preexec_fn=_pin(client_cpu), cwd=ROOT)
+                                 preexec_fn=pinned(client_cpu), cwd=ROOT, env=env)
             if out.returncode != 0:
                 raise RuntimeError(f"webhook trigger failed: {out.stderr[-2000:]}")
             trig = json.loads(out.stdout.strip().splitlines()[-1])
@@ -349,11 +289,11 @@ def _replay_send(h: ModuleType, cassette: Path, url: str, case: str, n: int,
         raise
 
     def finish() -> dict:
-        _wait_received_done = _stop_timed(server, 60)
+        stop_s, _ = server.stop_timed(60)
         data = json.loads(report.read_text()) if report.exists() else {}
         hooks = data.get("webhooks", {})
         return {"report_delivered": hooks.get("delivered"), "report_failed": hooks.get("failed"),
-                "report_pending": hooks.get("pending"), "stop_s": _wait_received_done[0]}
+                "report_pending": hooks.get("pending"), "stop_s": stop_s}
 
     res["_finish"] = finish
     return res
@@ -363,16 +303,90 @@ def _replay_send(h: ModuleType, cassette: Path, url: str, case: str, n: int,
 # 3. turnaround: the sample app against a replay of a recorded session
 
 
-def turnaround(h: ModuleType, repeats: int, cpus: tuple[int | None, int | None],
-               workdir: Path) -> dict:
+def turnaround(repeats: int, cpus: Cpus, workdir: Path) -> dict:
     client_cpu, server_cpu = cpus
     cmd = [sys.executable, str(HERE / "turnaround.py"), "--workdir", str(workdir),
-           "--repeats", str(repeats), "--launcher", _script(h)[1]]
+           "--repeats", str(repeats), "--launcher", harness.replayproxy()[1]]
     if server_cpu is not None:
         cmd += ["--proxy-cpu", str(server_cpu), "--app-cpu", str(client_cpu)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"turnaround failed: {out.stderr[-3000:]}")
     for line in out.stderr.splitlines():
-        h.log(line)
+        log(line)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def rows(res: dict) -> list[tuple]:
+    """Table rows for run.render: record mode, webhook deliveries and turnaround."""
+    rows: list[tuple] = []
+    rec = res.get("record")
+    if rec and "error" not in rec:
+        s = rec["summary"]
+        d32, r32, d1, r1 = s["direct@32"], s["record@32"], s["direct@1"], s["record@1"]
+        rows.append(("record: req/s c32, none pinned (direct | record)", f"{d32['rps']:,.0f}",
+                     f"{r32['rps']:,.0f}", f"{rec['rps_ratio_c32_median']:.2f}", "", ">= 0.5",
+                     ok(rec["rps_ratio_c32_median"] >= 0.5)))
+        rows.append(("record: p50 ms c1 (direct | through record)", f"{d1['p50_ms']:.2f}",
+                     f"{r1['p50_ms']:.2f}", f"+{rec['added_p50_ms_c1_median']:.2f}", "",
+                     "<= +0.5 ms", ok(rec["added_p50_ms_c1_median"] <= 0.5)))
+        rows.append(("record: p50 | p99 ms c32 through record", "",
+                     f"{r32['p50_ms']:.1f} | {r32['p99_ms']:.1f}", "", "", "", ""))
+        rows.append(("record: CPU us/request c32 (upstream | proxy)",
+                     f"{d32['server_cpu_us_per_req']:.0f}",
+                     f"{r32['server_cpu_us_per_req']:.0f}",
+                     f"{r32['server_cpu_us_per_req'] / d32['server_cpu_us_per_req']:.2f}", "",
+                     "", ""))
+        checks = rec["per_run_journal_checks"]
+        journaled = sum(c["journaled"] for c in checks)
+        forwarded = sum(c["forwarded"] for c in checks)
+        rows.append(("record: exchanges journaled after each run", "", f"{journaled}/{forwarded}",
+                     "", "", "all", ok(rec["journal_complete_every_run"])))
+        rows.append((f"record: exchanges in the saved cassette (saved in "
+                     f"{rec['stop_and_save_s']:.1f} s)", "",
+                     f"{rec['interactions_in_saved_cassette']}/{rec['forwarded_total']}", "", "",
+                     "all", ok(rec["interactions_in_saved_cassette"] == rec["forwarded_total"]
+                               and rec["exit_status"] == 0)))
+    elif rec:
+        rows.append(("record mode", "", "error", "", "", "", "MISS"))
+    pin = res.get("record_pinned")
+    if pin and "error" not in pin:
+        d32, r32 = pin["summary"]["direct@32"], pin["summary"]["record@32"]
+        rows.append(("record, wrk + upstream pinned: req/s c32 (direct | record)",
+                     f"{d32['rps']:,.0f}", f"{r32['rps']:,.0f}",
+                     f"{pin['rps_ratio_c32_median']:.2f}", "", "(for comparison)", ""))
+    hooks = res.get("webhooks")
+    if hooks and "error" not in hooks:
+        n = hooks["n"]
+        labels = {"one_cause": f"webhooks/s, {n:,} due at once (1 conn)",
+                  "per_request": f"webhooks/s, 1 per request, {n:,} (32 clients)"}
+        delivered = total = 0
+        for case, label in labels.items():
+            c = hooks["cases"][case]
+            rows.append((label, f"{c['baseline_per_s']:,.0f}", f"{c['replayproxy_per_s']:,.0f}",
+                         f"{c['ratio_median']:.2f}", "", ">= 2,000/s",
+                         ok(c["replayproxy_per_s"] >= 2000)))
+            for x in c["runs"]["replayproxy"]:
+                delivered += min(x["received_ok"], x["unique_events"])
+                total += n
+        all_ok = all(hooks["cases"][k]["all_delivered"] for k in labels)
+        rows.append(("webhooks verified by the receiver (replays)", "", f"{delivered}/{total}", "",
+                     "", "none lost", ok(all_ok)))
+    elif hooks:
+        rows.append(("webhook deliveries", "", "error", "", "", "", "MISS"))
+    turn = res.get("turnaround")
+    if turn and "error" not in turn:
+        for mode, label in (("sequence", "--timing sequence"),
+                            ("fast_forward", "--fast-forward")):
+            m = turn["summary"][mode]
+            rows.append((f"turnaround ms, {label} (med | max)", "50-100*",
+                         f"{m['turnaround_ms_median']:.1f} | {m['turnaround_ms_max']:.1f}", "",
+                         "", "<= 20", ok(m["turnaround_ms_max"] <= 20 and m["all_same_outcome"]
+                                         and m["all_delivered_no_unmatched"])))
+    elif turn:
+        rows.append(("turnaround", "", "error", "", "", "", "MISS"))
+    return rows

@@ -1,7 +1,7 @@
 """Load: N concurrent clients x M requests each, through `replayproxy record` (against the
 sandbox) and then through `replayproxy replay`, checking every exchange and every answer.
 
-    python bench/load.py                      # the issue's figure: 50 clients x 2,000 requests
+    python bench/load.py                      # the full size: 50 clients x 2,000 requests
     python bench/load.py --clients 50 --requests 40
 
 The proxy runs as the real CLI in a subprocess (loopback only), so its peak RSS is the proxy's
@@ -33,8 +33,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402
 
 from replayproxy.cassette import load  # noqa: E402
 from replayproxy.demo import sandbox  # noqa: E402
@@ -50,33 +53,13 @@ def _env() -> dict[str, str]:
 
 
 async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "cli.py"), *args, "--listen", "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
-    )
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()  # type: ignore
-        if " on http://" not in line:
-            raise RuntimeError(f"the proxy did not start: {line!r}")
-    except BaseException:
-        proc.kill()
-        await proc.communicate()
-        raise
-    return proc, line.split(" on ", 1)[1].split()[0]
+    cmd = [sys.executable, str(harness.ROOT / "cli.py"), *args, "--listen", "127.0.0.1:0"]
+    return await harness.start_proxy(cmd, _env())
 
 
-def _peak_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> tuple[int | None, str]:
-    peak = _peak_rss_kib(proc.pid)
+async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> tuple[float | None, str]:
+    """SIGTERM, bounded; (peak RSS in MiB just before, its stderr)."""
+    peak = harness.memory(proc.pid).get("VmHWM")
     proc.send_signal(signal.SIGTERM)
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -177,7 +160,7 @@ async def run_load(workdir: Path, clients: int, requests: int,
             record_rss, _ = await _stop(proc, stop_timeout)
             save_s = time.monotonic() - started
             # the record process is the only child that has ended: its peak, saving included
-            record_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss or record_rss
+            record_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 or record_rss
     finally:
         await runner.cleanup()
     interactions = check_cassette(path, clients, requests, answers)
@@ -200,11 +183,11 @@ async def run_load(workdir: Path, clients: int, requests: int,
         "record_seconds": round(record_s, 2),
         "record_rps": round(total / record_s),
         "record_stop_and_save_seconds": round(save_s, 2),
-        "record_peak_rss_mib": round(record_rss / 1024, 1) if record_rss else None,
+        "record_peak_rss_mib": round(record_rss, 1) if record_rss else None,
         "replay_start_seconds": round(load_s, 2),
         "replay_seconds": round(replay_s, 2),
         "replay_rps": round(total / replay_s),
-        "replay_peak_rss_mib": round(replay_rss / 1024, 1) if replay_rss else None,
+        "replay_peak_rss_mib": round(replay_rss, 1) if replay_rss else None,
     }
 
 

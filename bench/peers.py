@@ -1,9 +1,9 @@
-"""Optional peer columns of the replay benchmark (issue 7): mitmproxy and talkback.
+"""Optional peer columns of the replay benchmark: mitmproxy and talkback.
 
 Each peer is installed on first use into the git-ignored bench/.peers/ (mitmproxy: its own venv,
 never the project's environment; talkback: `npm install --prefix`), the benchmark's 1,200
 interactions are converted into the peer's own replay format, and the peer is started as a
-`run.Server` on loopback, then driven by wrk like the replay servers (`measure`). Anything
+`harness.Server` on loopback, then driven by wrk like the replay servers (`measure`). Anything
 missing or failing (no venv, no node/npm, an install error or timeout) is a skip reason, never
 an exception out of `prepare`. See bench/README.md.
 """
@@ -16,14 +16,15 @@ import contextlib
 import json
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import harness
+from harness import HERE, Cpus, Server, log
+
 PEERS = HERE / ".peers"
 INSTALL_TIMEOUT = 900.0  # seconds for one install step (venv, pip, npm)
 TALKBACK_SPEC = "talkback@4"  # the major whose requestHandler/tape format talkback_server.js uses
@@ -155,7 +156,7 @@ def mitmproxy(items: list, work: Path, log: Path) -> Peer | str:
            "--server-replay", str(flows)]
     for key, value in options.items():
         cmd += ["--set", f"{key}={value}"]
-    # mitmdump names no URL of its own on stdout: print ours first (run.Server waits until it
+    # mitmdump names no URL of its own on stdout: print ours first (harness.Server waits until it
     # answers), then send mitmdump's own output to stderr (the server log), so no pipe fills.
     shell = ["sh", "-c", f'echo "mitmdump {version} on http://127.0.0.1:{port}"; exec "$@" 1>&2',
              "sh", *cmd]
@@ -249,52 +250,42 @@ def prepare(items: list, work: Path, logs: Path) -> dict[str, Peer | str]:
     return out
 
 
-def _drive(run, ready: dict[str, Peer], small: tuple[Path, Path, list], rounds: int,
-           seconds: float, cpus: tuple[int | None, int | None], quiet_wait: float,
-           servers: dict, result: dict, runs: dict[str, list[dict]]) -> None:
+def _drive(ready: dict[str, Peer], small: tuple[Path, Path, list], rounds: int,
+           seconds: float, cpus: Cpus, quiet_wait: float, servers: dict[str, Server],
+           result: dict, runs: dict[str, list[dict]]) -> None:
     """Start the baseline and the peers (into `servers`, which the caller stops), check the
     peers' answers, then the wrk rounds (into `runs`)."""
     client_cpu, server_cpu = cpus
     cassette, requests, items = small
-    servers["baseline"] = run.Server("peers-baseline-1200", run.baseline_cmd(cassette),
-                                     server_cpu)
+    servers["baseline"] = Server("peers-baseline-1200", harness.baseline_cmd(cassette),
+                                 server_cpu)
     for name, peer in ready.items():
         try:
-            servers[name] = run.Server(f"peer-{name}", peer.cmd, server_cpu, timeout=120)
+            servers[name] = Server(f"peer-{name}", peer.cmd, server_cpu, timeout=120)
         except Exception as exc:
             result["skipped"][name] = f"did not start: {exc}"
             continue
         entry = {"version": peer.version, "how": peer.how, "converted": peer.converted,
                  "ready_s": round(servers[name].ready_s, 2)}
-        run.log(f"peer {name} {peer.version} ready in {servers[name].ready_s:.2f} s; "
+        log(f"peer {name} {peer.version} ready in {servers[name].ready_s:.2f} s; "
                 "checking every answer byte for byte")
-        entry["bytes"] = run.check_bytes(servers[name].url, items)
+        entry["bytes"] = harness.check_bytes(servers[name].url, items)
         result["peers"][name] = entry
     names = [n for n in ready if n in result["peers"]]
     for name in ["baseline", *names]:  # warm up
-        run.wrk(servers[name].url, requests, 32, 1, client_cpu)
+        harness.wrk(servers[name].url, requests, 32, 1, client_cpu)
     for r in range(rounds):
         for conns in (32, 1):
-            if quiet_wait > 0:
-                idle = run.wait_quiet(quiet_wait)
-                if idle > 15:
-                    run.log(f"machine still {idle:.0f}% busy after {quiet_wait:g} s: going on")
-            order = ["baseline", *names]
-            if r % 2:
-                order.reverse()
-            for name in order:
-                data = run.wrk(servers[name].url, requests, conns, seconds, client_cpu,
-                               servers[name])
+            harness.settle(quiet_wait)
+            for name in harness.alternate(["baseline", *names], r):
+                data = harness.wrk(servers[name].url, requests, conns, seconds, client_cpu,
+                                   servers[name])
                 runs[f"{name}@{conns}"].append(data)
-                run.log(f"peers round {r + 1}/{rounds} {name:<9} c{conns:<2} "
-                        f"{data['rps']:>9,.0f} req/s p99 {data['p99_us'] / 1000:7.2f} ms "
-                        f"cpu {data.get('server_cpu_us_per_req', 0):5.0f} us/req "
-                        f"errors {data['errors']} "
-                        f"(other processes: {data['foreign_cpu_pct']:.0f}% of the cpus)")
+                log(harness.wrk_line(f"peers round {r + 1}/{rounds}", name, conns, data))
 
 
-def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], rounds: int,
-            seconds: float, cpus: tuple[int | None, int | None], quiet_wait: float = 0.0) -> dict:
+def measure(peers: dict[str, Peer | str], small: tuple[Path, Path, list], rounds: int,
+            seconds: float, cpus: Cpus, quiet_wait: float = 0.0) -> dict:
     """wrk on each available peer, c32 then c1 per round, alternating with a fresh baseline;
     the ratios are per round (peer / the baseline run of the same round and connections)."""
     result: dict = {"skipped": {k: v for k, v in peers.items() if isinstance(v, str)},
@@ -303,28 +294,21 @@ def measure(run, peers: dict[str, Peer | str], small: tuple[Path, Path, list], r
     if not ready:
         return result
     runs: dict[str, list[dict]] = collections.defaultdict(list)
-    servers: dict = {}
+    servers: dict[str, Server] = {}
     try:
-        _drive(run, ready, small, rounds, seconds, cpus, quiet_wait, servers, result, runs)
+        _drive(ready, small, rounds, seconds, cpus, quiet_wait, servers, result, runs)
     finally:
         for name, server in servers.items():
             if name in result["peers"]:
                 result["peers"][name]["peak_rss_mib"] = server.memory().get("VmHWM")
             server.stop()
-    median = run.median
     names = [n for n in ready if n in result["peers"]]
     for key, items_ in runs.items():
-        result.setdefault("summary", {})[key] = run.summarise(items_)
+        result.setdefault("summary", {})[key] = harness.summarise(items_)
     for name in names:
         for conns in (32, 1):
-            both = list(zip(runs[f"{name}@{conns}"], runs[f"baseline@{conns}"], strict=True))
-            calm = [a["rps"] / b["rps"] for a, b in both
-                    if max(a["foreign_cpu_pct"], b["foreign_cpu_pct"]) <= run.QUIET_PCT]
-            result["peers"][name][f"c{conns}"] = {
-                "rps_ratio_median": median([a["rps"] / b["rps"] for a, b in both]),
-                "rps_ratios": [a["rps"] / b["rps"] for a, b in both],
-                "p99_ratio_median": median([a["p99_us"] / b["p99_us"] for a, b in both]),
-                "quiet_pairs": len(calm), "rps_ratio_median_quiet": median(calm)}
+            result["peers"][name][f"c{conns}"] = harness.paired(runs[f"{name}@{conns}"],
+                                                                runs[f"baseline@{conns}"])
     result["wrk_runs"] = runs
     return result
 
@@ -360,20 +344,19 @@ def rows(res: dict) -> list[tuple]:
 
 def notes(res: dict) -> list[str]:
     out = [f"{name} column skipped: {why}" for name, why in res.get("skipped", {}).items()]
-    foreign = [d["foreign_cpu_pct"] for items in res.get("wrk_runs", {}).values() for d in items]
-    if foreign and max(foreign) > 10:
-        out.append(f"peer columns: other processes used up to {max(foreign):.0f}% of the cpus "
-                   f"(median {statistics.median(foreign):.0f}%); read the paired ratios")
+    share = harness.foreign_share(res.get("wrk_runs", {}))
+    if share:
+        out.append(f"peer columns: other processes used up to {share[0]:.0f}% of the cpus "
+                   f"(median {share[1]:.0f}%); read the paired ratios")
     return out
 
 
 if __name__ == "__main__":  # install and convert only: `python bench/peers.py`
-    sys.path.insert(0, str(HERE))
     import workload
 
-    _, _, exchanges = workload.ensure(HERE / "results" / "cassettes", 1200)
-    scratch = HERE / "results" / "peers"
+    _, _, exchanges = workload.ensure(harness.CASSETTES, 1200)
+    scratch = harness.RESULTS / "peers"
     shutil.rmtree(scratch, ignore_errors=True)
-    for key, value in prepare(exchanges, scratch, HERE / "results" / "logs").items():
+    for key, value in prepare(exchanges, scratch, harness.RESULTS / "logs").items():
         print(key, value if isinstance(value, str) else
               json.dumps({"version": value.version, "cmd": value.cmd, **value.converted}))

@@ -6,8 +6,8 @@ Writes a suite of N tests twice, alike but for one thing:
   so the plugin starts a proxy on a small cassette (5 interactions), the test sends one request
   to it, and the plugin stops it and checks the replay;
 - `test_without.py`: each test sends the same request to one server started for the whole run,
-  bench/baseline_server.py answering the same cassette's bytes from a dict (run.Server, the
-  harness's own server process), and uses no fixture (the plugin is installed, unused).
+  bench/baseline_server.py answering the same cassette's bytes from a dict (harness.Server,
+  the bench's own server process), and uses no fixture (the plugin is installed, unused).
 
 Each suite runs in a fresh `python -m pytest` process, the two alternating, R rounds. Reported:
 the wall time of each (medians), the plugin's cost per test (median over rounds of
@@ -21,7 +21,6 @@ and writes bench/results/plugin_cost.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -35,7 +34,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-import run  # noqa: E402  the harness: Server, machine, median, log, wait_quiet
+import harness  # noqa: E402
+from harness import RESULTS, Server, log, median, proc_s, wait_quiet  # noqa: E402
 
 from replayproxy.cassette import Cassette, Interaction, Request, Response, save  # noqa: E402
 
@@ -102,13 +102,13 @@ def timed(work: Path, test_file: str, n: int, env: dict[str, str],
     """Wall seconds of one pytest process, and the CPU seconds it spent (plus, for the suite
     without the plugin, what the shared server spent answering it)."""
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server0 = run._proc_s(server_pid) if server_pid else 0.0
+    server0 = proc_s(server_pid) if server_pid else 0.0
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", *QUIET, test_file], cwd=work,
                           env=env, capture_output=True, text=True, timeout=900)
     took = time.perf_counter() - start
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server = (run._proc_s(server_pid) - server0) if server_pid else 0.0
+    server = (proc_s(server_pid) - server0) if server_pid else 0.0
     if done.returncode != 0 or f"{n} passed" not in done.stdout:
         raise SystemExit(f"plugin_cost: {test_file} did not pass:\n{done.stdout[-3000:]}")
     cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime + server
@@ -137,18 +137,18 @@ def in_process(cassette_path: Path, url: str, blocks: int = 10, per_block: int =
         plugin()
         plain()
     for b in range(blocks):
-        for name, fn in (("with", plugin), ("without", plain))[:: 1 if b % 2 == 0 else -1]:
+        for name, fn in harness.alternate((("with", plugin), ("without", plain)), b):
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(per_block):
                 fn()
             wall[name].append(1000 * (time.perf_counter() - t0) / per_block)
             cpu[name].append(1000 * (time.process_time() - c0) / per_block)
     return {
-        "with_ms": run.median(wall["with"]),
-        "without_ms": run.median(wall["without"]),
-        "with_cpu_ms": run.median(cpu["with"]),
-        "without_cpu_ms": run.median(cpu["without"]),
-        "plugin_ms": run.median([w - o for w, o in zip(wall["with"], wall["without"],
+        "with_ms": median(wall["with"]),
+        "without_ms": median(wall["without"]),
+        "with_cpu_ms": median(cpu["with"]),
+        "without_cpu_ms": median(cpu["without"]),
+        "plugin_ms": median([w - o for w, o in zip(wall["with"], wall["without"],
                                                        strict=True)]),
     }
 
@@ -162,28 +162,27 @@ def main() -> None:
                         help="wait up to S seconds for an idle machine before each round")
     args = parser.parse_args()
     n, rounds = (200, 3) if args.quick else (args.tests, args.rounds)
-    work = suite(run.RESULTS / "plugin_cost", n)
+    work = suite(RESULTS / "plugin_cost", n)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    base = run.Server("plugin-cost-baseline", [*run.baseline_cmd(work / "cassettes" / "jobs.yaml")],
-                      None)
+    base = Server("plugin-cost-baseline", harness.baseline_cmd(work / "cassettes" / "jobs.yaml"),
+                  None)
     times: dict[str, list[float]] = {"with": [], "without": []}
     cpus: dict[str, list[float]] = {"with": [], "without": []}
     try:
         env["BENCH_URL"] = base.url
-        run.wait_quiet(args.quiet_wait)
+        wait_quiet(args.quiet_wait)
         inner = in_process(work / "cassettes" / "jobs.yaml", base.url)
-        run.log(f"in process: {inner['with_ms']:.2f} ms per start + request + stop, "
+        log(f"in process: {inner['with_ms']:.2f} ms per start + request + stop, "
                 f"{inner['without_ms']:.2f} ms per request to the shared server")
         for r in range(rounds):
-            busy = run.wait_quiet(args.quiet_wait)
-            order = ("with", "without") if r % 2 == 0 else ("without", "with")
-            for name in order:
+            busy = wait_quiet(args.quiet_wait)
+            for name in harness.alternate(("with", "without"), r):
                 test_file = "test_with_plugin.py" if name == "with" else "test_without.py"
                 pid = base.proc.pid if name == "without" else None
                 took, cpu = timed(work, test_file, n, env, pid)
                 times[name].append(took)
                 cpus[name].append(cpu)
-            run.log(f"round {r + 1}/{rounds}: with {times['with'][-1]:.2f} s "
+            log(f"round {r + 1}/{rounds}: with {times['with'][-1]:.2f} s "
                     f"(cpu {cpus['with'][-1]:.2f}), without {times['without'][-1]:.2f} s "
                     f"(cpu {cpus['without'][-1]:.2f}); {n} tests, machine {busy:.0f}% busy before")
     finally:
@@ -194,33 +193,32 @@ def main() -> None:
 
     ratios = [w / o for w, o in zip(times["with"], times["without"], strict=True)]
     result = {
-        "machine": run.machine(),
+        "machine": harness.machine(),
         "tests": n,
         "rounds": rounds,
         "with_s": times["with"],
         "without_s": times["without"],
         "with_cpu_s": cpus["with"],
         "without_cpu_s": cpus["without"],
-        "with_s_median": run.median(times["with"]),
-        "without_s_median": run.median(times["without"]),
-        "plugin_ms_per_test_median": run.median(per_test(times)),
-        "plugin_cpu_ms_per_test_median": run.median(per_test(cpus)),
-        "suite_ratio_median": run.median(ratios),
-        "per_1000_tests_s": run.median(per_test(times)),  # ms per test x 1,000 tests = s
+        "with_s_median": median(times["with"]),
+        "without_s_median": median(times["without"]),
+        "plugin_ms_per_test_median": median(per_test(times)),
+        "plugin_cpu_ms_per_test_median": median(per_test(cpus)),
+        "suite_ratio_median": median(ratios),
+        "per_1000_tests_s": median(per_test(times)),  # ms per test x 1,000 tests = s
         "in_process": inner,
     }
-    out = run.RESULTS / "plugin_cost.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = harness.write_result("plugin_cost", result)
     print(f"{n} tests, {rounds} rounds (medians)")
     print(f"  without the plugin (one shared server): {result['without_s_median']:.2f} s")
     print(f"  with the plugin (a proxy per test):     {result['with_s_median']:.2f} s "
           f"({result['suite_ratio_median']:.2f}x)")
     print(f"  plugin cost per test: {result['plugin_ms_per_test_median']:.2f} ms wall, "
           f"{result['plugin_cpu_ms_per_test_median']:.2f} ms cpu (target < 10)")
-    print(f"  a 1,000-test suite: +{result['per_1000_tests_s']:.1f} s (target <= 10 s)")
+    print(f"  a 1,000-test suite: {result['per_1000_tests_s']:+.1f} s (target <= 10 s)")
     print(f"  in process: start + one request + stop {inner['with_ms']:.2f} ms "
           f"({inner['with_cpu_ms']:.2f} ms cpu) vs one request {inner['without_ms']:.2f} ms: "
-          f"+{inner['plugin_ms']:.2f} ms")
+          f"{inner['plugin_ms']:+.2f} ms")
     print(f"wrote {out}")
 
 

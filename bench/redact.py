@@ -11,12 +11,13 @@ exchange: learn the request's redacted values (when the tree has `learn_request`
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import ROOT  # noqa: E402
 
 PROBE = r"""
 import json, sys, time
@@ -46,10 +47,8 @@ print((time.process_time() - start) / n)
 
 
 def one(tree: Path, n: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(n)], env=env, check=True,
-                         capture_output=True, text=True, timeout=300)
-    return float(out.stdout)
+    """CPU seconds per exchange in a fresh interpreter that imports the package from `tree`."""
+    return float(harness.python(PROBE, str(n), tree=tree, timeout=300))
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, name
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    sock_host, sock_port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    sock_host, sock_port = runner.addresses[0][:2]
     print(f"{name} on http://{sock_host}:{sock_port}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,8 +35,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402
+from harness import median  # noqa: E402
 
 from replayproxy.api import ReplayProxy  # noqa: E402
 from replayproxy.demo import sample_app, sandbox  # noqa: E402
@@ -141,16 +144,10 @@ async def replay(launcher: str, cassette: Path, flags: list[str], report: Path,
                  cpu: int | None) -> tuple[list[dict], dict]:
     env = {**os.environ, "WEBHOOK_SECRET": REPLAY_SECRET}
     report.unlink(missing_ok=True)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, launcher, "replay", str(cassette), "--listen", "127.0.0.1:0",
-        "--report", str(report), *flags, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
+    proc, url = await harness.start_proxy(
+        [sys.executable, launcher, "replay", str(cassette), "--listen", "127.0.0.1:0",
+         "--report", str(report), *flags], env, cpu)
     try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()  # type: ignore
-        if " on http://" not in line:
-            raise RuntimeError(f"the replay did not start: {line!r}")
-        url = line.split(" on ", 1)[1].split()[0]
         jobs = await drive(url, REPLAY_SECRET, "sk_not_needed_offline", 0.0)
     finally:
         if proc.returncode is None:
@@ -180,8 +177,7 @@ async def main_async(args: argparse.Namespace) -> dict:
              "fast_forward": ["--timing", "sequence", "--fast-forward"]}
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
-        order = list(modes) if r % 2 == 0 else list(reversed(modes))
-        for mode in order:
+        for mode in harness.alternate(list(modes), r):
             jobs, report = await replay(args.launcher, cassette, modes[mode],
                                         workdir / f"turnaround-{mode}.json", args.proxy_cpu)
             same = [(j["status"], j["events"]) for j in jobs] == [
@@ -194,12 +190,12 @@ async def main_async(args: argparse.Namespace) -> dict:
     for mode, items in runs.items():
         jobs = [j for run in items for j in run["jobs"]]
         summary[mode] = {
-            "turnaround_ms_median": statistics.median(j["turnaround_ms"] for j in jobs),
+            "turnaround_ms_median": median(j["turnaround_ms"] for j in jobs),
             "turnaround_ms_max": max(j["turnaround_ms"] for j in jobs),
-            "in_proxy_requests_ms_median": statistics.median(j["in_proxy_requests_ms"]
+            "in_proxy_requests_ms_median": median(j["in_proxy_requests_ms"]
                                                              for j in jobs),
-            "proxy_requests_median": statistics.median(j["proxy_requests"] for j in jobs),
-            "done_ms_median": statistics.median(j["done_ms"] for j in jobs),
+            "proxy_requests_median": median(j["proxy_requests"] for j in jobs),
+            "done_ms_median": median(j["done_ms"] for j in jobs),
             "jobs_measured": len(jobs),
             "all_same_outcome": all(run["same_outcome_as_recorded"] for run in items),
             "all_delivered_no_unmatched": all(run["report"]["unmatched"] == 0
@@ -214,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--launcher", default=str(ROOT / "cli.py"))
+    parser.add_argument("--launcher", default=str(harness.ROOT / "cli.py"))
     parser.add_argument("--proxy-cpu", type=int)
     parser.add_argument("--app-cpu", type=int)
     args = parser.parse_args()

@@ -22,25 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import ROOT, median  # noqa: E402
+
 CASSETTE = ROOT / "cassettes" / "camber-jobs.yaml"
 COMMAND = [sys.executable, "-m", "replayproxy.demo.sample_app"]
 ONLY = (
     "webhook-*-duplicate,webhook-*-sender-retry,webhook-*-early,webhooks-reordered,"
     "interaction-*-503-once,interaction-*-429,interaction-*-slow,interaction-*-reset"
 )
-
-
-def replayproxy() -> list[str]:
-    exe = shutil.which("replayproxy")
-    return [exe] if exe else [sys.executable, str(ROOT / "cli.py")]
 
 
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -57,13 +54,12 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "WEBHOOK_SECRET": "bench-vary-local-secret",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    single_cmd = [*replayproxy(), "run", "--timing", "recorded", str(CASSETTE), "--", *COMMAND]
-    matrix_cmd = [*replayproxy(), "vary", str(CASSETTE), "--only", args.only, "-j",
-                  str(args.jobs), "--json", "--", *COMMAND]
+    single_cmd = harness.replayproxy("run", "--timing", "recorded", str(CASSETTE), "--", *COMMAND)
+    matrix_cmd = harness.replayproxy("vary", str(CASSETTE), "--only", args.only, "-j",
+                                     str(args.jobs), "--json", "--", *COMMAND)
     singles, matrices, starts, cells = [], [], [], 0
     for round_ in range(args.repeats):
-        order = ("single", "matrix") if round_ % 2 == 0 else ("matrix", "single")
-        for which in order:
+        for which in harness.alternate(("single", "matrix"), round_):
             if which == "single":
                 seconds, proc = timed(single_cmd, env)
                 if proc.returncode != 0:
@@ -78,7 +74,7 @@ def main() -> None:
                 matrices.append(seconds)
                 starts += [v["proxy_start_seconds"] for v in matrix["variants"]]
             print(f"round {round_ + 1} {which}: {seconds:.2f} s", file=sys.stderr)
-    single, whole = statistics.median(singles), statistics.median(matrices)
+    single, whole = median(singles), median(matrices)
     ideal = cells / args.jobs * single
     print(json.dumps({
         "variants_with_recorded": cells,
@@ -88,7 +84,7 @@ def main() -> None:
         "matrix_s": round(whole, 3),
         "matrix_over_ideal": round(whole / ideal, 3),  # target <= 1.3
         "target_s": round(1.3 * ideal, 3),
-        "proxy_start_median_ms": round(1000 * statistics.median(starts), 1),
+        "proxy_start_median_ms": round(1000 * median(starts), 1),
         "proxy_start_max_ms": round(1000 * max(starts), 1),
         "singles_s": [round(s, 3) for s in singles],
         "matrices_s": [round(s, 3) for s in matrices],

@@ -28,7 +28,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-async def _pool(calls, concurrency: int) -> collections.Counter[int]:
+async def _pool(calls, concurrency: int) -> dict:
+    """Run the calls, `concurrency` at a time (workers taking the next from one iterator);
+    the monotonic clock just before the first and after the last, and the statuses."""
     statuses: collections.Counter[int] = collections.Counter()
     it = iter(calls)
 
@@ -36,8 +38,9 @@ async def _pool(calls, concurrency: int) -> collections.Counter[int]:
         for call in it:
             statuses[await call()] += 1
 
+    start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    return statuses
+    return {"start": start, "end": time.monotonic(), "statuses": dict(statuses)}
 
 
 async def send(cassette_path: str, url: str, concurrency: int) -> dict:
@@ -62,10 +65,8 @@ async def send(cassette_path: str, url: str, concurrency: int) -> dict:
                     return resp.status
             return one
 
-        start = time.monotonic()
-        statuses = await _pool([call(o) for o in ready], concurrency)
-        end = time.monotonic()
-    return {"start": start, "end": end, "sent": len(ready), "statuses": dict(statuses)}
+        timed = await _pool([call(o) for o in ready], concurrency)
+    return {**timed, "sent": len(ready)}
 
 
 async def trigger(base: str, n: int, concurrency: int) -> dict:
@@ -79,10 +80,8 @@ async def trigger(base: str, n: int, concurrency: int) -> dict:
                     return resp.status
             return one
 
-        start = time.monotonic()
-        statuses = await _pool([call(i) for i in range(1, n + 1)], concurrency)
-        end = time.monotonic()
-    return {"start": start, "end": end, "sent": n, "statuses": dict(statuses)}
+        timed = await _pool([call(i) for i in range(1, n + 1)], concurrency)
+    return {**timed, "sent": n}
 
 
 def main() -> None:

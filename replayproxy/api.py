@@ -3,12 +3,13 @@
 The CLI and the pytest plugin use this; it owns nothing but wiring: build the mode's handler,
 bind the server, and on exit drain webhooks, stop, and write the report (or the cassette).
 
-Modes: `replay` (the default) serves the cassette; `once`, `new_episodes`, `all` and `none` mean
-what they mean in vcrpy: `once` records when the cassette does not exist and replays it when it
-does; `new_episodes` replays what matches and records what does not; `all` re-records; `none`
-only replays. Record modes lock the cassette's journal for the session (one recorder per
-cassette) and first recover a journal a killed session left (`recovered`); `replay` and `none`
-refuse a cassette with a journal beside it (journal.open_cassette).
+Modes (config.RecordMode): `replay` (the default, the same as `none`) serves the cassette; `once`,
+`new_episodes`, `all` and `none` mean what they mean in vcrpy: `once` records when the cassette
+does not exist and replays it when it does; `new_episodes` replays what matches and records what
+does not; `all` re-records; `none` only replays. Record modes lock the cassette's journal for the
+session (one recorder per cassette) and first recover a journal a killed session left
+(`recovered`); `replay` and `none` refuse a cassette with a journal beside it
+(journal.open_cassette).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .addresses import origin
 from .cassette import load
-from .config import Config, parse_listen
+from .config import Config, RecordMode, parse_listen, record_mode
 from .errors import ConfigError, WebhookError
 from .journal import Recovered, claim, open_cassette
 from .recorder import Recorder
@@ -33,9 +34,6 @@ from .server import Bounds, Server
 if TYPE_CHECKING:  # cryptography is loaded only by runs that terminate TLS
     from .ca import CertificateAuthority
     from .forward import ForwardServer
-
-MODES = ("replay", "once", "new_episodes", "all", "none")
-
 
 class ReplayProxy:
     """A running replay (or recording) of `cassette`; `url` once entered, `report` once exited."""
@@ -49,7 +47,7 @@ class ReplayProxy:
         options: ReplayOptions | None = None,
         report_path: str | Path | None = None,
         allow_remote: bool = False,
-        mode: str = "replay",
+        mode: str = "replay",  # a RecordMode or an alias (config.MODE_ALIASES)
         upstream: str | None = None,
         upstream_ca: str | None = None,
         public_url: str | None = None,
@@ -59,12 +57,10 @@ class ReplayProxy:
         ca_dir: str | Path | None = None,
         strict: bool = False,
     ):
-        if mode not in MODES:
-            raise ConfigError(f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+        self.mode = record_mode(mode)
         if forward and tls:
             raise ConfigError("--tls serves the reverse proxy over HTTPS; it does not go with "
                               "--forward (clients reach a forward proxy over plain HTTP)")
-        self.mode = mode
         self.strict = strict  # also require every interaction used, every webhook delivered
         self.forward = forward  # HTTPS_PROXY mode (forward.py): CONNECT, local CA
         self.hosts = hosts
@@ -93,7 +89,7 @@ class ReplayProxy:
         return self.recorder is not None
 
     def _handler(self) -> Any:
-        if self.mode in ("replay", "none"):
+        if self.mode is RecordMode.NONE:
             self.replayer = Replayer(
                 open_cassette(self.path), self.config, self.options, forward=self.forward
             )
@@ -105,14 +101,14 @@ class ReplayProxy:
         self.recovered = held.recovered
         try:
             exists = self.path.exists()
-            if self.mode == "once" and exists:
+            if self.mode is RecordMode.ONCE and exists:
                 held.release()
                 self.replayer = Replayer(
                     load(self.path), self.config, self.options, forward=self.forward
                 )
                 self.report = self.replayer.report
                 return self.replayer
-            base = load(self.path) if self.mode == "new_episodes" and exists else None
+            base = load(self.path) if self.mode is RecordMode.NEW_EPISODES and exists else None
             self.recorder = Recorder(
                 self.path,
                 self.config,

@@ -95,23 +95,6 @@ class Cassette:
 # headers and bodies as they are written
 
 
-#: Hop-by-hop headers (RFC 9110 7.6.1) and those that describe one hop's body framing.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-
-
 def header(headers: Headers, name: str) -> str | None:
     """The first value of a header, by case-insensitive name."""
     lowered = name.lower()

@@ -7,6 +7,7 @@ so an unknown or mistyped key is reported with its dotted name and the file it c
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import types
 import typing
@@ -26,6 +27,31 @@ except AttributeError:  # pragma: no cover
     SafeLoader = yaml.SafeLoader
 
 DEFAULT_CONFIG_FILE = "replayproxy.yaml"
+
+
+class RecordMode(enum.StrEnum):
+    """What a session does with its cassette, as vcrpy names it (the strings users type)."""
+
+    ONCE = "once"  # record when the cassette does not exist, else replay it
+    NEW_EPISODES = "new_episodes"  # replay what matches, record what does not
+    ALL = "all"  # record everything again
+    NONE = "none"  # only replay
+
+
+#: Names users type beyond vcrpy's: `replay` (the default of every face) and `record`
+#: (pytest-recording's habit).
+MODE_ALIASES = {"replay": RecordMode.NONE, "record": RecordMode.ONCE}
+
+
+def record_mode(name: str) -> RecordMode:
+    """The mode `name` stands for: a RecordMode's value or one of MODE_ALIASES."""
+    if isinstance(name, str) and name in MODE_ALIASES:
+        return MODE_ALIASES[name]
+    try:
+        return RecordMode(name)
+    except ValueError:
+        known = ", ".join([*MODE_ALIASES, *RecordMode])
+        raise ConfigError(f"unknown mode {name!r} (one of: {known})") from None
 
 
 @dataclass(frozen=True)
@@ -208,7 +234,7 @@ def build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
 
 
 def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, source, dotted + ".")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -243,7 +269,7 @@ def env_secrets(
     environment, never from flags or files."""
     env = os.environ if environ is None else environ
     listed = [names] if isinstance(names, str) else list(names or ())
-    values = {}
+    values: dict[str, None] = {}  # a dict keeps the order and drops repeats
     for name in listed:
         value = env.get(name, "") if name else ""
         try:

@@ -23,6 +23,7 @@ from .cassette import Cassette
 from .clip import clip_bytes
 from .config import SignatureConfig
 from .errors import ReplayProxyError
+from .headers import REWRITTEN
 from .report import Attempt, Delivery
 from .variables import Bindings
 from .webhooks import Outgoing, event_id, outgoing
@@ -257,7 +258,7 @@ def _raw_request(out: Outgoing) -> bytes:
     parts = urlsplit(out.url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     lines = [f"{out.method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
-    lines += [f"{k}: {v}" for k, v in out.headers if k.lower() not in ("host", "content-length")]
+    lines += [f"{k}: {v}" for k, v in out.headers if k.lower() not in REWRITTEN]
     lines += [f"Content-Length: {len(out.body)}", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1") + out.body
 

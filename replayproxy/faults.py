@@ -1,5 +1,8 @@
 """Plays one `Variant` (variants/) during a replay: the faults Camber could have had.
 
+One misbehaviour at one webhook or interaction, as `vary` and `run --variant` choose it; the
+replay-wide faults of the webhook flags (--bad-signature, ...) are webhooks.Fault instead.
+
 The Replayer consults it at four points, and nowhere else:
 - `before(request, match)`: before an answer is built. It may answer in the recording's place
   (503 / 429 once, or reset the connection; the recorded answer stays unused, so the client's
@@ -72,8 +75,10 @@ class Faults:
                 return _reset(request)
             headers = {"Retry-After": str(v.retry_after)} if v.retry_after else {}
             text = "service unavailable" if v.status == 503 else "too many requests"
-            body = {"error": text, "replayproxy_variant": v.name}
-            return web.json_response(body, status=v.status or 503, headers=headers)
+            assert v.status is not None  # 503-once and 429 carry the status they answer
+            return web.json_response(
+                {"error": text, "replayproxy_variant": v.name}, status=v.status, headers=headers
+            )
         if v.kind == "slow":
             await asyncio.sleep(v.hold)
         elif v.kind == "timeout":

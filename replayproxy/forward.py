@@ -4,14 +4,15 @@ One listener sniffs the first request head of every connection:
 
 - `CONNECT host:port` to an intercepted host: answer `200 Connection Established`, terminate TLS
   with a leaf for `host` signed by the local CA, and hand the decrypted connection to the same
-  aiohttp application reverse mode serves (recorder or replayer), with `https://host:port` as
-  that connection's upstream. A tunnel whose first byte does not open a TLS handshake carries
-  plain HTTP (undici's ProxyAgent tunnels http:// URLs too): `http://host:port` is its upstream.
+  handler reverse mode serves (the recorder's or the replayer's `handle`), with
+  `https://host:port` as that connection's upstream. A tunnel whose first byte does not open a
+  TLS handshake carries plain HTTP (undici's ProxyAgent tunnels http:// URLs too):
+  `http://host:port` is its upstream.
 - `CONNECT` to any other host (outside `--hosts`): tunnelled untouched (a raw byte pipe) while
   recording; refused with 403 while replaying, so nothing leaves the machine.
 - Anything else (plain HTTP proxy requests in absolute form, and origin-form requests such as
-  webhooks arriving at the proxy itself): handed to the aiohttp application as it is; a
-  middleware tells the recorder each request's upstream (`recorder.UPSTREAM_KEY`).
+  webhooks arriving at the proxy itself): handed to the handler as it is; `_dispatch` tells it
+  each request's upstream by setting `server.UPSTREAM_KEY` on the request.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from yarl import URL
 
 from .errors import ReplayProxyError
-from .recorder import INGRESS, UPSTREAM_KEY, app_headers, upstream_headers
+from .headers import answer_headers, request_headers
+from .ingress import INGRESS
 from .server import (
     DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
+    UPSTREAM_KEY,
     Handler,
     HandlerRunner,
     Verbatim,
@@ -109,7 +112,7 @@ def _plain(status: int, reason: str, message: str) -> bytes:
 
 
 class ForwardServer:
-    """Serve `app` as a forward proxy on host:port; `url` is known once started.
+    """Serve `handler` as a forward proxy on host:port; `url` is known once started.
 
     `recording` decides what happens to hosts outside `hosts`: tunnelled (True) or refused.
     `has_upstream` says whether origin-form requests (not to the webhook ingress) have somewhere
@@ -148,7 +151,7 @@ class ForwardServer:
         self.runner = HandlerRunner(self._dispatch, max_header_size, client_max_size)
         self._server: asyncio.AbstractServer | None = None
         self._origins: dict[asyncio.BaseTransport, str] = {}
-        self._open: set[asyncio.BaseTransport] = set()  # sniffing or piping: ours to close
+        self._open: set[asyncio.Transport] = set()  # sniffing or piping: ours to close
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Upstream | None = None  # plain HTTP to hosts outside --hosts
 
@@ -200,6 +203,12 @@ class ForwardServer:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    def _protocol(self) -> Any:
+        """A fresh aiohttp connection handler, for a connection handed over once started."""
+        server = self.runner.server
+        assert server is not None, "start() sets the runner up"
+        return server()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -263,7 +272,7 @@ class ForwardServer:
             self._origins[transport] = origin("http", host, port)
             transport.set_protocol(attach)
             forget = lambda: self._origins.pop(transport, None)  # noqa: E731
-            attach.attach(self.runner.server(), transport, forget)
+            attach.attach(self._protocol(), transport, forget)
             transport.resume_reading()
             return
         try:
@@ -291,7 +300,7 @@ class ForwardServer:
             transport.abort()
             return
         self._origins[tls] = origin("https", host, port)
-        attach.attach(self.runner.server(), tls, lambda: self._origins.pop(tls, None))
+        attach.attach(self._protocol(), tls, lambda: self._origins.pop(tls, None))
 
     async def _tunnel(self, client: asyncio.Transport, host: str, port: int, rest: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -369,7 +378,7 @@ class ForwardServer:
                 timeout=self.timeout,
                 limit=sys.maxsize,
             )
-        headers = upstream_headers(request.headers)
+        headers = request_headers(request.headers)
         body = await request.read()
         try:
             answer = await self._client.request(
@@ -383,7 +392,7 @@ class ForwardServer:
             status=answer.status,
             reason=answer.reason,
             body=answer.body,
-            headers=app_headers(answer, head=request.method == "HEAD"),
+            headers=answer_headers(answer.pairs, answer.connection, request.method == "HEAD"),
         )
 
 
@@ -401,7 +410,12 @@ async def _first_byte(transport: asyncio.Transport) -> bytes:
     peek.setblocking(False)
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(peek.fileno(), lambda: ready.done() or ready.set_result(None))
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(peek.fileno(), readable)
     try:
         await asyncio.wait_for(ready, HANDSHAKE_TIMEOUT)
         return peek.recv(1, socket.MSG_PEEK)
@@ -421,8 +435,8 @@ class _Front(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.owner._open.add(transport)
+        self.transport = cast(asyncio.Transport, transport)
+        self.owner._open.add(self.transport)
         self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._too_slow)
 
     def _too_slow(self) -> None:
@@ -449,7 +463,7 @@ class _Front(asyncio.Protocol):
             transport.pause_reading()
             self.owner._connect(transport, words[1], rest)
             return
-        handler = self.owner.runner.server()
+        handler = self.owner._protocol()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(data)
@@ -539,11 +553,12 @@ class _Pipe(asyncio.Protocol):
         return self.pair.ends[1 - self.side]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.pair.ends[self.side] = transport  # type: ignore[assignment]
-        self.pair.owner._open.add(transport)
+        end = cast(asyncio.Transport, transport)
+        self.pair.ends[self.side] = end
+        self.pair.owner._open.add(end)
         early = self.pair.early[self.side]
         if early:  # the other end spoke first (a server greeting) before this end existed
-            transport.write(bytes(early))  # type: ignore[attr-defined]
+            end.write(bytes(early))
             early.clear()
 
     def data_received(self, data: bytes) -> None:

@@ -20,6 +20,7 @@ from .cassette import Cassette, Request, header
 from .clip import LIMIT, clip
 from .config import Config, MatchConfig
 from .redact import MARKER as REDACTED
+from .report import NearMiss
 from .variables import Bindings, Rules, detect, dotted_get, json_leaves
 
 _PLACEHOLDER = "\x00"
@@ -250,13 +251,6 @@ class Match:
     number: int  # 1-based interaction number
     repeat: bool  # all fitting answers were used: the last one plays again
     skipped: tuple[int, ...] = ()  # earlier answers consumed unseen (fast-forward)
-
-
-@dataclass(slots=True)
-class NearMiss:
-    number: int
-    request: str
-    differences: list[str]
 
 
 @dataclass(slots=True)

@@ -103,9 +103,9 @@ class LiveView:
             self.stream.write(up + body)
             self.drawn = len(lines)
         else:
-            for index, (text, over) in enumerate(lines):
-                if over and index not in self.printed:
-                    self.printed.add(index)
+            for n, (text, over) in enumerate(lines):
+                if over and n not in self.printed:
+                    self.printed.add(n)
                     self.stream.write(text + "\n")
         self.stream.flush()
 

@@ -30,14 +30,15 @@ from typing import Any
 
 import pytest
 
-from .config import DEFAULT_CONFIG_FILE, Config, load_config
+from .config import DEFAULT_CONFIG_FILE, Config, RecordMode, load_config, record_mode
 from .errors import ReplayProxyError
 from .journal import open_cassette
 from .replayer import ReplayOptions
 from .runner import RUN_ENV, URL_ENV, open_proxy
 from .variants import RECORDED, derive, expectation, find, select
 
-PLUGIN_MODES = ("replay", "record", "new_episodes", "all")
+#: What --replayproxy-mode takes: `replay` (none) and `record` (once) stand for vcrpy's names.
+PLUGIN_MODES = ("replay", "record", RecordMode.NEW_EPISODES.value, RecordMode.ALL.value)
 
 _PROXY = pytest.StashKey[Any]()
 _CONFIG = pytest.StashKey[Config]()
@@ -124,7 +125,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`vary=` in the marker: one test per variant, named after it."""
     marker = metafunc.definition.get_closest_marker("replayproxy")
     vary = marker.kwargs.get("vary") if marker else None
-    if not vary or metafunc.config.option.replayproxy_mode != "replay":
+    if marker is None or not vary or _records(metafunc.config):
         return
     given = marker.args[0] if marker.args else marker.kwargs.get("cassette")
     path = cassette_path(metafunc.definition, given)
@@ -139,6 +140,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         allowed = expectation(name, config.vary.expect) == "may-fail"
         params.append(pytest.param(name, id=name, marks=[may_fail] if allowed else []))
     metafunc.parametrize("replayproxy_variant", params, indirect=True)
+
+
+def _records(config: pytest.Config) -> bool:
+    return record_mode(config.option.replayproxy_mode) is not RecordMode.NONE
 
 
 @pytest.fixture
@@ -185,12 +190,13 @@ def replayproxy(request: pytest.FixtureRequest, replayproxy_variant: str | None)
     path = cassette_path(item, given)
     opts = request.config.option
     mode = opts.replayproxy_mode
+    records = _records(request.config)
     kwargs["strict"] = bool(kwargs.get("strict") or opts.replayproxy_strict)
     try:
         config = kwargs.pop("config", None) or session_config(request.config)
         _with_variant(path, config, kwargs, replayproxy_variant)
         upstream = opts.replayproxy_upstream or config.upstream
-        if mode != "replay" and not upstream:
+        if records and not upstream:
             raise ReplayProxyError(
                 f"--replayproxy-mode {mode} needs --replayproxy-upstream URL "
                 "(or `upstream:` in the config)"
@@ -198,7 +204,7 @@ def replayproxy(request: pytest.FixtureRequest, replayproxy_variant: str | None)
         proxy = open_proxy(
             path,
             mode=mode,
-            upstream=upstream if mode != "replay" else None,
+            upstream=upstream if records else None,
             sync=True,
             config=config,
             **kwargs,

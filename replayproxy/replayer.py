@@ -12,16 +12,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .cassette import Cassette, Interaction, Request
 from .coding import accepts, encode_body
-from .config import Config, env_names, env_secrets
+from .config import Config
 from .delivery import Deliverer, Job
-from .errors import ReplayProxyError
 from .faults import Faults
+from .headers import replayed_headers
 from .inspect import event_type
 from .matching import Matcher, describe
 from .redact import Redactor, scrub_logs
-from .report import NAMED, Attempt, Delivery, Report, Unmatched
+from .report import NAMED, Attempt, Delivery, NearMiss, Report, Unmatched
 from .server import UPSTREAM_KEY, Verbatim
-from .signing import sign, validate
+from .signing import check_secrets, local_secrets, signed_with, validate
 from .terminal import printable
 from .timeshift import recording_delta, shift
 from .variables import Finder, dotted_get
@@ -37,11 +37,6 @@ from .webhooks import (
 )
 
 log = logging.getLogger("replayproxy")
-
-#: Response headers that describe the recorded hop, not the answer: aiohttp sets its own
-#: (but a HEAD answer's Content-Length, which counts a body never sent, is served as recorded).
-_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
-
 
 @dataclass(frozen=True)
 class ReplayOptions:
@@ -68,19 +63,6 @@ class Prepared:
     values: frozenset[str] = field(default_factory=frozenset)  # variables it carries
     coding: str | None = None  # the Content-Encoding it was recorded in (the body is decoded)
     coded: bytes | None = None  # the body in that coding, made at its first use
-
-
-def local_secrets(config: Config, needed: bool) -> list[str]:
-    """The app's webhook secrets: one per variable `webhooks.local_secret_env` lists (rotation:
-    current first), each exactly as set."""
-    names = config.webhooks.local_secret_env
-    secrets = env_secrets(names)
-    if needed and not secrets:
-        raise ReplayProxyError(
-            f"the cassette has webhooks to sign, but the environment variable {env_names(names)} "
-            "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
-        )
-    return secrets
 
 
 class HungUp(Exception):
@@ -129,8 +111,7 @@ class Replayer:
             shuffle_seed=opts.shuffle_webhooks,
         )
         self.secrets = local_secrets(config, needed=bool(cassette.webhooks))
-        if self.secrets:  # a malformed key (e.g. not whsec_<base64>) fails now, not per webhook
-            sign(b"", self.secrets, config.webhooks.signature, timestamp=0)
+        check_secrets(self.secrets, config.webhooks.local_secret_env, config.webhooks.signature)
         self.matcher = Matcher(cassette, config, fast_forward=self.options.fast_forward)
         # misses are logged and reported with the live request: never with a secret in it
         self.redactor = Redactor.from_config(config)
@@ -162,12 +143,7 @@ class Replayer:
     def _prepare(self, item: Interaction, find: Finder) -> Prepared:
         response = item.response
         coding = item.meta.get("content_encoding")
-        head = item.request.method == "HEAD"
-        headers = [
-            (k, v)
-            for k, v in response.headers
-            if k.lower() not in _HOP or (head and k.lower() == "content-length" and v.isdigit())
-        ]
+        headers = replayed_headers(response.headers, head=item.request.method == "HEAD")
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
@@ -218,7 +194,7 @@ class Replayer:
             payload = bindings.substitute(payload, answer.values)
             headers = tuple((k, bindings.substitute_text(v, answer.values)) for k, v in headers)
         if answer.coding and _accepts(req, answer.coding):
-            headers, payload = _coded(answer, headers, payload)
+            headers, payload = _coded(answer, answer.coding, headers, payload)
         resp = Verbatim(status=answer.status, reason=answer.reason, body=payload, headers=headers)
         due = [d for n in (*match.skipped, match.number) for d in self.schedule.serve(n)]
         if self.faults is not None:
@@ -258,12 +234,7 @@ class Replayer:
         self.redactor.learn_request(req)  # a redacted query value, token or cookie: never shown
         scrub = self.redactor.text
         near = [
-            {
-                "interaction": m.number,
-                "request": scrub(m.request),
-                "differences": [scrub(d) for d in m.differences],
-            }
-            for m in misses
+            NearMiss(m.number, scrub(m.request), [scrub(d) for d in m.differences]) for m in misses
         ]
         shown = scrub(describe(req))
         miss = Unmatched(shown, near)
@@ -273,7 +244,7 @@ class Replayer:
         body = {
             "error": "no recorded interaction matches this request",
             "request": shown,
-            "near_misses": near,
+            "near_misses": miss.to_dict()["near_misses"],
             "message": text,
         }
         return web.json_response(body, status=self.config.unmatched_status)
@@ -368,19 +339,21 @@ def _accepts(req: Request, coding: str) -> bool:
     return accepts(asked, coding)
 
 
-def _coded(answer: Prepared, headers: tuple, payload: bytes) -> tuple[tuple, bytes]:
-    """The answer in the coding it was recorded in, as the upstream sent it to a client that
-    accepts it. A body without live values is coded once and kept."""
+def _coded(
+    answer: Prepared, coding: str, headers: tuple, payload: bytes
+) -> tuple[tuple, bytes]:
+    """The answer in `coding`, the one it was recorded in, as the upstream sent it to a client
+    that accepts it. A body without live values is coded once and kept."""
     try:
         if payload is answer.body:
             if answer.coded is None:
-                answer.coded = encode_body(payload, answer.coding)
+                answer.coded = encode_body(payload, coding)
             coded = answer.coded
         else:
-            coded = encode_body(payload, answer.coding)
+            coded = encode_body(payload, coding)
     except ValueError:  # a coding replayproxy cannot make: the readable body, unlabelled
         return headers, payload
-    return (*headers, ("Content-Encoding", answer.coding)), coded
+    return (*headers, ("Content-Encoding", coding)), coded
 
 
 def _shift_cassette(cassette: Cassette) -> None:
@@ -398,14 +371,4 @@ def _no_target() -> Attempt:
         "no target URL: the recording has none and neither "
         "webhooks.forward_to nor --webhook-url is set",
         0.0,
-    )
-
-
-def signed_with(config: Config) -> str:
-    """Which secret variable(s) and scheme sign replayed webhooks, as the 401/403 hint says it."""
-    names = config.webhooks.local_secret_env
-    shown = ", ".join(f"${n}" for n in ([names] if isinstance(names, str) else names) if n)
-    return (
-        f"the secret in {shown or 'no variable'} (config webhooks.local_secret_env) and scheme "
-        f"{config.webhooks.signature.scheme} (webhooks.signature.scheme)"
     )

@@ -1,10 +1,11 @@
 """What happened during a replay: served, unmatched, unused, and every webhook attempt.
 
-Plain data, filled by the service layer and written as JSON on exit, with `summary`: the same
-sentences pytest, the CLI and the log show. A replay *diverges* on an unmatched request, a
-webhook that fell due and was not delivered (failed, or still pending at the end), and a
-deliberately bad webhook the app accepted. Interactions never used and webhooks whose cause never
-came are reported but count only in strict mode, which requires the whole cassette played.
+Plain data, filled by the service layer and written as JSON on exit (read back by
+`load_report` for the page), with `summary`: the same sentences pytest, the CLI and the log
+show. A replay *diverges* on an unmatched request, a webhook that fell due and was not delivered
+(failed, or still pending at the end), and a deliberately bad webhook the app accepted.
+Interactions never used and webhooks whose cause never came are reported but count only in
+strict mode, which requires the whole cassette played.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
+from .clip import clip
+from .errors import ReplayProxyError
 
 #: Interactions (or webhooks) named one by one in a sentence; the rest are counted.
 NAMED = 10
@@ -23,19 +26,41 @@ SHOWN = 20
 
 
 @dataclass(slots=True)
+class NearMiss:
+    """A recorded request close to one that matched nothing (matching.Matcher.near_misses)."""
+
+    number: int  # the recorded interaction, 1-based
+    request: str  # `METHOD /target` as recorded
+    differences: list[str]  # what differed, one rule each: "query: a=1 vs a=2"
+
+    def describe(self) -> str:
+        """`REQUEST: what differed`: the one wording of a near miss, in the sentence of the miss
+        (the log, the 502 answer, the report, pytest and the CLI) and on the page."""
+        return f"{self.request}: {'; '.join(self.differences) or 'matches, but was not played'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "interaction": self.number,
+            "request": self.request,
+            "differences": self.differences,
+        }
+
+
+@dataclass(slots=True)
 class Unmatched:
     request: str
-    near_misses: list[dict[str, Any]]
+    near_misses: list[NearMiss]
 
     def sentence(self) -> str:
         """The miss and its near misses, closest first, one per line."""
         if not self.near_misses:
             return f"no recorded interaction matches {self.request} (the cassette has none)"
         lines = [f"no recorded interaction matches {self.request}; the closest, first:"]
-        for near in self.near_misses:
-            differences = "; ".join(near["differences"]) or "matches, but was not played"
-            lines.append(f"  #{near['interaction']} {near['request']}: {differences}")
+        lines += [f"  #{near.number} {near.describe()}" for near in self.near_misses]
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request, "near_misses": [n.to_dict() for n in self.near_misses]}
 
 
 @dataclass(slots=True)
@@ -230,7 +255,7 @@ class Report:
         return {
             "requests": {
                 "served": self.served,
-                "unmatched": [asdict(u) for u in self.unmatched],
+                "unmatched": [u.to_dict() for u in self.unmatched],
             },
             "interactions": {"total": self.interactions_total, "unused": self.unused},
             "webhooks": self.webhooks_summary(),
@@ -241,3 +266,142 @@ class Report:
 
     def write(self, path: str | Path) -> None:
         write_atomic(Path(path), json.dumps(self.to_dict(), indent=2).encode("utf-8") + b"\n")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        """The report `to_dict` wrote (`replay --report`), as this type again: what the page
+        reads. A field left out takes its default; one of the wrong type is a ValueError naming
+        its place (`requests.unmatched[2].request`). Counts, `diverged` and `summary` are not
+        read: they follow from the entries."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a report is a JSON object, not {_KINDS.get(type(data), 'that')}")
+        requests = _take(data, "requests", dict, "", {})
+        interactions = _take(data, "interactions", dict, "", {})
+        hooks = _take(data, "webhooks", dict, "", {})
+        waiting = _take(hooks, "waiting", dict, "webhooks", {})
+        for key in waiting:
+            if not (key.isascii() and key.isdigit() and len(key) < 10):
+                raise ValueError(f"'webhooks.waiting' is keyed by webhook numbers: {clip(key)!r}")
+        return cls(
+            interactions_total=_take(interactions, "total", int, "interactions", 0),
+            served=_take(requests, "served", int, "requests", 0),
+            unmatched=[_unmatched(u, at) for u, at in _objects(requests, "unmatched", "requests")],
+            unused=_listed(interactions, "unused", int, "interactions"),
+            deliveries=[_delivery(d, at) for d, at in _objects(hooks, "deliveries", "webhooks")],
+            webhooks_never_due=_listed(hooks, "never_due", int, "webhooks"),
+            faults=[f for f, _ in _objects(hooks, "faults", "webhooks")],
+            strict=_take(data, "strict", bool, "", False),
+            waiting={int(k): _listed(waiting, k, int, "webhooks.waiting") for k in waiting},
+        )
+
+
+#: How a report's mistakes name a JSON value's type.
+_KINDS: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+_REQUIRED: Any = object()
+_OUTCOMES = ("delivered", "rejected", "failed", "pending")
+
+
+def _take(
+    data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any
+) -> Any:
+    """`data[key]` when it is of `kind`, else `default` when the key is left out (_REQUIRED: a
+    mistake); any other value is a ValueError naming `where.key`."""
+    place = f"{where}.{key}" if where else key
+    if key not in data:
+        if default is _REQUIRED:
+            raise ValueError(f"'{place}' is missing")
+        return default
+    return _checked(data[key], kind, place)
+
+
+def _checked(value: Any, kind: type | tuple[type, ...], place: str) -> Any:
+    """`value` when it is of `kind` (true and false are not integers); else a ValueError."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+        return value
+    wanted = " or ".join(_KINDS[k] for k in kinds)
+    raise ValueError(f"'{place}' must be {wanted}, not {_KINDS.get(type(value), 'that')}")
+
+
+def _listed(
+    data: dict[str, Any], key: str, kind: type, where: str, default: Any = ()
+) -> list[Any]:
+    """The list at `data[key]` (empty when left out, unless `default` is _REQUIRED), every
+    item of `kind`."""
+    place = f"{where}.{key}" if where else key
+    items = _take(data, key, list, where, default)
+    return [_checked(item, kind, f"{place}[{n}]") for n, item in enumerate(items)]
+
+
+def _objects(data: dict[str, Any], key: str, where: str) -> list[tuple[dict[str, Any], str]]:
+    """The objects listed at `data[key]` (none when left out), each with its place."""
+    items = _listed(data, key, dict, where)
+    return [(item, f"{where}.{key}[{n}]") for n, item in enumerate(items)]
+
+
+def _unmatched(data: dict[str, Any], where: str) -> Unmatched:
+    near = [
+        NearMiss(
+            _take(n, "interaction", int, place, _REQUIRED),
+            _take(n, "request", str, place, _REQUIRED),
+            _listed(n, "differences", str, place, _REQUIRED),
+        )
+        for n, place in _objects(data, "near_misses", where)
+    ]
+    return Unmatched(_take(data, "request", str, where, _REQUIRED), near)
+
+
+def _delivery(data: dict[str, Any], where: str) -> Delivery:
+    outcome = _take(data, "outcome", str, where, "pending")
+    if outcome not in _OUTCOMES:
+        raise ValueError(f"'{where}.outcome' must be one of {', '.join(_OUTCOMES)}")
+    maybe = (str, type(None))
+    attempts = [
+        Attempt(
+            _take(a, "status", (int, type(None)), place, _REQUIRED),
+            _take(a, "error", maybe, place, _REQUIRED),
+            _take(a, "at", (int, float), place, _REQUIRED),
+            _take(a, "answer", maybe, place, None),
+        )
+        for a, place in _objects(data, "attempts", where)
+    ]
+    return Delivery(
+        webhook=_take(data, "webhook", int, where, _REQUIRED),
+        url=_take(data, "url", str, where, ""),
+        copy=_take(data, "copy", int, where, 1),
+        attempts=attempts,
+        outcome=outcome,
+        test=_take(data, "test", maybe, where, None),
+        event_id=_take(data, "event_id", maybe, where, None),
+        event_type=_take(data, "event_type", str, where, ""),
+    )
+
+
+def load_report(path: str | Path) -> Report:
+    """A replay report as written by `replay --report`; a user-facing error when it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReplayProxyError(f"{path}: no such report") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReplayProxyError(f"{path}: cannot read the report: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ReplayProxyError(f"{path}: not a JSON replay report: {exc}") from None
+    if not isinstance(data, dict) or not {"requests", "webhooks"} <= data.keys():
+        raise ReplayProxyError(
+            f"{path}: not a replay report (expected 'requests' and 'webhooks', "
+            "as written by replay --report)"
+        )
+    try:
+        return Report.from_dict(data)
+    except ValueError as exc:
+        raise ReplayProxyError(f"{path}: not a replay report: {exc}") from None

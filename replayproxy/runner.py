@@ -8,7 +8,6 @@ drains due webhooks and writes the report) and returns the command's status with
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import ReplayProxy, SyncReplayProxy
+from .config import RecordMode, record_mode
 from .errors import ReplayProxyError
 from .report import Report
 
@@ -26,21 +26,6 @@ URL_ENV = "REPLAYPROXY_URL"
 #: then starts no proxy of its own, and the outer one does the checking.
 RUN_ENV = "REPLAYPROXY_RUN"
 
-#: Modes as users name them (pytest-recording's habits) -> ReplayProxy's `mode=`.
-MODES = {
-    "replay": "none",
-    "none": "none",
-    "record": "once",
-    "once": "once",
-    "new_episodes": "new_episodes",
-    "all": "all",
-}
-
-
-def supports_recording() -> bool:
-    return "mode" in inspect.signature(ReplayProxy.__init__).parameters
-
-
 def open_proxy(
     cassette: str | Path,
     *,
@@ -49,26 +34,12 @@ def open_proxy(
     sync: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """A ReplayProxy (SyncReplayProxy when `sync`) for `cassette` in `mode`.
-
-    Replay passes no `mode=`, so it works with every ReplayProxy; record modes need a ReplayProxy
-    that takes `mode=` and `upstream=`, and say so clearly when it does not.
-    """
-    if mode not in MODES:
-        raise ReplayProxyError(f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+    """A ReplayProxy (SyncReplayProxy when `sync`) for `cassette` in `mode` (a RecordMode or an
+    alias: `replay`, `record`); `upstream` is used only by the modes that record."""
+    target = record_mode(mode)
     cls = SyncReplayProxy if sync else ReplayProxy
-    target = MODES[mode]
-    if kwargs.get("upstream_ca") is None:
-        kwargs.pop("upstream_ca", None)
-    if target == "none":
-        kwargs.pop("upstream_ca", None)
-        return cls(cassette, **kwargs)
-    if not supports_recording():
-        raise ReplayProxyError(
-            f"mode {mode!r} records, but this replayproxy cannot record yet "
-            "(ReplayProxy takes no mode=/upstream=); replay works"
-        )
-    return cls(cassette, mode=target, upstream=upstream, **kwargs)
+    records = target is not RecordMode.NONE
+    return cls(cassette, mode=target, upstream=upstream if records else None, **kwargs)
 
 
 def exit_status(returncode: int, diverged: bool, divergence_exit_code: int = 1) -> int:

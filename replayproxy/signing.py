@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .config import SignatureConfig
+from .config import Config, SignatureConfig, env_names, env_secrets
 from .errors import ConfigError, ReplayProxyError
 
 
@@ -463,3 +463,50 @@ def webhook_id(headers: Mapping[str, str], config: SignatureConfig) -> str | Non
         except SignatureError:
             return None
     return None
+
+
+# -- the secrets: read once from the environment, checked before the first webhook needs them
+
+
+def local_secrets(config: Config, needed: bool) -> list[str]:
+    """The app's webhook secrets: one per variable `webhooks.local_secret_env` lists (rotation:
+    current first), each exactly as set (config.env_secrets reads them). `needed`: there are
+    webhooks to sign, so none set is an error."""
+    names = config.webhooks.local_secret_env
+    secrets = env_secrets(names)
+    if needed and not secrets:
+        raise ReplayProxyError(
+            f"the cassette has webhooks to sign, but the environment variable {env_names(names)} "
+            "(webhooks.local_secret_env) is not set: export the app's webhook secret there"
+        )
+    return secrets
+
+
+def check_secrets(secrets: Sequence[str], names: Sequence[str], config: SignatureConfig) -> None:
+    """A malformed secret (e.g. not whsec_<base64>) fails now, naming its variables `names`,
+    not with a 500 per webhook."""
+    if secrets:
+        try:
+            sign(b"", secrets, config, timestamp=0)
+        except ConfigError as exc:
+            raise ConfigError(f"{env_names(names)}: {exc}") from None
+
+
+def signed_with(config: Config, short: bool = False) -> str:
+    """Which secret variable(s) and scheme sign the webhooks sent to the app, for the hint when
+    the app refuses one: every variable, as a replay's 401/403 hint says it, or (`short`) the
+    current one, as a recording's refusal line says it."""
+    scheme = config.webhooks.signature.scheme
+    if short:
+        return f"${signing_env(config)} (scheme {scheme})"
+    shown = ", ".join(f"${n}" for n in config.webhooks.local_secret_env if n)
+    return (
+        f"the secret in {shown or 'no variable'} (config webhooks.local_secret_env) and scheme "
+        f"{scheme} (webhooks.signature.scheme)"
+    )
+
+
+def signing_env(config: Config) -> str:
+    """The variable holding the current local secret, the first listed: it signs (the others
+    are older ones, under rotation, that only some schemes sign with too)."""
+    return next((n for n in config.webhooks.local_secret_env if n), "(none)")

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from .atomic import write_atomic
 from .cassette import Cassette, Headers, Interaction, Webhook, header
-from .errors import ReplayProxyError
 from .inspect import event_type
+from .report import Delivery, Report
 
 TEXT_LIMIT = 64 * 1024  # characters of a text body shown in the detail panel
 HEX_LIMIT = 512  # bytes of a binary body shown as a hex preview
@@ -90,25 +90,31 @@ def _target(uri: str) -> str:
 def _times(interactions: list[Interaction]) -> tuple[list[tuple[float, float]], bool]:
     """(request time, answer time) per interaction; recorded when every one has `at`, else
     evenly spaced in recorded order (second value False)."""
-    ats = [i.meta.get("at") for i in interactions]
-    timed = bool(interactions) and all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) for a in ats
-    )
+    ats = [_seconds(i.meta.get("at")) for i in interactions]
+    timed = bool(interactions) and all(a is not None for a in ats)
     out = []
     for n, item in enumerate(interactions):
-        if timed:
-            start = float(ats[n])
-            duration = item.meta.get("duration")
-            ok = isinstance(duration, (int, float)) and not isinstance(duration, bool)
-            out.append((start, start + (float(duration) if ok and duration > 0 else 0.0)))
+        start = ats[n]
+        if timed and start is not None:
+            duration = _seconds(item.meta.get("duration"))
+            end = start + duration if duration is not None and duration > 0 else start
+            out.append((start, end))
         else:
             out.append((float(n), n + 0.5))
     return out, timed
 
 
+def _seconds(value: Any) -> float | None:
+    """A recorded time (`at`, `duration`) when it is a number; None otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def _webhook_time(hook: Webhook, times: list[tuple[float, float]], timed: bool) -> float:
-    if timed and isinstance(hook.at, (int, float)) and not isinstance(hook.at, bool):
-        return float(hook.at)
+    at = _seconds(hook.at)
+    if timed and at is not None:
+        return at
     anchor = hook.after or hook.cause
     if anchor is not None and 1 <= anchor <= len(times):
         base = times[anchor - 1][1]
@@ -118,17 +124,10 @@ def _webhook_time(hook: Webhook, times: list[tuple[float, float]], timed: bool) 
     return base + (hook.delay if timed else 0.25)
 
 
-def _expected(delivery: dict[str, Any]) -> bool:
-    if delivery.get("test"):
-        return delivery.get("rejected_as_expected") is True
-    return delivery.get("outcome") == "delivered"
-
-
-def build_model(cassette: Cassette, report: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_model(cassette: Cassette, report: Report | None = None) -> dict[str, Any]:
     """Everything the page draws, as plain data (JSON-ready)."""
-    report = report or {}
     times, timed = _times(cassette.interactions)
-    unused = set((report.get("interactions") or {}).get("unused") or [])
+    unused = set(report.unused) if report is not None else set()
     events: list[dict[str, Any]] = []
     seq = 0
 
@@ -182,18 +181,16 @@ def build_model(cassette: Cassette, report: dict[str, Any] | None = None) -> dic
             }
         )
 
-    deliveries = (report.get("webhooks") or {}).get("deliveries") or []
-    by_hook: dict[int, list[dict[str, Any]]] = {}
-    for d in deliveries:
-        if isinstance(d, dict) and isinstance(d.get("webhook"), int):
-            by_hook.setdefault(d["webhook"], []).append(d)
-    never_due = set((report.get("webhooks") or {}).get("never_due") or [])
+    by_hook: dict[int, list[Delivery]] = {}
+    for d in report.deliveries if report is not None else ():
+        by_hook.setdefault(d.webhook, []).append(d)
+    never_due = set(report.webhooks_never_due) if report is not None else set()
 
     for n, hook in enumerate(cassette.webhooks, start=1):
         t = _webhook_time(hook, times, timed)
         mine = by_hook.get(n, [])
         flags = []
-        if any(not _expected(d) for d in mine):
+        if any(not d.as_expected for d in mine):
             flags.append("failed")
         if n in never_due:
             flags.append("never-due")
@@ -226,28 +223,20 @@ def build_model(cassette: Cassette, report: dict[str, Any] | None = None) -> dic
         )
         _delivery_events(n, t, mine, hook, add)
 
-    for m, miss in enumerate((report.get("requests") or {}).get("unmatched") or [], start=1):
-        if not isinstance(miss, dict):
-            continue
-        near = [x for x in miss.get("near_misses") or [] if isinstance(x, dict)]
-        closest = near[0].get("interaction") if near else None
-        if isinstance(closest, int) and 1 <= closest <= len(times):
+    for m, miss in enumerate(report.unmatched if report is not None else (), start=1):
+        near = miss.near_misses
+        closest = near[0].number if near else None
+        if closest is not None and 1 <= closest <= len(times):
             t = times[closest - 1][1]
             where = f"shown after the closest recorded request, #{closest}"
         else:
             t = max((e["t"] for e in events), default=0.0)
             where = "shown at the end (no close recorded request)"
         fields = [
-            ["request", str(miss.get("request", ""))],
+            ["request", miss.request],
             ["placed", f"the report has no time for it; {where}"],
         ]
-        for x in near:
-            fields.append(
-                [
-                    f"closest #{x.get('interaction')}",
-                    f"{x.get('request', '')}: " + "; ".join(map(str, x.get("differences") or [])),
-                ]
-            )
+        fields += [[f"closest #{x.number}", x.describe()] for x in near]
         add(
             {
                 "id": f"miss-{m}",
@@ -256,10 +245,10 @@ def build_model(cassette: Cassette, report: dict[str, Any] | None = None) -> dic
                 "t": t,
                 "from": "app",
                 "to": "replayproxy",
-                "label": f"miss {miss.get('request', '')}",
+                "label": f"miss {miss.request}",
                 "flags": ["miss"],
                 "detail": {
-                    "title": f"unmatched request: {miss.get('request', '')}",
+                    "title": f"unmatched request: {miss.request}",
                     "fields": fields,
                     "headers": [],
                     "body": {"size": 0, "binary": False, "text": ""},
@@ -268,63 +257,51 @@ def build_model(cassette: Cassette, report: dict[str, Any] | None = None) -> dic
         )
 
     events.sort(key=lambda e: (e["t"], e["seq"]))
-    summary = {
+    summary: dict[str, Any] = {
         "interactions": len(cassette.interactions),
         "webhooks": len(cassette.webhooks),
         "timed": timed,
     }
-    if report:
-        hooks = report.get("webhooks") or {}
+    if report is not None:
+        outcomes = report.outcomes()
         summary["report"] = {
-            "served": (report.get("requests") or {}).get("served"),
-            "unmatched": len((report.get("requests") or {}).get("unmatched") or []),
+            "served": report.served,
+            "unmatched": len(report.unmatched),
             "unused": len(unused),
-            "delivered": hooks.get("delivered"),
-            "failed": hooks.get("failed"),
-            "pending": hooks.get("pending"),
-            "diverged": report.get("diverged"),
+            "delivered": outcomes["delivered"],
+            "failed": outcomes["failed"],
+            "pending": outcomes["pending"],
+            "diverged": report.diverged,
         }
     return {"lanes": LANES, "events": events, "summary": summary}
 
 
-def _attempts_row(d: dict[str, Any]) -> dict[str, Any]:
+def _attempts_row(d: Delivery) -> dict[str, Any]:
     return {
-        "copy": d.get("copy", 1),
-        "url": d.get("url", ""),
-        "outcome": d.get("outcome", ""),
-        "test": d.get("test"),
-        "expected": _expected(d),
-        "attempts": [
-            {"status": a.get("status"), "error": a.get("error"), "at": a.get("at")}
-            for a in d.get("attempts") or []
-            if isinstance(a, dict)
-        ],
+        "copy": d.copy,
+        "url": d.url,
+        "outcome": d.outcome,
+        "test": d.test,
+        "expected": d.as_expected,
+        "attempts": [{"status": a.status, "error": a.error, "at": a.at} for a in d.attempts],
     }
 
 
 def _delivery_events(
-    number: int, t: float, deliveries: list[dict[str, Any]], hook: Webhook, add: Any
+    number: int, t: float, deliveries: list[Delivery], hook: Webhook, add: Any
 ) -> None:
     """Retries (attempts after a copy's first), extra copies, and a mark per failed delivery.
     Attempts sit after the webhook, spaced as they happened during the replay."""
-    ats = [
-        a.get("at")
-        for d in deliveries
-        for a in d.get("attempts") or []
-        if isinstance(a, dict) and isinstance(a.get("at"), (int, float))
-    ]
-    origin = min(ats) if ats else 0.0
+    origin = min((a.at for d in deliveries for a in d.attempts), default=0.0)
     for d in deliveries:
-        copy = d.get("copy", 1)
-        attempts = [a for a in d.get("attempts") or [] if isinstance(a, dict)]
-        for k, a in enumerate(attempts, start=1):
-            at = a.get("at")
-            when = t + max(0.0, at - origin) if isinstance(at, (int, float)) else t
+        copy = d.copy
+        for k, a in enumerate(d.attempts, start=1):
             if k == 1 and copy == 1:
                 continue  # that one is the webhook arrow itself
+            when = t + max(0.0, a.at - origin)
             kind = "retry" if k > 1 else "duplicate"
-            status = a.get("status")
-            answer = str(status) if status is not None else (a.get("error") or "no answer")
+            status = a.status
+            answer = str(status) if status is not None else (a.error or "no answer")
             add(
                 {
                     "id": f"{kind}-{number}-{copy}-{k}",
@@ -340,25 +317,24 @@ def _delivery_events(
                     "detail": {
                         "title": f"webhook {number}, copy {copy}, attempt {k}",
                         "fields": [
-                            ["url", str(d.get("url", ""))],
+                            ["url", d.url],
                             ["status", "" if status is None else str(status)],
-                            ["error", a.get("error") or ""],
-                            ["at", f"{at}s after the replay started" if at is not None else ""],
+                            ["error", a.error or ""],
+                            ["at", f"{a.at}s after the replay started"],
                         ],
                         "headers": _headers(hook.headers),
                         "body": body_view(hook.body, header(hook.headers, "content-type")),
                     },
                 }
             )
-        if not _expected(d):
-            last = attempts[-1] if attempts else {}
-            at = last.get("at")
-            when = t + max(0.0, at - origin) if isinstance(at, (int, float)) else t
+        if not d.as_expected:
+            last = d.attempts[-1] if d.attempts else None
+            when = t + max(0.0, last.at - origin) if last is not None else t
+            error, status = (last.error, last.status) if last is not None else (None, None)
             why = (
-                f"the app accepted a webhook sent with a {d.get('test')}"
-                if d.get("test")
-                else f"outcome {d.get('outcome')}: "
-                + (last.get("error") or f"last status {last.get('status')}")
+                f"the app accepted a webhook sent with a {d.test}"
+                if d.test
+                else f"outcome {d.outcome}: " + (error or f"last status {status}")
             )
             add(
                 {
@@ -373,10 +349,10 @@ def _delivery_events(
                     "detail": {
                         "title": f"failed delivery of webhook {number} (copy {copy})",
                         "fields": [
-                            ["url", str(d.get("url", ""))],
-                            ["outcome", str(d.get("outcome", ""))],
+                            ["url", d.url],
+                            ["outcome", d.outcome],
                             ["why", why],
-                            ["attempts", str(len(attempts))],
+                            ["attempts", str(len(d.attempts))],
                         ],
                         "headers": [],
                         "body": {"size": 0, "binary": False, "text": ""},
@@ -402,27 +378,8 @@ def embed_json(data: Any) -> str:
     )
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
-    """A replay report as written by `replay --report`; a user-facing error when it is not one."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReplayProxyError(f"{path}: no such report") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReplayProxyError(f"{path}: cannot read the report: {exc}") from None
-    except ValueError as exc:
-        raise ReplayProxyError(f"{path}: not a JSON replay report: {exc}") from None
-    if not isinstance(data, dict) or not {"requests", "webhooks"} <= data.keys():
-        raise ReplayProxyError(
-            f"{path}: not a replay report (expected 'requests' and 'webhooks', "
-            "as written by replay --report)"
-        )
-    return data
-
-
 def write_html(
-    cassette: Cassette, path: str | Path, report: dict[str, Any] | None = None, title: str = ""
+    cassette: Cassette, path: str | Path, report: Report | None = None, title: str = ""
 ) -> None:
     page = render_html(cassette, report, title) if title else render_html(cassette, report)
     write_atomic(Path(path), page.encode("utf-8"))
@@ -430,7 +387,7 @@ def write_html(
 
 def render_html(
     cassette: Cassette,
-    report: dict[str, Any] | None = None,
+    report: Report | None = None,
     title: str = "replayproxy: the conversation",
 ) -> str:
     parts = {

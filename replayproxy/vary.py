@@ -32,9 +32,10 @@ from .config import Config
 from .errors import ReplayProxyError
 from .inspect import table
 from .journal import open_cassette
-from .replayer import Replayer, ReplayOptions, local_secrets
+from .replayer import Replayer, ReplayOptions
 from .report import Report
 from .runner import command_env
+from .signing import local_secrets
 from .variants import BASELINE, Variant, derive, expectation, find, select
 
 #: The variable a command run by `vary` (or `run --variant`) finds its variant's name in.
@@ -240,7 +241,7 @@ class Matrix:
         links = []
         for c in self.cells:
             name = f"{c.variant.name}.html"
-            report = c.report.to_dict() if c.error is None else None
+            report = c.report if c.error is None else None
             title = f"replayproxy vary: {c.variant.name} - {c.variant.did}"
             write_html(load(cassette_path), folder / name, report, title=title)
             links.append(

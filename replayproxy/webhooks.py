@@ -15,9 +15,10 @@ from functools import lru_cache
 from typing import Any
 
 from .addresses import is_loopback, origin
-from .cassette import HOP_BY_HOP, Cassette, Webhook
+from .cassette import Cassette, Webhook
 from .config import SignatureConfig
 from .errors import ConfigError
+from .headers import REQUEST_HOP
 from .signing import (
     SCHEMES,
     carries_timestamp,
@@ -30,10 +31,6 @@ from .signing import (
 from .variables import Bindings
 
 TIMINGS = ("sequence", "recorded", "immediate")
-
-#: Headers that describe one hop or one body, never copied from the recording.
-_HOP_HEADERS = HOP_BY_HOP | {"content-length", "host"}
-
 
 @dataclass(slots=True)
 class Due:
@@ -135,7 +132,14 @@ def order(due: Sequence[Due], seed: int | None) -> list[Due]:
 
 @dataclass(frozen=True)
 class Fault:
-    """A deliberate fault of a replay, as the report and stderr show it."""
+    """A deliberate fault a replay flag asks for (--bad-signature, --stale-timestamp,
+    --duplicate-webhooks, --shuffle-webhooks), done to every webhook of the replay; the report
+    (`faults`) and stderr show what it does and what a correct app does about it.
+
+    Not a variant (variants.Variant, played by faults.Faults): a variant is one misbehaviour of
+    Camber at one webhook or interaction, one row of `vary`'s matrix, and whether the app must
+    survive it is config `vary.expect`. The two meet in one place: a bad or stale webhook, by
+    flag or by variant, is sent as a Delivery with `test` set and judged by report.Delivery."""
 
     fault: str  # bad-signature | stale-timestamp | duplicate-webhooks | shuffle-webhooks
     scheme: str  # the signature scheme the webhooks were signed in
@@ -260,7 +264,7 @@ def stale_headers(signature: SignatureConfig) -> frozenset[str]:
     """Lowercased header names never copied from a recorded webhook: hop headers, the configured
     scheme's signature/timestamp/id headers, and every named scheme's signature and timestamp
     headers (the upstream may sign in another scheme than the app's; its ids are kept)."""
-    names = set(signature_header_names(signature)) | _HOP_HEADERS
+    names = set(signature_header_names(signature)) | REQUEST_HOP
     for scheme in SCHEMES:
         if scheme != "custom":
             names |= signature_header_names(SignatureConfig(scheme=scheme)) - _ID_HEADERS

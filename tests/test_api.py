@@ -76,3 +76,22 @@ def test_two_proxies_at_once_get_their_own_ports(cassette: Path) -> None:
         assert requests.get(f"{one.url}/v1/jobs/6238").ok
         assert requests.get(f"{two.url}/v1/jobs/6238").ok
     assert one.report.served == two.report.served == 1
+
+
+def test_record_modes_are_vcrpys_and_the_aliases_stand_for_two_of_them(cassette: Path) -> None:
+    """Every mode's value is one vcrpy's own RecordMode takes; `replay` is none, `record` once;
+    anything else is refused with the names a user may type."""
+    from vcr.record_mode import RecordMode as VcrMode
+
+    from replayproxy.config import RecordMode, record_mode
+    from replayproxy.errors import ConfigError
+
+    assert {m.value for m in RecordMode} <= {m.value for m in VcrMode}
+    assert [record_mode(m.value) for m in RecordMode] == list(RecordMode)
+    assert (record_mode("replay"), record_mode("record")) == (RecordMode.NONE, RecordMode.ONCE)
+    assert ReplayProxy(cassette).mode is RecordMode.NONE
+    with pytest.raises(ConfigError) as refused:
+        ReplayProxy(cassette, mode="any")
+    assert str(refused.value) == (
+        "unknown mode 'any' (one of: replay, record, once, new_episodes, all, none)"
+    )

@@ -1,6 +1,7 @@
-"""Issue 5 end to end: a real Camber client records three concurrent jobs (one failing) against
-the sandbox through the proxy; a replay with new UUIDs, the reverse submission order, another
-callback port and another local secret ends with the app in the same states."""
+"""Values that change from run to run, end to end: a real Camber client records three
+concurrent jobs (one failing) against the sandbox through the proxy; a replay with new UUIDs,
+the reverse submission order, another callback port and another local secret ends with the app
+in the same states."""
 
 from __future__ import annotations
 

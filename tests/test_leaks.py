@@ -21,7 +21,8 @@ from replayproxy.api import ReplayProxy
 from replayproxy.cassette import save
 from replayproxy.config import Config, RedactConfig
 from replayproxy.journal import journal_path
-from replayproxy.timeline import load_report, render_html
+from replayproxy.report import load_report
+from replayproxy.timeline import render_html
 from replayproxy.variables import spellings
 
 BEARER = "tok_live_8Hq2Zr5Lw0Np"  # not in any environment variable: only learned

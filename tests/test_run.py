@@ -16,7 +16,7 @@ import pytest
 from helpers import exchange, job_cassette, webhook
 
 from replayproxy.cassette import Cassette, load, save
-from replayproxy.runner import exit_status, supports_recording
+from replayproxy.runner import exit_status
 
 CLIENT = textwrap.dedent(
     """
@@ -162,7 +162,6 @@ def test_usage_errors_exit_2_with_one_line(project: Path) -> None:
     assert no_upstream.returncode == 2 and "--record needs --upstream" in no_upstream.stderr
 
 
-@pytest.mark.skipif(not supports_recording(), reason="ReplayProxy cannot record yet")
 def test_record_then_replay_offline(tmp_path: Path) -> None:
     """--record --upstream writes the cassette; the same command then replays with no upstream."""
     (tmp_path / "site" / "v1").mkdir(parents=True)

@@ -164,6 +164,33 @@ def test_cli_refuses_stale_timestamp_in_one_line_and_describes_every_fault(
     assert "seed 7" in faults[3]["applied"]
 
 
+def test_a_malformed_secret_fails_at_start_in_one_line_naming_its_variable(
+    tmp_path: Path,
+) -> None:
+    """A standard-webhooks secret that is not base64 stops `run` (replay) and `record` before
+    anything is served, in one line naming the variable; the secret itself is never shown."""
+    cassette = tmp_path / "jobs.yaml"
+    save(job_cassette(), cassette)
+    (tmp_path / "replayproxy.yaml").write_text(
+        "webhooks:\n  signature: {scheme: standard-webhooks}\n"
+        "  upstream_secret_env: UP_SECRET\n  upstream_signature: {scheme: hmac-sha256}\n"
+    )
+    bad = "whsec_a"  # one base64 character: no whole byte
+    replay = _cli("run", str(cassette), "--", sys.executable, "-c", "pass",
+                  cwd=tmp_path, WEBHOOK_SECRET=bad)
+    record = _cli("record", str(tmp_path / "new.yaml"), "--upstream", "http://127.0.0.1:9",
+                  cwd=tmp_path, WEBHOOK_SECRET=bad, UP_SECRET="upstream-secret")
+    for done in (replay, record):
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line == (
+            "replayproxy: WEBHOOK_SECRET: standard-webhooks secret is not base64 "
+            "(want whsec_<base64>)"
+        )
+    assert not (tmp_path / "new.yaml").exists()
+    assert not list(tmp_path.glob("new.yaml*"))  # no journal claimed either
+
+
 def test_sandbox_command_signs_in_the_configured_scheme_with_the_exact_secret(
     tmp_path: Path,
 ) -> None:

@@ -12,13 +12,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
-from helpers import exchange, job_cassette, webhook
+from helpers import exchange, job_cassette, run, serving, webhook
 
 from cli import main
-from replayproxy.cassette import Cassette, save
+from replayproxy.api import ReplayProxy
+from replayproxy.cassette import Cassette, load, save
 from replayproxy.inspect import render_inspect, table
+from replayproxy.replayer import ReplayOptions
+from replayproxy.report import Report, load_report
 from replayproxy.timeline import build_model, embed_json, render_html
 
 HOSTILE = '</script><img src=x onerror="alert(1)"><!-- & </style>'
@@ -168,7 +173,7 @@ def kinds(events: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def test_page_is_well_formed_with_one_data_island_and_one_script() -> None:
-    page = render_html(timed_cassette(), replay_report())
+    page = render_html(timed_cassette(), Report.from_dict(replay_report()))
     parsed = parse(page)
     assert parsed.errors == []
     assert parsed.stack == []
@@ -181,7 +186,7 @@ def test_page_is_well_formed_with_one_data_island_and_one_script() -> None:
 
 
 def test_page_has_no_external_assets() -> None:
-    page = render_html(timed_cassette(), replay_report())
+    page = render_html(timed_cassette(), Report.from_dict(replay_report()))
     parsed = parse(page)
     for tag, attrs in parsed.tags:
         for name in ("src", "href", "action", "srcset", "poster", "data"):
@@ -202,7 +207,7 @@ def test_page_has_no_external_assets() -> None:
 
 def test_hostile_bodies_and_titles_are_inert_and_round_trip() -> None:
     tape = timed_cassette()
-    page = render_html(tape, replay_report(), title=HOSTILE)
+    page = render_html(tape, Report.from_dict(replay_report()), title=HOSTILE)
     parsed = parse(page)
     assert parsed.errors == []
     assert page.count("</script>") == 2  # the data island's and the code's, nothing from a body
@@ -256,7 +261,7 @@ def test_times_recorded_or_evenly_spaced() -> None:
 
 
 def test_report_overlay_marks_misses_retries_failures_and_unused() -> None:
-    model = build_model(timed_cassette(), replay_report())
+    model = build_model(timed_cassette(), Report.from_dict(replay_report()))
     ev = {e["id"]: e for e in model["events"]}
     miss = ev["miss-1"]
     assert miss["from"] == "app" and miss["to"] == "replayproxy"
@@ -285,10 +290,81 @@ def test_a_bad_signature_test_the_app_accepted_is_a_failure() -> None:
             "rejected_as_expected": False,
         }
     ]
-    model = build_model(timed_cassette(), report)
+    model = build_model(timed_cassette(), Report.from_dict(report))
     failed = [e for e in model["events"] if e["kind"] == "failed"]
     assert [e["id"] for e in failed] == ["failed-1-1"]
     assert "accepted" in failed[0]["label"]
+
+
+def test_the_page_reads_a_written_report_as_the_live_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real replay (a miss; the webhook sent twice, its first attempt answered 500) writes
+    its report: read back (Report.from_dict) it is the live Report again, and the page drawn
+    from the file is the page drawn from the live one."""
+    monkeypatch.setenv("WEBHOOK_SECRET", "whsec_timeline")
+    path, written = tmp_path / "jobs.yaml", tmp_path / "report.json"
+    save(job_cassette(), path)
+    got: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response(status=500 if len(got) == 1 else 200)
+
+    async def session() -> Report:
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        async with serving(app) as base:
+            options = ReplayOptions(
+                timing="immediate", webhook_url=f"{base}/hook", duplicate_webhooks=2
+            )
+            async with ReplayProxy(path, options=options, report_path=written) as proxy:
+                async with aiohttp.ClientSession(base_url=proxy.url) as http:
+                    submit = {"command": "python run.py invoice.pdf", "engine_type": "MPI"}
+                    async with http.post("/v1/jobs", json=submit) as r:
+                        assert r.status == 201
+                    async with http.get("/v1/jobs?status=CANCELLED&page=1") as r:
+                        assert r.status == 502
+                await proxy.wait_for_webhooks(10)
+        return proxy.report
+
+    live = run(session())
+    read = load_report(written)
+    assert len(got) == 3 and live.unmatched and live.deliveries
+    # `summary` names unused interactions by their labels, which the JSON does not carry
+    assert {**read.to_dict(), "summary": ""} == {**live.to_dict(), "summary": ""}
+    tape = load(path)
+    assert build_model(tape, read) == build_model(tape, live)
+    drawn = kinds(build_model(tape, read)["events"])
+    assert (drawn["miss"], drawn["retry"], drawn["duplicate"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "place", "wanted"),
+    [
+        (lambda r: r["requests"]["unmatched"].append("GET /x"), "requests.unmatched[1]",
+         "must be an object, not a string"),
+        (lambda r: r["webhooks"]["deliveries"][1]["attempts"][0].update(status="500"),
+         "webhooks.deliveries[1].attempts[0].status", "must be an integer or null, not a string"),
+        (lambda r: r["webhooks"]["deliveries"][0].update(copy=True),
+         "webhooks.deliveries[0].copy", "must be an integer, not true or false"),
+        (lambda r: r["requests"]["unmatched"][0]["near_misses"][0].pop("differences"),
+         "requests.unmatched[0].near_misses[0].differences", "is missing"),
+        (lambda r: r["webhooks"]["deliveries"][0].update(outcome="lost"),
+         "webhooks.deliveries[0].outcome", "must be one of delivered, rejected, failed, pending"),
+    ],
+)
+def test_a_report_with_a_field_of_the_wrong_kind_is_named_in_one_line(
+    tmp_path: Path, change: Any, place: str, wanted: str
+) -> None:
+    path, bad = tmp_path / "jobs.yaml", tmp_path / "r.json"
+    save(timed_cassette(), path)
+    report = replay_report()
+    change(report)
+    bad.write_text(json.dumps(report))
+    result = CliRunner().invoke(main, ["inspect", str(path), "--report", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"replayproxy: {bad}: not a replay report: '{place}' {wanted}\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +457,7 @@ def drawn(dom: str) -> list[tuple[str, dict[str, str | None]]]:
 
 def test_chromium_draws_every_message_and_highlights_misses_and_failures(tmp_path: Path) -> None:
     page = tmp_path / "timeline.html"
-    page.write_text(render_html(timed_cassette(), replay_report(), title=HOSTILE))
+    page.write_text(render_html(timed_cassette(), Report.from_dict(replay_report()), title=HOSTILE))
     dom = chromium(tmp_path, "--dump-dom", f"{page.as_uri()}#request-3").stdout
     parsed = parse(dom)
     assert any(tag == "svg" and a.get("id") == "timeline" for tag, a in parsed.tags)
@@ -409,7 +485,7 @@ def test_chromium_draws_every_message_and_highlights_misses_and_failures(tmp_pat
 
 def test_chromium_screenshot_is_a_real_picture(tmp_path: Path) -> None:
     page = tmp_path / "timeline.html"
-    page.write_text(render_html(timed_cassette(), replay_report()))
+    page.write_text(render_html(timed_cassette(), Report.from_dict(replay_report())))
     shot = tmp_path / "timeline.png"
     chromium(tmp_path, f"--screenshot={shot}", page.as_uri())
     data = shot.read_bytes()
