@@ -24,18 +24,21 @@ def test_the_cli_is_installed_inside_the_package_only() -> None:
 
 def test_the_console_script_runs_from_the_package_alone(tmp_path: Path) -> None:
     """`replayproxy.cli:main`, as the console script calls it, from a copy of the package as
-    the wheel holds it (the symlink followed) and nothing of the repository on the path."""
+    the wheel holds it (the symlink followed) and nothing of the repository on the path: no
+    top-level `cli` is imported (an editable install of an older layout may still offer one)."""
     site = tmp_path / "site"
     shutil.copytree(ROOT / "replayproxy", site / "replayproxy",
                     ignore=shutil.ignore_patterns("__pycache__"))
     assert not (site / "replayproxy" / "cli.py").is_symlink()
     code = (
         f"import sys; sys.path.insert(0, {str(site)!r})\n"
-        "import importlib.util\n"
         "from replayproxy.cli import main\n"
-        "assert importlib.util.find_spec('cli') is None, 'a top-level cli module'\n"
         "sys.argv = ['replayproxy', '--help']\n"
-        "main()\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    assert 'cli' not in sys.modules, 'a top-level cli module was imported'\n"
+        f"    assert sys.modules['replayproxy.cli'].__file__.startswith({str(site)!r})\n"
     )
     run = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
