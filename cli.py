@@ -350,7 +350,7 @@ def demo(keep: str | None) -> None:
     import tempfile
     from pathlib import Path
 
-    from replayproxy.demo import record_and_replay
+    from replayproxy.demo.roundtrip import record_and_replay
 
     with tempfile.TemporaryDirectory(prefix="replayproxy-demo-") as tmp:
         workdir = Path(keep) if keep else Path(tmp)
@@ -940,7 +940,7 @@ def sandbox(
     """A local Camber-like upstream (API key in CAMBER_API_KEY, webhook secret in the variables
     webhooks.upstream_secret_env names, default CAMBER_WEBHOOK_SECRET), for the demo, the docs
     and tests."""
-    from replayproxy import sandbox as sandbox_module
+    from replayproxy.demo import sandbox as sandbox_module
 
     sandbox_module.main(
         listen,

@@ -39,8 +39,8 @@ sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
 
-from replayproxy import sandbox  # noqa: E402
 from replayproxy.cassette import load  # noqa: E402
+from replayproxy.demo import sandbox  # noqa: E402
 
 API_KEY = "sk_load_test_key_0d5e"
 UPSTREAM_SECRET = "camber_load_upstream_f81c"

@@ -42,8 +42,8 @@ sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 from harness import median  # noqa: E402
 
-from replayproxy import sample_app, sandbox  # noqa: E402
 from replayproxy.api import ReplayProxy  # noqa: E402
+from replayproxy.demo import sample_app, sandbox  # noqa: E402
 from replayproxy.server import Server  # noqa: E402
 
 FILES = ("invoice-march.pdf", "invoice-april.pdf", "fail-corrupt.pdf")

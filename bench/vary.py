@@ -33,7 +33,7 @@ import harness  # noqa: E402
 from harness import ROOT, median  # noqa: E402
 
 CASSETTE = ROOT / "cassettes" / "camber-jobs.yaml"
-COMMAND = [sys.executable, "-m", "replayproxy.sample_app"]
+COMMAND = [sys.executable, "-m", "replayproxy.demo.sample_app"]
 ONLY = (
     "webhook-*-duplicate,webhook-*-sender-retry,webhook-*-early,webhooks-reordered,"
     "interaction-*-503-once,interaction-*-429,interaction-*-slow,interaction-*-reset"

@@ -1,4 +1,4 @@
-"""Plays one `Variant` (variants.py) during a replay: the faults Camber could have had.
+"""Plays one `Variant` (variants/) during a replay: the faults Camber could have had.
 
 One misbehaviour at one webhook or interaction, as `vary` and `run --variant` choose it; the
 replay-wide faults of the webhook flags (--bad-signature, ...) are webhooks.Fault instead.

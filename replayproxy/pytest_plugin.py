@@ -13,7 +13,7 @@ folder: `--replayproxy-config FILE`, else the ini option `replayproxy_config` (r
 file), else `replayproxy.yaml` in the rootdir, else the defaults.
 
 `vary=` in the marker ("webhooks", a glob, a list of names, or True for all) parametrizes the
-test over the cassette's variants (variants.py), the baseline `recorded` first; test ids carry
+test over the cassette's variants (variants/), the baseline `recorded` first; test ids carry
 the variant's name, so `pytest -k webhook-1-early` reproduces one. A variant `vary.expect` says
 the app may fail is marked xfail (not strict).
 """

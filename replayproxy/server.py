@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
@@ -38,6 +38,83 @@ DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 DEFAULT_HEAD_TIMEOUT = 10.0
 #: Seconds a kept-alive connection may sit idle between requests.
 DEFAULT_IDLE_TIMEOUT = 60.0
+
+
+#: The aiohttp internals this module builds on, where aiohttp has no public API for the same
+#: behaviour (pyproject.toml pins the tested aiohttp range, `TESTED_AIOHTTP`): `Verbatim` overrides
+#: `StreamResponse._prepare_headers` and reads `_headers`; `_Handler` subclasses `RequestHandler`
+#: and moves its keep-alive timer (`_keepalive_handle`, `_next_keepalive_close_time`,
+#: `_process_keepalive`) and reads `_loop`, `_request_in_progress`, `_messages`; `_WebServer`
+#: reads `web.Server._connections` and each handler's `_force_close`.
+_HANDLER_INTERNALS = (
+    "_loop",
+    "_keepalive_handle",
+    "_next_keepalive_close_time",
+    "_request_in_progress",
+    "_messages",
+    "_force_close",
+)
+_HANDLER_METHODS = ("_process_keepalive", "handle_error", "connection_made", "data_received")
+
+
+def missing_internals(
+    handler_class: type = RequestHandler, response_class: type = web.StreamResponse
+) -> list[str]:
+    """The aiohttp internals this module needs that `handler_class` (aiohttp's RequestHandler)
+    or `response_class` (its StreamResponse) lack: empty within the tested aiohttp range."""
+    slots = {name for cls in handler_class.__mro__ for name in getattr(cls, "__slots__", ())}
+    missing = [
+        f"{handler_class.__name__}.{name}" for name in _HANDLER_INTERNALS if name not in slots
+    ]
+    missing += [
+        f"{handler_class.__name__}.{name}()"
+        for name in _HANDLER_METHODS
+        if not callable(getattr(handler_class, name, None))
+    ]
+    if not callable(getattr(response_class, "_prepare_headers", None)):
+        missing.append(f"{response_class.__name__}._prepare_headers()")
+    elif not hasattr(response_class(), "_headers"):
+        missing.append(f"{response_class.__name__}._headers")
+    return missing
+
+
+#: The aiohttp releases the wire tests pass on, as pyproject.toml pins them (a test keeps the two
+#: equal): 3.12 and 3.13 have every name above, but their keep-alive timer lets a slow head
+#: outlive the head timeout.
+TESTED_AIOHTTP = ((3, 14), (3, 15))
+_checked = False
+
+
+def check_aiohttp() -> None:
+    """One clear error, before anything listens, when the installed aiohttp is outside the
+    tested range or lacks an internal this module needs (rather than answers that silently
+    differ): once per process."""
+    global _checked
+    if _checked:
+        return
+    (low, high), wanted = TESTED_AIOHTTP, aiohttp_range()
+    try:
+        version = tuple(int(part) for part in aiohttp_version.split(".")[:2])
+    except ValueError:
+        version = ()
+    if not low <= version < high:
+        raise ReplayProxyError(
+            f"aiohttp {aiohttp_version} is outside the range replayproxy's server is tested "
+            f"with, which relies on aiohttp internals: install 'aiohttp{wanted}'"
+        )
+    missing = missing_internals()
+    if missing:
+        raise ReplayProxyError(
+            f"aiohttp {aiohttp_version} lacks what replayproxy's server needs "
+            f"({', '.join(missing)}): install 'aiohttp{wanted}'"
+        )
+    _checked = True
+
+
+def aiohttp_range() -> str:
+    """`TESTED_AIOHTTP` as a requirement specifier: ">=3.14,<3.15"."""
+    (low, high) = TESTED_AIOHTTP
+    return f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
 
 
 class Verbatim(web.Response):
@@ -148,24 +225,42 @@ def _header_limit_text(limit: int) -> str:
 
 
 class _WebServer(web.Server):
-    """aiohttp's connection manager, holding at most `max_connections`: past it, the oldest
-    connection that is not in the middle of a request is closed (idle ones and slow heads
-    first, as they come), so clients that only hold sockets open cannot lock the app out."""
+    """aiohttp's connection manager, making `handler_class` connections and holding at most
+    `max_connections`: past it, the oldest connection that is not in the middle of a request is
+    closed (idle ones and slow heads first, as they come), so clients that only hold sockets
+    open cannot lock the app out."""
 
-    handler_class: type[_Handler] = _Handler
-    max_connections: int = 0  # 0: connection_limit()
     _warned_at = -1e9
 
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        handler_class: type[_Handler],
+        max_connections: int,
+        **kwargs: Any,
+    ):
+        check_aiohttp()
+        super().__init__(handler, **kwargs)
+        if not isinstance(getattr(self, "_connections", None), dict):
+            raise ReplayProxyError(
+                f"aiohttp {aiohttp_version} lacks what replayproxy's server needs "
+                f"(Server._connections): install 'aiohttp{aiohttp_range()}'"
+            )
+        kwargs.pop("request_factory", None)
+        kwargs.pop("handler_cancellation", None)
+        self.handler_class = handler_class
+        self.max_connections = max_connections
+        self._handler_loop = asyncio.get_running_loop()
+        self._handler_kwargs = kwargs
+
     def __call__(self) -> RequestHandler:
-        handler = super().__call__()
-        handler.__class__ = self.handler_class
-        return handler
+        return self.handler_class(self, loop=self._handler_loop, **self._handler_kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         super().connection_made(handler, transport)
-        limit = self.max_connections or connection_limit()
-        if len(self._connections) > limit:
-            self._shed(handler, limit)
+        if len(self._connections) > self.max_connections:
+            self._shed(handler, self.max_connections)
 
     def _shed(self, newest: RequestHandler, limit: int) -> None:
         victim = next(
@@ -196,10 +291,8 @@ def _limited(
     max_header_size: int,
     head_timeout: float = DEFAULT_HEAD_TIMEOUT,
 ) -> type[_Handler]:
-    handler_class = type("_LimitedHandler", (_Handler,), {"__slots__": ()})
-    handler_class.max_header_size = max_header_size
-    handler_class.head_timeout = head_timeout
-    return handler_class
+    attrs = {"__slots__": (), "max_header_size": max_header_size, "head_timeout": head_timeout}
+    return type("_LimitedHandler", (_Handler,), attrs)
 
 
 @dataclass(frozen=True)
@@ -211,40 +304,12 @@ class Bounds:
     max_connections: int = 0  # 0: connection_limit()
 
 
-class GuardedRunner(web.AppRunner):
-    """An AppRunner whose connections use `_Handler` (aiohttp has no public hook for that)."""
-
-    def __init__(
-        self, app: web.Application, max_header_size: int, bounds: Bounds | None = None,
-        **kwargs: Any,
-    ):
-        bounds = bounds or Bounds()
-        super().__init__(
-            app, max_line_size=max_header_size, max_field_size=max_header_size,
-            keepalive_timeout=bounds.idle_timeout, **kwargs
-        )
-        self.handler_class = _limited(max_header_size, bounds.head_timeout)
-        self.bounds = bounds
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _WebServer
-        server.handler_class = self.handler_class  # type: ignore[attr-defined]
-        server.max_connections = connection_limit(  # type: ignore[attr-defined]
-            self.bounds.max_connections
-        )
-        # the guard wraps the app's entry point: no middleware machinery on every request
-        server.request_handler = guarded(server.request_handler, self.handler_class.max_header_size)
-        return server
-
-
-class HandlerRunner(web.ServerRunner):
-    """One handler for every request, behind the same guard and `_Handler`.
+class HandlerRunner:
+    """One handler for every request, behind the guard and `_Handler`, served by aiohttp's
+    public `ServerRunner` (`runner`, made by `setup()`) on our `_WebServer`.
 
     `origin_hosts` (reverse mode): only origin-form targets are served, or absolute-form ones
     naming one of these hosts or loopback; None (forward mode) serves every target."""
-
-    __slots__ = ("handler", "max_header_size", "client_max_size", "origin_hosts", "bounds")
 
     def __init__(
         self,
@@ -254,14 +319,37 @@ class HandlerRunner(web.ServerRunner):
         origin_hosts: Collection[str] | None = None,
         bounds: Bounds | None = None,
     ):
-        super().__init__(None, handle_signals=False)  # type: ignore[arg-type]  # made in setup()
+        check_aiohttp()
         self.handler = handler
         self.max_header_size = max_header_size
         self.client_max_size = client_max_size
         self.origin_hosts = origin_hosts
         self.bounds = bounds or Bounds()
+        self.runner: web.ServerRunner | None = None
 
-    async def _make_server(self) -> web.Server:
+    @property
+    def server(self) -> web.Server | None:
+        """The connection manager (a protocol factory), once set up."""
+        return None if self.runner is None else self.runner.server
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The bound sockets' addresses (`getsockname()`), once a site has started."""
+        return [] if self.runner is None else self.runner.addresses
+
+    def _web_server(self, handler: Any, **kwargs: Any) -> _WebServer:
+        return _WebServer(
+            guarded(handler, self.max_header_size, self.origin_hosts),
+            handler_class=_limited(self.max_header_size, self.bounds.head_timeout),
+            max_connections=connection_limit(self.bounds.max_connections),
+            max_line_size=self.max_header_size,
+            max_field_size=self.max_header_size,
+            access_log=None,
+            keepalive_timeout=self.bounds.idle_timeout,
+            **kwargs,
+        )
+
+    async def _make_server(self) -> _WebServer:
         loop = asyncio.get_running_loop()
         limit = self.client_max_size
 
@@ -270,17 +358,45 @@ class HandlerRunner(web.ServerRunner):
                 message, payload, protocol, writer, task, loop, client_max_size=limit
             )
 
-        server = _WebServer(
-            guarded(expecting(self.handler), self.max_header_size, self.origin_hosts),
-            request_factory=request,
-            max_line_size=self.max_header_size,
-            max_field_size=self.max_header_size,
-            access_log=None,
-            keepalive_timeout=self.bounds.idle_timeout,
-        )
-        server.handler_class = _limited(self.max_header_size, self.bounds.head_timeout)
-        server.max_connections = connection_limit(self.bounds.max_connections)
-        return server
+        return self._web_server(expecting(self.handler), request_factory=request)
+
+    async def setup(self) -> None:
+        self.runner = web.ServerRunner(await self._make_server(), handle_signals=False)
+        await self.runner.setup()
+
+    async def cleanup(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+class GuardedRunner(HandlerRunner):
+    """An aiohttp application behind the same guard and `_Handler`: aiohttp's `AppRunner` runs
+    its start-up and clean-up and makes its entry point (`request_handler`, `request_factory`),
+    which our `_WebServer` serves; the guard wraps that entry point, so no middleware machinery
+    runs on every request. (`AppRunner` has no public hook for the connection handler.)"""
+
+    def __init__(self, app: web.Application, max_header_size: int, bounds: Bounds | None = None):
+        super().__init__(self._unused, max_header_size, 0, None, bounds)
+        self.app = app
+        self.app_runner: web.AppRunner | None = None
+
+    @staticmethod
+    async def _unused(request: web.BaseRequest) -> web.StreamResponse:  # pragma: no cover
+        raise AssertionError("an application answers through its own entry point")
+
+    async def _make_server(self) -> _WebServer:
+        self.app_runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self.app_runner.setup()
+        made = self.app_runner.server
+        assert made is not None
+        return self._web_server(made.request_handler, request_factory=made.request_factory)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        if self.app_runner is not None:
+            await self.app_runner.cleanup()
+            self.app_runner = None
 
 
 def guarded(
@@ -387,10 +503,10 @@ def runner(
     client_max_size: int,
     origin_hosts: Collection[str] | None = None,
     bounds: Bounds | None = None,
-) -> web.BaseRunner:
+) -> HandlerRunner:
     """An application's runner, or a lone handler's (`client_max_size` bounds its bodies)."""
     if isinstance(app, web.Application):
-        return GuardedRunner(app, max_header_size, bounds, access_log=None, handle_signals=False)
+        return GuardedRunner(app, max_header_size, bounds)
     return HandlerRunner(app, max_header_size, client_max_size, origin_hosts, bounds)
 
 
@@ -420,8 +536,13 @@ class Server:
 
     async def start(self) -> str:
         await self.runner.setup()
+        assert self.runner.runner is not None
         site = web.TCPSite(
-            self.runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True
+            self.runner.runner,
+            self.host,
+            self.port,
+            ssl_context=self.ssl_context,
+            reuse_address=True,
         )
         try:
             await site.start()
@@ -430,11 +551,11 @@ class Server:
             raise ReplayProxyError(
                 f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
             ) from None
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        host, port = sock.getsockname()[:2]
+        address = self.runner.addresses[0]
+        host, port = address[:2]
         self.port = port
         scheme = "https" if self.ssl_context else "http"
-        shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+        shown = f"[{host}]" if len(address) == 4 else host  # an IPv6 socket's address
         self.url = f"{scheme}://{shown}:{port}"
         if not is_loopback(self.host):
             print(

@@ -1,6 +1,6 @@
 """Run a command once per variant of a cassette, each against its own proxy, and tabulate.
 
-The wiring behind `replayproxy vary`: every variant (variants.py) gets a fresh ReplayProxy on a
+The wiring behind `replayproxy vary`: every variant (variants/) gets a fresh ReplayProxy on a
 free port in this process and one run of the command, with the proxy's URL in REPLAYPROXY_URL
 and the variant's name in REPLAYPROXY_VARIANT; up to `jobs` run at once. The command's output is
 kept (its tail goes into JUnit failures), not shown. The first row is always `recorded`, the

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from helpers import serving  # noqa: E402
 
-from replayproxy import sample_app, sandbox  # noqa: E402
 from replayproxy.api import ReplayProxy  # noqa: E402
 from replayproxy.config import Config  # noqa: E402
+from replayproxy.demo import sample_app, sandbox  # noqa: E402
 
 FILES = ("a.pdf", "b.pdf", "fail.pdf")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from helpers import run
 
 from replayproxy.cassette import load
-from replayproxy.demo import FILES, record_and_replay
+from replayproxy.demo.roundtrip import FILES, record_and_replay
 
 
 def test_recorded_conversation_binds_to_a_live_one(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ import pytest
 from camber_session import run_app
 from helpers import job_cassette, run, serving
 
-from replayproxy import sandbox
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import save
+from replayproxy.demo import sandbox
 from replayproxy.errors import ReplayProxyError
 from replayproxy.server import Server
 

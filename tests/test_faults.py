@@ -36,10 +36,10 @@ from helpers import job_cassette, run, serving
 
 from replayproxy import cassette as cassette_module
 from replayproxy import journal as journal_module
-from replayproxy import sandbox
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import load, save
 from replayproxy.config import Config, SignatureConfig, WebhooksConfig
+from replayproxy.demo import sandbox
 from replayproxy.errors import CassetteError, ConfigError, ReplayProxyError
 from replayproxy.journal import journal_path, read
 from replayproxy.signing import verify

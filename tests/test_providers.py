@@ -495,7 +495,7 @@ SANDBOX_CASES = [
 
 def test_sandbox_webhooks_pass_the_providers_checks() -> None:
     """The sandbox signs in the scheme and with the secrets it is given (a rotation list too)."""
-    from replayproxy import sandbox
+    from replayproxy.demo import sandbox
 
     async def one(scheme: str, secrets: tuple[str, ...]) -> App:
         app = App()

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from helpers import run, serving
 
-from replayproxy import sample_app, sandbox
+from replayproxy.demo import sample_app, sandbox
 
 FILES = ["a.pdf", "b.pdf", "fail.pdf"]
 

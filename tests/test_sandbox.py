@@ -17,10 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from replayproxy import sandbox, signing
+from replayproxy import signing
 from replayproxy.config import SignatureConfig
+from replayproxy.demo import sandbox
+from replayproxy.demo.sandbox import SANDBOX_STATE, SandboxState, create_app
 from replayproxy.errors import ConfigError
-from replayproxy.sandbox import SANDBOX_STATE, SandboxState, create_app
 
 # An unclosed session or transport surfaces as a warning; make it fail the test.
 pytestmark = pytest.mark.filterwarnings("error")

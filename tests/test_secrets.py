@@ -19,10 +19,10 @@ import stripe
 from aiohttp import web
 from helpers import job_cassette, run, serving
 
-from replayproxy import sandbox
 from replayproxy.api import ReplayProxy
 from replayproxy.cassette import Interaction, Request, Response, Webhook, save
 from replayproxy.config import Config, SignatureConfig, WebhooksConfig, env_secrets, load_config
+from replayproxy.demo import sandbox
 from replayproxy.errors import ConfigError
 from replayproxy.redact import MARKER, Redactor
 from replayproxy.replayer import Replayer, ReplayOptions

@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CASSETTE = str(ROOT / "cassettes" / "camber-jobs.yaml")
-SAMPLE = [sys.executable, "-m", "replayproxy.sample_app", "--wait", "2"]
+SAMPLE = [sys.executable, "-m", "replayproxy.demo.sample_app", "--wait", "2"]
 SECRET = "vary-test-local-secret"
 
 

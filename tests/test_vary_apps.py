@@ -102,5 +102,5 @@ def test_the_sample_app_survives_the_expected_variants_of_its_three_jobs(tmp_pat
     shutil.copytree(ROOT / "cassettes", tmp_path / "cassettes")
     (tmp_path / "cassettes" / "camber_jobs.yaml").symlink_to("camber-jobs.yaml")
     only = "webhook-3-early,webhook-2-sender-retry,interaction-34-503-once"
-    rows = vary(tmp_path, only, sys.executable, "-m", "replayproxy.sample_app", "--wait", "5")
+    rows = vary(tmp_path, only, sys.executable, "-m", "replayproxy.demo.sample_app", "--wait", "5")
     assert failing(rows) == [], {n: r["output_tail"] for n, r in rows.items() if not r["passed"]}

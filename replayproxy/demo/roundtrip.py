@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..api import ReplayProxy
+from ..config import Config
+from ..replayer import ReplayOptions
+from ..report import Report
+from ..server import Server
 from . import sample_app, sandbox
-from .api import ReplayProxy
-from .config import Config
-from .replayer import ReplayOptions
-from .report import Report
-from .server import Server
 
 FILES = ("invoice-march.pdf", "invoice-april.pdf", "fail-corrupt.pdf")
 Say = Callable[[str], None]

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .config import SignatureConfig
-from .signing import SignatureError, verify
+from ..config import SignatureConfig
+from ..signing import SignatureError, verify
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
@@ -233,7 +233,7 @@ async def drive(
     linger: float = 0.3,
 ) -> dict[str, Any]:
     """Serve the app on a free port, submit `files` at once against `camber_url`, wait."""
-    from .server import Server
+    from ..server import Server
 
     app = create_app(
         camber_url=camber_url, api_key="sample-app", webhook_secret=webhook_secret,
@@ -264,7 +264,7 @@ async def drive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m replayproxy.sample_app [--wait SECONDS] FILE...`: the sample app's end-to-end
+    """`python -m replayproxy.demo.sample_app [--wait SECONDS] FILE...`: the sample app's end-to-end
     check, against $REPLAYPROXY_URL (as under `replayproxy run` or `vary`) with
     $WEBHOOK_SECRET. Exit 0 when
     every job ended as its name says (`fail*` failed, the others completed with their output),

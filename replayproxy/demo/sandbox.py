@@ -30,7 +30,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,11 +38,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import eventloop
-from .config import Config, SignatureConfig, env_names, env_secrets, parse_listen
-from .errors import ConfigError, ReplayProxyError
-from .server import Server, check_listen
-from .signing import sign
+from .. import eventloop
+from ..config import Config, SignatureConfig, env_names, env_secrets, parse_listen
+from ..errors import ConfigError, ReplayProxyError
+from ..server import Server, check_listen
+from ..signing import sign
 
 ENGINE_TYPES = ("MPI", "MESA", "ATHENA", "GROMACS", "LAMMPS", "OPENFOAM")
 NODE_SIZES = ("XMICRO", "MICRO", "XSMALL", "SMALL", "MEDIUM", "LARGE")
@@ -411,7 +411,7 @@ async def _submit(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request) -> web.Response:
-    jobs = request.app[SANDBOX_STATE].jobs.values()
+    jobs: Iterable[Job] = request.app[SANDBOX_STATE].jobs.values()
     wanted = request.query.get("status")
     if wanted is not None:
         if wanted not in STATUSES:
