@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -27,6 +28,8 @@ from .timeshift import recording_delta, shift
 from .variables import Finder, dotted_get
 from .variants import Variant
 from .webhooks import (
+    Due,
+    Outgoing,
     Schedule,
     destination_refused,
     event_id,
@@ -246,7 +249,7 @@ class Replayer:
         }
         return web.json_response(body, status=self.config.unmatched_status)
 
-    def _send(self, due, ordered: bool = False) -> None:
+    def _send(self, due: Sequence[Due], ordered: bool = False) -> None:
         """Webhooks due together go out one after the other, in recorded (or shuffled) order;
         `ordered`: in the order given."""
         due = due if ordered else order(due, self.options.shuffle_webhooks)
@@ -287,7 +290,7 @@ class Replayer:
                 d.attempts.append(Attempt(None, refused, 0.0) if refused else _no_target())
             return None
 
-        def build(now: int):
+        def build(now: int) -> Outgoing:
             return outgoing(
                 hook,
                 url,
