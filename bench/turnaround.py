@@ -3,8 +3,8 @@
     python bench/turnaround.py --workdir DIR [--repeats R] [--launcher SCRIPT]
                                [--proxy-cpu N --app-cpu M]
 
-1. Records a session once: `replayproxy.sandbox` (jobs climb one status every 0.1 s) behind an
-   in-process `ReplayProxy(mode="all")`, and `replayproxy.sample_app` (polling every 0.05 s)
+1. Records a session once: `replayproxy.demo.sandbox` (jobs climb one status every 0.1 s) behind an
+   in-process `ReplayProxy(mode="all")`, and `replayproxy.demo.sample_app` (polling every 0.05 s)
    submitting three jobs one after the other (invoice-march, invoice-april, fail-corrupt), each
    waited for until done (final status, output downloaded, webhook answered).
 2. Replays it R times with `--timing sequence` and R times with `--fast-forward` (alternating),

@@ -72,6 +72,26 @@ def test_the_purity_rule_covers_every_layer_below_the_service_layer() -> None:
         contracts()["pure"]["forbidden_modules"])
 
 
+#: what docs/design.md calls each layer of the contract, top to bottom
+DESIGN_NAMES = ["face", "face", "service", "engine", "config", "base", "base"]
+
+
+def test_the_design_page_shows_each_module_in_its_layer() -> None:
+    """The design page's table is the map people read: a module missing from it is a room
+    missing from the map, and a row in the wrong layer is a map that lies."""
+    stack = layers()
+    assert len(stack) == len(DESIGN_NAMES), "a layer was added: name it in DESIGN_NAMES"
+    placed = {name: DESIGN_NAMES[n] for n, layer in enumerate(stack) for name in layer}
+    text = (ROOT / "docs" / "design.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| `([\w.]+?)(?:\.py|/)` \|", text, re.MULTILINE)
+    shown = {module: layer for layer, module in rows}
+    assert len(rows) == len(shown), "a module has two rows in docs/design.md"
+    assert sorted(set(placed) - set(shown)) == [], "modules with no row in docs/design.md"
+    assert sorted(set(shown) - set(placed)) == [], "rows for modules the package lacks"
+    wrong = {m: (shown[m], placed[m]) for m in shown if shown[m] != placed[m]}
+    assert wrong == {}, "docs/design.md (row, contract) disagree"
+
+
 def test_the_code_keeps_to_the_layers() -> None:
     run = lint_imports(ROOT)
     assert run.returncode == 0, run.stdout + run.stderr

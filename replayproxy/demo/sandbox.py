@@ -6,7 +6,7 @@ is known (integer job ids, the status ladder, engine types, node sizes, outputs 
 webhook signed with `signing.sign` in any scheme replayproxy knows (the one the config's
 `webhooks.upstream_signature` names, by default `webhooks.signature`), with the secrets in the
 variables `webhooks.upstream_secret_env` lists, retried on failure with the same event id.
-The README's sandbox section is the contract.
+The contract is docs/sandbox.md.
 
     GET  /healthz                              no auth; for scripts waiting for the port
     POST /v1/jobs                              submit -> 201 job
