@@ -3,8 +3,8 @@
     python bench/vary.py [--repeats R] [--jobs N] [--only GLOBS]
 
 The cassette is the committed three-job recording of the sample app (cassettes/camber-jobs.yaml),
-the command the sample app's end-to-end check (`python -m replayproxy.demo.sample_app`). Side by side
-in one run, alternating R times (default 3):
+the command the sample app's end-to-end check (`python -m replayproxy.demo.sample_app`).
+Side by side in one run, alternating R times (default 3):
 
 - **single**: `replayproxy run --timing recorded CASSETTE -- COMMAND`, wall time of the process;
 - **matrix**: `replayproxy vary CASSETTE --only GLOBS -j N --json -- COMMAND` (recorded timing,
