@@ -42,6 +42,7 @@ from .server import (
     Handler,
     HandlerRunner,
     Verbatim,
+    cannot_listen,
     check_listen,
     is_loopback,
     origin_form,
@@ -175,9 +176,7 @@ class ForwardServer:
             )
         except OSError as exc:
             await self.runner.cleanup()
-            raise ReplayProxyError(
-                f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
-            ) from None
+            raise cannot_listen(self.host, self.port, exc) from None
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.port = port

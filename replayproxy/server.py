@@ -85,6 +85,12 @@ TESTED_AIOHTTP = ((3, 14), (3, 15))
 _checked = False
 
 
+def cannot_listen(host: str, port: int, exc: OSError) -> ReplayProxyError:
+    """The one line every listener (replay, record, forward mode) gives for an address it
+    cannot take: in use, not ours, or not allowed."""
+    return ReplayProxyError(f"cannot listen on {host}:{port}: {exc.strerror}")
+
+
 def check_aiohttp() -> None:
     """One clear error, before anything listens, when the installed aiohttp is outside the
     tested range or lacks an internal this module needs (rather than answers that silently
@@ -548,9 +554,7 @@ class Server:
             await site.start()
         except OSError as exc:
             await self.runner.cleanup()
-            raise ReplayProxyError(
-                f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
-            ) from None
+            raise cannot_listen(self.host, self.port, exc) from None
         address = self.runner.addresses[0]
         host, port = address[:2]
         self.port = port

@@ -309,3 +309,26 @@ def test_expect_100_continue_is_answered_before_the_body(tmp_path: Path) -> None
             assert ignored.startswith(b"HTTP/1.1 502 ")  # answered as without it (a miss)
 
     run(main_())
+
+
+def test_an_address_in_use_is_one_line_in_replay_and_forward_mode() -> None:
+    """Both listeners (the replay server and the forward proxy) say the same one line."""
+    import socket
+
+    from proc import cli
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        for extra in ([], ["--forward"]):
+            run = cli("replay", "cassettes/camber-jobs.yaml", "--listen", f"127.0.0.1:{port}",
+                      *extra)
+            assert run.returncode == 2, (extra, run.stderr)
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1, (extra, run.stderr)
+            assert lines[0].startswith(f"replayproxy: cannot listen on 127.0.0.1:{port}: ")
+            assert "in use" in lines[0], lines[0]
+    finally:
+        taken.close()
