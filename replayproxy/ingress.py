@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from .bodies import NOT_JSON, json_body
 from .cassette import Interaction, Webhook
 from .config import Config, env_names, env_secrets
 from .correlate import exchange_values, webhook_ids
@@ -114,11 +115,10 @@ class WebhookIngress:
     def rewrite(self, body: bytes) -> tuple[bytes, list[str]]:
         """Callback URLs the app sent become our ingress URLs, on the way upstream only."""
         seen: list[str] = []
-        if not body or not self.config.webhooks.callback_fields or body.lstrip()[:1] != b"{":
+        if not self.config.webhooks.callback_fields:
             return body, seen
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        data = json_body(body, mapping=True)
+        if data is NOT_JSON:
             return body, seen
         out = body
         base = self.base
@@ -360,10 +360,7 @@ def _owed_list(owed: Iterable[Owed]) -> str:
 
 
 def _body_event_id(body: bytes) -> str | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    data = json_body(body, mapping=True)
     if isinstance(data, dict):
         for key in ("event_id", "id"):
             value = data.get(key)

@@ -559,6 +559,33 @@ def test_callback_urls_are_rewritten_upstream_only_under_the_public_url(tmp_path
     assert bodies[1]["notify"]["url"] == "http://app.local/hooks?job=1"
 
 
+def test_a_body_nested_past_the_recursion_limit_is_forwarded_as_sent(tmp_path: Path) -> None:
+    """Callback rewriting reads the app's body as JSON; one too deep to parse is simply not
+    JSON: forwarded byte for byte and recorded, never a 500 from the proxy."""
+    path = tmp_path / "deep.yaml"
+    nested = b"[" * 100_000 + b"]" * 100_000
+    deep = b'{"callback_url": "http://app.local/hooks", "x": ' + nested + b"}"
+    received: list[bytes] = []
+
+    async def submit(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.json_response({"job_id": 6231}, status=201)
+
+    async def session() -> int:
+        upstream = web.Application(client_max_size=1 << 20)
+        upstream.router.add_post("/v1/jobs", submit)
+        config = Config(webhooks=WebhooksConfig(callback_fields=("callback_url",)))
+        async with serving(upstream) as up, aiohttp.ClientSession() as s:
+            async with ReplayProxy(path, mode="all", upstream=up, config=config) as proxy:
+                async with s.post(f"{proxy.url}/v1/jobs", data=deep,
+                                  headers={"Content-Type": "application/json"}) as r:
+                    return r.status
+
+    assert run(session()) == 201
+    assert received == [deep]
+    assert load(path).interactions[0].request.body == deep
+
+
 def test_concurrent_exchanges_are_recorded_whole(tmp_path: Path) -> None:
     path = tmp_path / "many.yaml"
 
