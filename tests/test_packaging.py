@@ -45,3 +45,29 @@ def test_the_console_script_runs_from_the_package_alone(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "Usage: replayproxy [OPTIONS] COMMAND" in run.stdout
     assert "sandbox" in run.stdout and "vary" in run.stdout
+
+
+def test_pip_builds_a_wheel_with_no_top_level_cli(tmp_path: Path) -> None:
+    """pip itself, with the build backend pyproject.toml names, is the judge of what a user
+    installs: the wheel holds `replayproxy/cli.py` as a regular file with cli.py's text, names
+    only `replayproxy` as its top level, and its console script is `replayproxy.cli:main`."""
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "node_modules", ".build", "__pycache__", "*.egg-info", ".mypy_cache",
+        ".import_linter_cache", ".peers", "results", "build", "dist"))
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "whl"),
+         str(src)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    (wheel,) = (tmp_path / "whl").glob("replayproxy-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        info = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+        entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        assert z.read(info).decode().split() == ["replayproxy"]
+        assert "replayproxy = replayproxy.cli:main" in z.read(entry).decode()
+        assert z.read("replayproxy/cli.py") == (ROOT / "cli.py").read_bytes()
+    assert not [n for n in names if "/" not in n], f"top-level files in the wheel: {names}"
+    assert "replayproxy/demo/sandbox.py" in names and "replayproxy/variants/base.py" in names
