@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .addresses import origin
-from .cassette import load
+from .cassette import Cassette, load
 from .config import Config, RecordMode, parse_listen, record_mode
 from .errors import ConfigError, WebhookError
 from .journal import Recovered, claim, open_cassette
@@ -90,12 +90,7 @@ class ReplayProxy:
 
     def _handler(self) -> Any:
         if self.mode is RecordMode.NONE:
-            self.replayer = Replayer(
-                open_cassette(self.path), self.config, self.options, forward=self.forward
-            )
-            self.report = self.replayer.report
-            self.report.strict = self.strict
-            return self.replayer
+            return self._replay(self._cassette())
         # one recorder per cassette: locked for the session; a dead session's journal is saved
         held = claim(self.path, self.config)
         self.recovered = held.recovered
@@ -103,11 +98,7 @@ class ReplayProxy:
             exists = self.path.exists()
             if self.mode is RecordMode.ONCE and exists:
                 held.release()
-                self.replayer = Replayer(
-                    load(self.path), self.config, self.options, forward=self.forward
-                )
-                self.report = self.replayer.report
-                return self.replayer
+                return self._replay(load(self.path))
             base = load(self.path) if self.mode is RecordMode.NEW_EPISODES and exists else None
             self.recorder = Recorder(
                 self.path,
@@ -125,8 +116,16 @@ class ReplayProxy:
             raise
         if self.recorder.replayer is not None:
             self.report = self.recorder.replayer.report
-            self.report.strict = self.strict
         return self.recorder
+
+    def _cassette(self) -> Cassette:
+        """The cassette a replay answers from, read through the journal guard."""
+        return open_cassette(self.path)
+
+    def _replay(self, cassette: Cassette) -> Replayer:
+        self.replayer = Replayer(cassette, self.config, self.options, forward=self.forward)
+        self.report = self.replayer.report
+        return self.replayer
 
     def _load_ca(self) -> CertificateAuthority | None:
         """The local CA when this run terminates TLS (--forward, --tls); never in a cassette dir."""
@@ -171,6 +170,7 @@ class ReplayProxy:
             handler = self._handler()
         finally:
             gc.enable()
+        self.report.strict = self.strict  # whichever report this run keeps
         host, port = parse_listen(self.listen)
         try:
             self._server = self._forward_server(handler, host, port) if self.forward else Server(

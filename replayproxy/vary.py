@@ -32,7 +32,7 @@ from .config import Config
 from .errors import ReplayProxyError
 from .inspect import table
 from .journal import open_cassette
-from .replayer import Replayer, ReplayOptions
+from .replayer import ReplayOptions
 from .report import Report
 from .runner import command_env
 from .signing import local_secrets
@@ -51,10 +51,8 @@ class _Preloaded(ReplayProxy):
         super().__init__(path, **kwargs)
         self.tape = tape
 
-    def _handler(self) -> Replayer:
-        self.replayer = Replayer(copy.deepcopy(self.tape), self.config, self.options)
-        self.report = self.replayer.report
-        return self.replayer
+    def _cassette(self) -> Cassette:
+        return copy.deepcopy(self.tape)
 
 
 def variants_of(cassette: str | Path, config: Config) -> list[Variant]:

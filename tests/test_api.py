@@ -95,3 +95,17 @@ def test_record_modes_are_vcrpys_and_the_aliases_stand_for_two_of_them(cassette:
     assert str(refused.value) == (
         "unknown mode 'any' (one of: replay, record, once, new_episodes, all, none)"
     )
+
+
+@pytest.mark.parametrize("mode", ["replay", "once"])
+def test_strict_holds_in_every_mode_that_replays(cassette: Path, mode: str) -> None:
+    """`once` with a cassette on disk replays it: `strict` must count there as in `replay`."""
+    with SyncReplayProxy(cassette, mode=mode, strict=True) as proxy:
+        created = requests.post(
+            f"{proxy.url}/v1/jobs",
+            json={"engine_type": "MPI", "command": "python run.py invoice.pdf"},
+        )
+        assert created.status_code == 201
+    assert proxy.report.served == 1  # the cassette answered: nothing was recorded
+    assert proxy.report.strict is True
+    assert proxy.report.unused and proxy.report.diverged
