@@ -731,7 +731,6 @@ def send_webhook(
     WEBHOOK_SECRET), each exactly as set. Prints the receiver's status and body for each; exits
     1 when any answer is not 2xx.
     """
-    import dataclasses
 
     from replayproxy.delivery import pick, send_recorded
     from replayproxy.signing import local_secrets, validate

@@ -76,7 +76,6 @@ class Session:
     #: while it is still that file
     origin: str | None = None
     replaces: bool = False  # `all` over an existing file: only a clean stop may replace it
-    pid: int | None = None  # the recorder's process, for "being recorded by pid N"
     saved: bool = False  # the cassette was saved; only removing the journal was left to do
 
 
@@ -309,7 +308,6 @@ def read(path: str | Path) -> Session:
                     session.base_webhooks = int(record.get("base_webhooks") or 0)
                     session.origin = record.get("origin", UNKNOWN)
                     session.replaces = bool(record.get("replaces"))
-                    session.pid = record.get("pid")
                 elif kind == "interaction":
                     session.interactions.append(_interaction(record))
                 elif kind == "webhook":

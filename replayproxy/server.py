@@ -246,7 +246,6 @@ class _WebServer(web.Server):
         max_connections: int,
         **kwargs: Any,
     ):
-        check_aiohttp()
         super().__init__(handler, **kwargs)
         if not isinstance(getattr(self, "_connections", None), dict):
             raise ReplayProxyError(

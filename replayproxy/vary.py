@@ -237,11 +237,12 @@ class Matrix:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         links = []
+        tape = load(cassette_path)
         for c in self.cells:
             name = f"{c.variant.name}.html"
             report = c.report if c.error is None else None
             title = f"replayproxy vary: {c.variant.name} - {c.variant.did}"
-            write_html(load(cassette_path), folder / name, report, title=title)
+            write_html(tape, folder / name, report, title=title)
             links.append(
                 "<tr>"
                 + "".join(
