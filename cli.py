@@ -75,15 +75,6 @@ async def until_signalled(
     return result
 
 
-async def drain_owed(recorder: Any, timeout: float) -> None:
-    """Wait (bounded) for webhooks the session is owed; a second SIGINT/SIGTERM stops at once."""
-    loop = asyncio.get_running_loop()
-    now = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, now.set)
-    await recorder.drain(timeout, now, lambda line: click.echo(line, err=True))
-
-
 def with_live_view(proxy: ReplayProxy) -> tuple[Callable[[], Awaitable[str]], Any]:
     """Wrap start/stop so a replay shows one line per job on stderr while it runs."""
     tasks: list[asyncio.Task[None]] = []
@@ -860,7 +851,9 @@ def record(
 
     async def stop() -> Any:
         if proxy.recorder is not None:
-            await drain_owed(proxy.recorder, drain_timeout)
+            from replayproxy.runner import drain_owed
+
+            await drain_owed(proxy.recorder, drain_timeout, lambda line: click.echo(line, err=True))
         for task in views:
             task.cancel()
         await asyncio.gather(*views, return_exceptions=True)

@@ -11,14 +11,17 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api import ReplayProxy, SyncReplayProxy
 from .config import RecordMode, record_mode
 from .errors import ReplayProxyError
 from .report import Report
+
+if TYPE_CHECKING:
+    from .recorder import Recorder
 
 #: The variable every command run under the proxy finds its URL in.
 URL_ENV = "REPLAYPROXY_URL"
@@ -92,12 +95,7 @@ async def run_command(
             on_start(proxy.url)
         extra = {**tls_env(proxy), **(extra_env or {})}
         env = command_env(proxy.url, export, extra, proxy.path)
-        try:
-            proc = await asyncio.create_subprocess_exec(*command, env=env)
-        except FileNotFoundError:
-            raise ReplayProxyError(f"command not found: {command[0]}") from None
-        except PermissionError:
-            raise ReplayProxyError(f"command not executable: {command[0]}") from None
+        proc = await spawn(command, env=env)
         loop = asyncio.get_running_loop()
         # Ctrl-C reaches the command from the terminal; the proxy waits for it to finish.
         # SIGTERM is passed on, so a CI runner's cancel stops both.
@@ -115,14 +113,35 @@ async def run_command(
             returncode = await proc.wait()
             recorder = getattr(proxy, "recorder", None)
             if recorder is not None and recorder.owed:  # webhooks still on their way: wait
-                now = asyncio.Event()
-                for sig in handled:
-                    loop.add_signal_handler(sig, now.set)
-                await recorder.drain(proxy.options.drain_timeout, now, _say)
+                await drain_owed(recorder, proxy.options.drain_timeout, _say, handled)
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
     return returncode, proxy.report
+
+
+async def spawn(command: Sequence[str], **kwargs: Any) -> asyncio.subprocess.Process:
+    """The user's command started, or one line saying why it could not be."""
+    try:
+        return await asyncio.create_subprocess_exec(*command, **kwargs)
+    except FileNotFoundError:
+        raise ReplayProxyError(f"command not found: {command[0]}") from None
+    except PermissionError:
+        raise ReplayProxyError(f"command not executable: {command[0]}") from None
+
+
+async def drain_owed(
+    recorder: Recorder,
+    timeout: float,
+    say: Callable[[str], None],
+    signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Wait (bounded) for webhooks the session is owed; a second signal stops the wait at once."""
+    loop = asyncio.get_running_loop()
+    now = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, now.set)
+    await recorder.drain(timeout, now, say)
 
 
 def _say(line: str) -> None:

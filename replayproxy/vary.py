@@ -34,7 +34,7 @@ from .inspect import table
 from .journal import open_cassette
 from .replayer import ReplayOptions
 from .report import Report
-from .runner import command_env
+from .runner import command_env, spawn
 from .signing import local_secrets
 from .variants import BASELINE, Variant, derive, expectation, find, select
 
@@ -293,19 +293,14 @@ async def _run_cell(
     cell.proxy_start = time.perf_counter() - start
     try:
         env = command_env(proxy.url, export, {VARIANT_ENV: cell.variant.name})
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its own process group: a timeout stops all of it
-            )
-        except FileNotFoundError:
-            raise ReplayProxyError(f"command not found: {command[0]}") from None
-        except PermissionError:
-            raise ReplayProxyError(f"command not executable: {command[0]}") from None
+        proc = await spawn(
+            command,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout stops all of it
+        )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
             cell.returncode = proc.returncode
