@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,9 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ReplayProxyError as exc:
+            click.echo(f"replayproxy: {printable(str(exc))}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a path the user named: a folder that is a file, no permission
             click.echo(f"replayproxy: {printable(str(exc))}", err=True)
             sys.exit(2)
 
@@ -108,6 +112,25 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
     )
 
+
+class Seconds(click.ParamType):
+    """A finite number of seconds, 0 or more: nan, infinity and negatives are one line."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} is not a finite number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 config_option = click.option(
     "--config",
@@ -237,7 +260,7 @@ def replay_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--drain-timeout",
-            type=float,
+            type=SECONDS,
             default=5.0,
             show_default=True,
             help="Seconds to wait at shutdown for webhooks still due (with run --record: "
@@ -487,7 +510,7 @@ def run(
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=300.0,
     show_default=True,
     help="Seconds one run of the command may take before it is stopped.",
@@ -783,7 +806,7 @@ def send_webhook(
 @allow_remote_option
 @click.option(
     "--drain-timeout",
-    type=float,
+    type=SECONDS,
     default=30.0,
     show_default=True,
     help="On Ctrl-C, seconds to wait for webhooks still owed (a second Ctrl-C stops at once).",
@@ -911,7 +934,7 @@ def ca_command(directory: str | None) -> None:
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT.")
 @click.option(
     "--step-seconds",
-    type=float,
+    type=SECONDS,
     default=0.5,
     show_default=True,
     help="Seconds between a job's statuses.",

@@ -332,3 +332,24 @@ def test_an_address_in_use_is_one_line_in_replay_and_forward_mode() -> None:
             assert "in use" in lines[0], lines[0]
     finally:
         taken.close()
+
+
+def test_a_path_that_cannot_be_written_and_odd_seconds_are_one_line(tmp_path: Path) -> None:
+    """The operating system's refusal (a folder that is a file) and seconds that are no finite
+    number (nan, inf, negative) each get one line, never a traceback."""
+    from proc import cli
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    run = cli("inspect", "cassettes/camber-jobs.yaml", "--html", str(a_file / "page.html"))
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line == f"replayproxy: [Errno 17] File exists: '{a_file}'", line
+    for args in (["vary", "cassettes/camber-jobs.yaml", "--timeout", "nan", "--", "true"],
+                 ["replay", "cassettes/camber-jobs.yaml", "--drain-timeout", "-1"],
+                 ["record", str(tmp_path / "r.yaml"), "--upstream", "http://127.0.0.1:9",
+                  "--drain-timeout", "inf"]):
+        run = cli(*args)
+        assert run.returncode == 2, args
+        assert "Traceback" not in run.stderr, run.stderr
+        assert "is not a finite number of seconds, 0 or more" in run.stderr.splitlines()[-1]
