@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -82,7 +82,9 @@ class Redactor:
         self.secrets: list[str] = []
         self._known: set[str] = set()
         self._seen: set[str] = set()  # header values already learned from
-        self._secret: re.Pattern[bytes] | None = None
+        self._spelled: dict[bytes, None] = {}  # every spelling of every secret, in order
+        self._needed: list[bytes] = []  # the spellings no shorter one is inside of
+        self._pattern: re.Pattern[bytes] | None = None  # built on first use after a learn
         self._few: tuple[bytes, ...] | None = None
         self._header_names: dict[str, bool] = {}
         self.learn(secrets)
@@ -98,17 +100,31 @@ class Redactor:
             return
         self.secrets.extend(fresh)
         self._known.update(fresh)
-        spelled: dict[bytes, None] = {}
-        for secret in self.secrets:
-            spelled.update(dict.fromkeys(spellings(secret)))
-        ordered = sorted(spelled, key=len, reverse=True)
-        self._secret = re.compile(b"|".join(re.escape(s) for s in ordered))
-        # A few literals: `in` (a C substring search each) beats the regex's alternation at
-        # telling that a body holds none of them, which is what nearly every body does. A
-        # spelling that contains a shorter one ("Bearer T" holds "T") need not be searched.
-        least = sorted(spelled, key=len)
-        needed = [x for i, x in enumerate(least) if not any(y in x for y in least[:i])]
+        # Only the fresh values' spellings are added: a long recording learns a value per
+        # rotating cookie or token, and rebuilding all of them on each learn grew as its cube.
+        needed = self._needed
+        for secret in fresh:
+            for x in spellings(secret):
+                if x in self._spelled:
+                    continue
+                self._spelled[x] = None
+                # A few literals: `in` (a C substring search each) beats the regex's alternation
+                # at telling that a body holds none of them, which is what nearly every body
+                # does. A spelling that contains a shorter one ("Bearer T" holds "T") need not
+                # be searched, and a new short one makes the longer ones that hold it needless.
+                if not any(y in x for y in needed):
+                    needed[:] = [z for z in needed if x not in z]
+                    needed.append(x)
         self._few = tuple(needed) if len(needed) <= FEW else None
+        self._pattern = None
+
+    @property
+    def _secret(self) -> re.Pattern[bytes] | None:
+        """One alternation of every spelling, longest first; None while nothing is secret."""
+        if self._pattern is None and self._spelled:
+            ordered = sorted(self._spelled, key=len, reverse=True)
+            self._pattern = re.compile(b"|".join(re.escape(s) for s in ordered))
+        return self._pattern
 
     def learn_headers(self, headers: Headers) -> None:
         """Learn every value under a redacted header name (see `header_secrets`)."""
@@ -152,14 +168,25 @@ class Redactor:
 
     def scrub(self, data: bytes) -> bytes:
         """Every secret value in `data` (any spelling) replaced by the marker."""
-        if self._secret is None or not data:
+        if not self._spelled or not data:
             return data
-        if self._few is not None and not _holds(data, self._few):
+        few = self._literals()
+        if few is not None and not _holds(data, few):
             return data
-        return self._secret.sub(MARKER.encode(), data)
+        pattern = self._secret
+        assert pattern is not None  # there are spellings
+        return pattern.sub(MARKER.encode(), data)
+
+    def _literals(self) -> Sequence[bytes] | None:
+        """The literals to search for before the regex, or None to go straight to it: the few,
+        or all of them while the regex is not built (a substring search each costs far less
+        than building it, and most bodies hold no secret)."""
+        if self._few is None and self._pattern is None:
+            return self._needed
+        return self._few
 
     def text(self, value: str) -> str:
-        if self._secret is None:
+        if not self._spelled:
             return value
         return self.scrub(value.encode("utf-8", "surrogateescape")).decode(
             "utf-8", "surrogateescape"
@@ -167,13 +194,15 @@ class Redactor:
 
     def found(self, *texts: str, data: tuple[bytes, ...] = ()) -> bool:
         """Whether any secret value appears in these: one search each, usually answered no."""
-        if self._secret is None:
+        if not self._spelled:
             return False
         joined = "\n".join(texts).encode("utf-8", "surrogateescape")
-        few = self._few
-        if few is not None:
+        few = self._literals()
+        if few is not None:  # exact: every spelling holds one of these, and each is a spelling
             return _holds(joined, few) or any(_holds(d, few) for d in data)
-        return any(self._secret.search(d) for d in (joined, *data) if d)
+        pattern = self._secret
+        assert pattern is not None  # there are spellings
+        return any(pattern.search(d) for d in (joined, *data) if d)
 
     def header_names(self, headers: Headers) -> Headers:
         """Only the headers redacted by name."""
@@ -288,7 +317,7 @@ def masked(name: str, value: str) -> str:
     return MARKER
 
 
-def _holds(data: bytes, literals: tuple[bytes, ...]) -> bool:
+def _holds(data: bytes, literals: Sequence[bytes]) -> bool:
     for literal in literals:
         if literal in data:
             return True
@@ -352,7 +381,7 @@ class _LogScrubber(logging.Filter):
         self.redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        redactors = [r for r in list(self.redactors) if r._secret is not None]
+        redactors = [r for r in list(self.redactors) if r._spelled]
         if redactors:
             message = original = record.getMessage()
             for redactor in redactors:
