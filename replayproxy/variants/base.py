@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from ..cassette import Cassette, Webhook
 from ..config import SignatureConfig
-from ..correlate import exchanges_of
+from ..correlate import exchange_values, exchanges_of
 from ..inspect import event_type
 from ..signing import signs_timestamp
 
@@ -76,7 +76,10 @@ class Facts:
 
 
 def facts(cassette: Cassette, signature: SignatureConfig) -> Facts:
+    # each exchange's ids read once, not once per webhook
+    values = [exchange_values(i) for i in cassette.interactions] if cassette.webhooks else []
     conversations = tuple(
-        tuple(exchanges_of(cassette.interactions, hook.body)) for hook in cassette.webhooks
+        tuple(exchanges_of(cassette.interactions, hook.body, values=values))
+        for hook in cassette.webhooks
     )
     return Facts(cassette, conversations, signs_timestamp(signature))
