@@ -32,10 +32,10 @@ import pytest
 
 from .config import DEFAULT_CONFIG_FILE, Config, RecordMode, load_config, record_mode
 from .errors import ReplayProxyError
-from .journal import open_cassette
 from .replayer import ReplayOptions
 from .runner import RUN_ENV, URL_ENV, open_proxy
-from .variants import RECORDED, derive, expectation, find, select
+from .variants import RECORDED, expectation, select
+from .vary import variant_named, variants_of
 
 #: What --replayproxy-mode takes: `replay` (none) and `record` (once) stand for vcrpy's names.
 PLUGIN_MODES = ("replay", "record", RecordMode.NEW_EPISODES.value, RecordMode.ALL.value)
@@ -131,7 +131,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     path = cassette_path(metafunc.definition, given)
     try:
         config = marker.kwargs.get("config") or session_config(metafunc.config)
-        chosen = select(derive(open_cassette(path), config.webhooks.signature), vary)
+        chosen = select(variants_of(path, config), vary)
     except ReplayProxyError as exc:
         raise pytest.UsageError(f"replayproxy: {metafunc.definition.nodeid}: {exc}") from None
     params = []
@@ -154,9 +154,9 @@ def replayproxy_variant(request: pytest.FixtureRequest) -> str | None:
 
 def _with_variant(path: Path, config: Config, kwargs: dict[str, Any], name: str | None) -> None:
     kwargs.pop("vary", None)
-    if name is None or name == RECORDED:
+    variant = variant_named(path, config, name) if name is not None else None
+    if variant is None:  # no variant asked for, or the recorded conversation itself
         return
-    variant = find(derive(open_cassette(path), config.webhooks.signature), name)
     options = kwargs.get("options") or ReplayOptions()
     kwargs["options"] = dataclasses.replace(options, variant=variant)
 
