@@ -126,9 +126,7 @@ class Normaliser:
 
     def normalise(self, req: Request) -> Normal:
         path, raw_query = split_target(req.uri)
-        path = path or "/"
-        if self.base_path and path.startswith(self.base_path + "/"):
-            path = path[len(self.base_path) :]
+        path = local_path(path, self.base_path)
         slots: dict[str, str] = {}
         template = self._template(path, slots)
         query = self._pairs("query", parse_qsl(raw_query, keep_blank_values=True), slots)
@@ -275,16 +273,14 @@ class Redacted:
         for item in cassette.interactions:
             req = item.request
             if REDACTED in req.uri:
-                parts = urlsplit(req.uri)
-                path = parts.path or "/"
-                if base and path.startswith(base + "/"):
-                    path = path[len(base) :]
+                path, raw_query = split_target(req.uri)
+                path = local_path(path, base)
                 segments = tuple(path.split("/"))
                 if any(REDACTED in segment for segment in segments):
                     known = out.paths.setdefault(len(segments), [])
                     if segments not in known:
                         known.append(segments)
-                for key, value in parse_qsl(parts.query, keep_blank_values=True):
+                for key, value in parse_qsl(raw_query, keep_blank_values=True):
                     if REDACTED in value:
                         out.query.add(key)
             if req.body and REDACTED.encode() in req.body:
@@ -525,6 +521,15 @@ def split_target(uri: str) -> tuple[str, str]:
         return path, query
     parts = urlsplit(uri)
     return parts.path, parts.query
+
+
+def local_path(path: str, base: str) -> str:
+    """A request path as matching reads it: "/" when empty, the upstream's base path (given
+    without its trailing slash) taken off."""
+    path = path or "/"
+    if base and path.startswith(base + "/"):
+        path = path[len(base) :]
+    return path
 
 
 def _show(value: Any) -> str:

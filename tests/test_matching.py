@@ -268,3 +268,17 @@ def test_redacted_query_and_body_fields_do_not_count() -> None:
         )
         is None
     )
+
+
+def test_a_redacted_path_segment_is_read_as_matching_reads_the_path() -> None:
+    """The redacted-path rule and the matcher read a recorded URI one way: "//v1/..." is a
+    path (origin form), never a host named v1."""
+    from dataclasses import replace
+
+    for recorded, sent in (("/bot<redacted>/sendMessage", "/botT0KEN/sendMessage"),
+                           ("//v1/bot<redacted>/x", "//v1/botT0KEN/x")):
+        item = exchange("GET", "/")
+        bare = replace(item, request=replace(item.request, uri=recorded))  # as vcrpy may save it
+        m = Matcher(Cassette([bare]), Config())
+        hit = m.match(live("GET", sent))
+        assert hit is not None and hit.number == 1, recorded
