@@ -34,7 +34,7 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .headers import answer_headers, request_headers
-from .ingress import INGRESS
+from .ingress import INGRESS, read_request
 from .server import (
     DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
@@ -377,8 +377,10 @@ class ForwardServer:
                 timeout=self.timeout,
                 limit=sys.maxsize,
             )
+        body = await read_request(request, "request body", self.runner.client_max_size)
+        if isinstance(body, web.Response):
+            return body
         headers = request_headers(request.headers)
-        body = await request.read()
         try:
             answer = await self._client.request(
                 request.method, upstream, origin_form(request.raw_path), headers, body
