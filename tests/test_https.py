@@ -395,6 +395,9 @@ def test_plain_http_proxy_requests_record_and_replay(
             # a request sent to the proxy itself (not as a proxy) has nowhere to go
             direct = requests.get(f"{proxy.url}/v1/jobs/1", timeout=10)
             assert direct.status_code == 400 and "forward proxy" in direct.json()["error"]
+            # a path that only starts like the webhook ingress is not it
+            near = requests.post(f"{proxy.url}/__replayproxy/webhooksX", data=b"{}", timeout=10)
+            assert near.status_code == 400 and "forward proxy" in near.json()["error"]
             # the same through the proxy (HTTP_PROXY without NO_PROXY): no loop to itself
             looped = requests.get(f"{proxy.url}/v1/jobs/1", proxies={"http": proxy.url},
                                   timeout=10)
