@@ -219,7 +219,8 @@ async def send_recorded(
     keep: Sequence[str] = (),
 ) -> list[Sent]:
     """Send the recorded webhooks `numbers` to `url`, one attempt each, in order, re-signed now
-    with `secrets` (recorded values as they are: there is no live conversation to bind to)."""
+    with `secrets` (recorded values as they are: there is no live conversation to bind to);
+    `keep`: lowercased header names to send again, as `webhooks.keep_headers` holds them."""
     results = []
     bindings = Bindings()
     async with aiohttp.ClientSession(
@@ -229,7 +230,7 @@ async def send_recorded(
             hook = cassette.webhooks[number - 1]
             out = outgoing(
                 hook, url, bindings, secrets, signature, now=int(time.time()),
-                methods=methods, keep={k.lower() for k in keep},
+                methods=methods, keep=keep,
             )
             sent = Sent(number, event_id(hook, signature), url, None, "", b"")
             try:

@@ -236,7 +236,7 @@ class WebhookIngress:
             self.config.webhooks.signature,
             now=int(time.time()),
             methods=self.config.webhooks.allow_methods,  # as replay will send it
-            keep=frozenset(h.lower() for h in self.config.webhooks.keep_headers),
+            keep=self.config.webhooks.keep_headers,
         )
         try:
             async with self.app_session().request(
