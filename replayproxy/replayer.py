@@ -149,12 +149,9 @@ class Replayer:
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
-        reason = response.reason
-        if "\r" in reason or "\n" in reason:  # not sendable: a status line is one line
-            reason = " ".join(reason.split())
         return Prepared(
             response.status,
-            reason,
+            response.reason,  # one line: the loader refuses control characters in it
             tuple(headers),
             response.body,
             frozenset(values),
