@@ -127,6 +127,8 @@ class WebhooksConfig:
         for name in ("upstream_secret_env", "local_secret_env"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        # Header names are compared lowercased wherever a webhook is sent.
+        object.__setattr__(self, "keep_headers", tuple(h.lower() for h in self.keep_headers))
 
     @property
     def upstream_scheme(self) -> SignatureConfig:

@@ -22,7 +22,7 @@ import aiohttp
 from .cassette import Cassette
 from .clip import clip_bytes
 from .config import SignatureConfig
-from .errors import ReplayProxyError
+from .errors import ReplayProxyError, exception_text
 from .headers import REWRITTEN
 from .report import Attempt, Delivery
 from .variables import Bindings
@@ -103,7 +103,7 @@ class Deliverer:
                 await reader.read(1)
                 writer.close()
         except (TimeoutError, OSError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = exception_text(exc)
         delivery.attempts.append(Attempt(None, error, round(time.monotonic() - self.started, 4)))
         await asyncio.sleep(self.backoff)
 
@@ -154,7 +154,7 @@ class Deliverer:
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
                 return resp.status, None, retry_after, clip_bytes(body)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = exception_text(exc)
             return None, error, None, ""
 
     async def drain(self, timeout: float) -> bool:
@@ -219,7 +219,8 @@ async def send_recorded(
     keep: Sequence[str] = (),
 ) -> list[Sent]:
     """Send the recorded webhooks `numbers` to `url`, one attempt each, in order, re-signed now
-    with `secrets` (recorded values as they are: there is no live conversation to bind to)."""
+    with `secrets` (recorded values as they are: there is no live conversation to bind to);
+    `keep`: lowercased header names to send again, as `webhooks.keep_headers` holds them."""
     results = []
     bindings = Bindings()
     async with aiohttp.ClientSession(
@@ -229,7 +230,7 @@ async def send_recorded(
             hook = cassette.webhooks[number - 1]
             out = outgoing(
                 hook, url, bindings, secrets, signature, now=int(time.time()),
-                methods=methods, keep={k.lower() for k in keep},
+                methods=methods, keep=keep,
             )
             sent = Sent(number, event_id(hook, signature), url, None, "", b"")
             try:
@@ -240,7 +241,7 @@ async def send_recorded(
                         await resp.read()
                     )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                sent.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                sent.error = exception_text(exc)
             results.append(sent)
     return results
 

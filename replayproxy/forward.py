@@ -34,7 +34,7 @@ from yarl import URL
 
 from .errors import ReplayProxyError
 from .headers import answer_headers, request_headers
-from .ingress import INGRESS
+from .ingress import is_ingress, read_request
 from .server import (
     DEFAULT_HEAD_TIMEOUT,
     DEFAULT_MAX_HEADER_SIZE,
@@ -341,11 +341,7 @@ class ForwardServer:
                     return await self._not_intercepted(request, upstream, host)
         if upstream is not None:
             request[UPSTREAM_KEY] = upstream
-        elif (
-            self.recording
-            and not self.has_upstream
-            and not request.rel_url.path.startswith(INGRESS)
-        ):
+        elif self.recording and not self.has_upstream and not is_ingress(request.rel_url.path):
             return web.json_response(
                 {
                     "error": "this is a forward proxy: send requests through it as a proxy "
@@ -377,8 +373,10 @@ class ForwardServer:
                 timeout=self.timeout,
                 limit=sys.maxsize,
             )
+        body = await read_request(request, "request body", self.runner.client_max_size)
+        if isinstance(body, web.Response):
+            return body
         headers = request_headers(request.headers)
-        body = await request.read()
         try:
             answer = await self._client.request(
                 request.method, upstream, origin_form(request.raw_path), headers, body

@@ -3,14 +3,15 @@
 The one hop-by-hop table and the rules built on it, for every place a message crosses the
 proxy: a request forwarded upstream (record, forward mode), an upstream answer passed back to
 the app, a webhook recorded or sent to the app, a recorded answer replayed. Pure: headers are
-(name, value) pairs or anything with `items()`; no sockets, no aiohttp.
+(name, value) pairs, or a request's multidict (`items()`, `getall()`); no sockets, no aiohttp.
 
 The sets differ on purpose, and each difference is behaviour:
 
 - `HOP_BY_HOP` (RFC 9110 7.6.1, plus the body framing of one hop) is dropped from what the
   proxy forwards, records and sends, together with any name the Connection header lists.
 - `REWRITTEN` (Host, Content-Length) are written anew by whoever sends a request: dropped from
-  requests and webhooks on top of `HOP_BY_HOP`; an answer keeps Content-Length only for HEAD.
+  requests and webhooks on top of `HOP_BY_HOP` (`REQUEST_HOP`); an upstream answer drops
+  Content-Length too (`ANSWER_HOP`) but for HEAD.
 - `FRAMING` is all a replayed answer drops from the cassette (with Content-Length, served as
   recorded only for HEAD): aiohttp frames the answer itself, and the rest of `HOP_BY_HOP` was
   already stripped when the answer was recorded, so a hand-written or imported cassette's
@@ -20,7 +21,6 @@ The sets differ on purpose, and each difference is behaviour:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 #: How one hop's connection and body are framed: every sender writes its own.
@@ -45,36 +45,28 @@ REWRITTEN = frozenset({"host", "content-length"})
 #: What never crosses the proxy with a request or a webhook, Connection-listed names aside.
 REQUEST_HOP = HOP_BY_HOP | REWRITTEN
 
+#: What never crosses the proxy with an upstream answer but for HEAD, Connection-listed names
+#: aside: the server writes Content-Length anew.
+ANSWER_HOP = HOP_BY_HOP | {"content-length"}
+
 #: What a replayed answer drops from the cassette (see the module docstring).
 REPLAY_DROPPED = FRAMING | {"content-length"}
 
 
-def hop_by_hop(headers: Any, *also: str) -> frozenset[str]:
-    """The fixed hop-by-hop names, any the Connection header lists, and `also`; `headers` is a
-    multidict (aiohttp's CIMultiDictProxy); anything without `getall` lists none."""
-    listed = headers.getall("Connection", ()) if hasattr(headers, "getall") else ()
-    return hop_by_hop_listed(listed, *also)
-
-
-def hop_by_hop_listed(listed: Iterable[str], *also: str) -> frozenset[str]:
-    """The same, from the Connection header values themselves."""
-    if not listed:
-        return _hop_by_hop_and(also)
-    named = set(HOP_BY_HOP).union(also)
-    for value in listed:
+def _and_listed(fixed: frozenset[str], connection: Iterable[str]) -> frozenset[str]:
+    """`fixed` and every name the Connection header values `connection` list."""
+    if not connection:
+        return fixed
+    named = set(fixed)
+    for value in connection:
         named.update(t.strip().lower() for t in value.split(",") if t.strip())
     return frozenset(named)
-
-
-@lru_cache(maxsize=16)
-def _hop_by_hop_and(also: tuple[str, ...]) -> frozenset[str]:
-    return HOP_BY_HOP.union(also)
 
 
 def request_headers(headers: Any) -> list[tuple[str, str]]:
     """A request's headers as they go on (upstream, or into a recorded webhook): no hop-by-hop
     ones; the sender writes Host and Content-Length anew."""
-    skip = hop_by_hop(headers, *REWRITTEN)
+    skip = _and_listed(REQUEST_HOP, headers.getall("Connection", ()))
     return [(str(k), v) for k, v in headers.items() if k.lower() not in skip]
 
 
@@ -84,7 +76,7 @@ def answer_headers(
     """An upstream answer's headers as the app gets them: no hop-by-hop ones (`connection`: the
     values of its Connection headers); the server writes Content-Length anew, except for a HEAD
     answer (no body to count), whose own is kept."""
-    skip = hop_by_hop_listed(connection, *(() if head else ("content-length",)))
+    skip = _and_listed(HOP_BY_HOP if head else ANSWER_HOP, connection)
     return [(k, v) for k, v in pairs if k.lower() not in skip]
 
 

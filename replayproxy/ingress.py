@@ -31,6 +31,7 @@ from .bodies import NOT_JSON, json_body
 from .cassette import Interaction, Webhook
 from .config import Config, env_names, env_secrets
 from .correlate import exchange_values, webhook_ids
+from .errors import exception_text
 from .headers import request_headers, storable
 from .redact import Redactor
 from .replayer import HungUp, read_body
@@ -236,7 +237,7 @@ class WebhookIngress:
             self.config.webhooks.signature,
             now=int(time.time()),
             methods=self.config.webhooks.allow_methods,  # as replay will send it
-            keep=frozenset(h.lower() for h in self.config.webhooks.keep_headers),
+            keep=self.config.webhooks.keep_headers,
         )
         try:
             async with self.app_session().request(
@@ -382,7 +383,7 @@ def _cause(exc: BaseException, timeout: float) -> str:
         return "the upstream closed the connection before answering"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return f"the connection was reset mid-body ({exc})"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return exception_text(exc)
 
 
 # -- answers the record side gives itself (the recorder's too) --------------------------------

@@ -139,7 +139,6 @@ class Replayer:
         # callback URLs the app sent in this run: where the cassette's webhooks may go
         self.callbacks: list[str] = []
         self.allow_hosts = (*config.webhooks.allow_hosts, *self.options.allow_webhook_hosts)
-        self.keep_headers = frozenset(h.lower() for h in config.webhooks.keep_headers)
         find = Finder(self.matcher.variables)
         self.prepared = [self._prepare(i, find) for i in cassette.interactions]
 
@@ -150,12 +149,9 @@ class Replayer:
         values = find(response.body)
         for _, value in headers:
             values |= find(value.encode("utf-8"))
-        reason = response.reason
-        if "\r" in reason or "\n" in reason:  # not sendable: a status line is one line
-            reason = " ".join(reason.split())
         return Prepared(
             response.status,
-            reason,
+            response.reason,  # one line: the loader refuses control characters in it
             tuple(headers),
             response.body,
             frozenset(values),
@@ -301,7 +297,7 @@ class Replayer:
                 bad_signature=bad,
                 stale_timestamp=stale,
                 methods=self.config.webhooks.allow_methods,
-                keep=self.keep_headers,
+                keep=self.config.webhooks.keep_headers,
             )
 
         return Job(copies, build, delay, hang_up_first=kind == "sender-retry")

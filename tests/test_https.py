@@ -395,6 +395,9 @@ def test_plain_http_proxy_requests_record_and_replay(
             # a request sent to the proxy itself (not as a proxy) has nowhere to go
             direct = requests.get(f"{proxy.url}/v1/jobs/1", timeout=10)
             assert direct.status_code == 400 and "forward proxy" in direct.json()["error"]
+            # a path that only starts like the webhook ingress is not it
+            near = requests.post(f"{proxy.url}/__replayproxy/webhooksX", data=b"{}", timeout=10)
+            assert near.status_code == 400 and "forward proxy" in near.json()["error"]
             # the same through the proxy (HTTP_PROXY without NO_PROXY): no loop to itself
             looped = requests.get(f"{proxy.url}/v1/jobs/1", proxies={"http": proxy.url},
                                   timeout=10)
@@ -782,3 +785,32 @@ def test_a_tunnel_is_a_raw_byte_pipe_both_ways(
 
         loops.call(close())
     assert not (cassettes / "t.yaml").exists()  # nothing recorded
+
+
+def test_a_client_hanging_up_mid_body_for_a_host_outside_hosts_is_one_log_line(
+    clean_env: None, local_ca: CertificateAuthority, cassettes: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Plain HTTP for a host outside --hosts reads its body as the recorder does: a hang-up
+    mid-body is one warning line (no traceback), a body past max_body_size the proxy's 413."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    with SyncReplayProxy(cassettes / "o.yaml", mode="all", forward=True, hosts="only.example",
+                         ca_dir=local_ca.directory, config=Config(max_body_size=64)) as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST http://other.example/v1/jobs HTTP/1.1\r\nHost: other.example\r\n"
+                         b"Content-Length: 100\r\n\r\nabc")
+            time.sleep(0.2)  # the proxy is waiting for the rest; hang up mid-body
+        time.sleep(0.3)
+        big = requests.post("http://other.example/v1/jobs", data=b"x" * 65,
+                            proxies={"http": proxy.url}, timeout=10)
+    said = [r.getMessage() for r in caplog.records if "hung up" in r.getMessage()]
+    assert said == ["replayproxy: POST /v1/jobs: the client hung up after 3 "
+                    "of 100 bytes of the body (Connection lost); not forwarded, not recorded"]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert big.status_code == 413
+    assert big.json()["error"] == ("request body is larger than max_body_size (64 bytes); "
+                                   "raise it in the config")
+    assert not (cassettes / "o.yaml").exists()

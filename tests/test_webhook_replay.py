@@ -631,6 +631,40 @@ def test_live_values_go_into_target_body_and_headers(
     run(main())
 
 
+def test_keep_headers_names_headers_in_any_case(
+    tmp_path: Path, secret_env: Callable[[str], None]
+) -> None:
+    """A recorded header replay drops goes out again, by replay and by send-webhook, when
+    `webhooks.keep_headers` names it, whatever the case of either name."""
+    from replayproxy.delivery import send_recorded
+
+    cfg = config(keep_headers=("AUTHORIZATION", "X-Forwarded-For"))
+    assert cfg.webhooks.keep_headers == ("authorization", "x-forwarded-for")
+    cassette = callback_cassette()
+    cassette.webhooks[0].headers += [("authorization", "Bearer recorded"),
+                                     ("Cookie", "dropped=1")]
+
+    async def main() -> tuple[Got, Got]:
+        rx = receiver_for()
+        async with serving(rx.app()) as hook_base:
+            async with replaying(cassette, tmp_path, cfg) as (_, http):
+                async with http.post("/v1/jobs", json={
+                    "command": "run", "callback_url": f"{hook_base}/hook",
+                    "external_id": str(uuid.uuid4())}) as resp:
+                    assert resp.status == 201, await resp.text()
+                await until(lambda: rx.got, "the webhook")
+            (sent,) = await send_recorded(cassette, [1], f"{hook_base}/again", [PLAIN],
+                                          cfg.webhooks.signature, keep=cfg.webhooks.keep_headers)
+            assert sent.ok, sent
+        replayed, again = rx.got
+        return replayed, again
+
+    for got in run(main()):
+        assert got.valid, got.error
+        assert got.headers["Authorization"] == "Bearer recorded"
+        assert "Cookie" not in got.headers
+
+
 def test_target_falls_back_to_forward_to_then_webhook_url(
     tmp_path: Path, secret_env: Callable[[str], None]
 ) -> None:
