@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +27,7 @@ import re2
 from . import formats
 from .bodies import NOT_JSON, json_body
 from .cassette import Headers, Interaction, Webhook, header
+from .coding import decode_body
 from .variables import MINTED_HEADERS, shape
 
 #: Candidates read from one text at most (pairs, elements, URLs): linear, and enough.
@@ -244,57 +244,6 @@ _ELEMENT = re2.compile(rb"<([A-Za-z][\w:.-]{0,40})(?:\s[^<>]*)?>([^<]+)</")
 _URL = re2.compile(rb"https?://[^\s\"'<>\\]+")
 _SCHEME = re.compile(r"(?:Bearer|bearer|Token|token)\s{1,3}[A-Za-z0-9._~+/=-]{16,}\s*$")
 _COOKIE_NOISE = frozenset({"lang", "locale", "theme", "tz", "timezone", "currency", "country"})
-
-
-# ---------------------------------------------------------------------------------------------
-# bodies
-
-
-def decoded(body: bytes, headers: Headers) -> bytes:
-    """The body with its Content-Encoding undone (gzip, deflate, br); the bytes as they are
-    when they are not so encoded (vcrpy may store the decoded text under the header)."""
-    coding = (header(headers, "content-encoding") or "").lower()
-    codings = [c.strip() for c in coding.split(",") if c.strip() and c.strip() != "identity"]
-    data = body
-    for name in reversed(codings):
-        try:
-            if name in ("gzip", "x-gzip"):
-                data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_DECODED)
-            elif name == "deflate":
-                try:
-                    data = zlib.decompressobj().decompress(data, MAX_DECODED)
-                except zlib.error:
-                    data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, MAX_DECODED)
-            elif name == "br":
-                import brotli
-
-                try:  # Brotli >= 1.2 stops at a limit; older ones inflate it all
-                    data = brotli.Decompressor().process(data, output_buffer_limit=MAX_DECODED)
-                except TypeError:
-                    data = brotli.decompress(data)
-            else:
-                return body
-        except Exception:  # not encoded as it says: read it as it is
-            return body
-    return data
-
-
-def encoded(data: bytes, headers: Headers) -> bytes:
-    """The inverse of `decoded`: the same codings, applied again."""
-    coding = (header(headers, "content-encoding") or "").lower()
-    codings = [c.strip() for c in coding.split(",") if c.strip() and c.strip() != "identity"]
-    for name in codings:
-        if name in ("gzip", "x-gzip"):
-            import gzip
-
-            data = gzip.compress(data, mtime=0)
-        elif name == "deflate":
-            data = zlib.compress(data)
-        elif name == "br":
-            import brotli
-
-            data = brotli.compress(data)
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +480,8 @@ class Scanner:
     def body(self, prefix: str, raw: bytes, headers: Headers) -> None:
         if not raw:
             return
-        data = decoded(raw, headers)
+        # a bomb is read as far as MAX_DECODED; a body not in its coding, as it is
+        data = decode_body(raw, header(headers, "content-encoding"), MAX_DECODED, partial=True)[0]
         ctype = (header(headers, "content-type") or "").lower()
         if "multipart/" in ctype and "boundary=" in ctype:
             self.multipart(prefix, data, ctype)

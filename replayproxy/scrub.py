@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .cassette import Cassette, Headers
+from .cassette import Cassette, Headers, header
 from .check import Finding
-from .leaks import MAX_DECODED, decoded, encoded
+from .coding import TooLarge, decode_body, encode_body
+from .leaks import MAX_DECODED
 from .redact import MARKER
 from .variables import TEXT_SPELLINGS, spellings
 
@@ -26,15 +27,16 @@ def _replace(text: str, secret: str) -> str:
 
 
 def _replace_body(body: bytes, headers: Headers, secret: str) -> tuple[bytes, bool]:
-    plain = decoded(body, headers)
-    if len(plain) >= MAX_DECODED and plain is not body:
-        return body, False  # inflated only in part: writing it back would lose the rest
+    try:
+        plain, coding = decode_body(body, header(headers, "content-encoding"), MAX_DECODED)
+    except TooLarge:
+        return body, False  # check read only its start: writing that back would lose the rest
     text = plain.decode("utf-8", "surrogateescape")
     new = _replace(text, secret)
     if new == text:
         return body, False
     data = new.encode("utf-8", "surrogateescape")
-    return (encoded(data, headers) if plain is not body else data), True
+    return (encode_body(data, coding) if coding else data), True
 
 
 def _length(headers: Headers, length: int) -> None:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from helpers import exchange, job_cassette, webhook
 
 from cli import main
-from replayproxy.cassette import Cassette, Variable, save
+from replayproxy.cassette import Cassette, Variable, load, save
 from replayproxy.check import check_cassette, entropy, looks_random
 
 
@@ -231,3 +231,28 @@ def test_fix_with_json_keeps_stdout_json(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["findings"] == []
     assert "fixed: " in result.stderr and "live-3kd9Fq2LmZ" not in (tmp_path / "c.yaml").read_text()
+
+
+def test_a_secret_in_a_second_gzip_member_is_found_and_fixed_keeping_both(
+    tmp_path: Path
+) -> None:
+    """gzip allows several members, each read on (as gzip.decompress does): the scanner reads
+    them all, and --fix writes every member's text back, with its secrets replaced."""
+    import gzip
+
+    cassette = job_cassette()
+    response = cassette.interactions[1].response
+    response.headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")]
+    response.body = gzip.compress(b'{"password": "Zq8xLm3Pw7Rt", ') + gzip.compress(
+        b'"client_secret": "Hn4Kd8Vb2Jw6", "user": "ada"}')
+    path = tmp_path / "members.yaml"
+    save(cassette, path)
+    code, out = cli("check", str(path))
+    assert code == 1
+    assert "interaction 2: response.body.password" in out, out
+    assert "interaction 2: response.body.client_secret" in out, out
+    code, out = cli("check", "--fix", str(path))
+    assert code == 0 and "not fixed" not in out, out
+    body = load(path).interactions[1].response.body
+    assert json.loads(gzip.decompress(body)) == {
+        "password": "<redacted>", "client_secret": "<redacted>", "user": "ada"}
