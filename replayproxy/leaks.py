@@ -34,6 +34,8 @@ from .variables import MINTED_HEADERS, shape
 MAX_MATCHES = 10_000
 #: The most a compressed body is inflated to for scanning (a bomb stops there).
 MAX_DECODED = 64 * 1024 * 1024
+#: Multipart parts inside multipart parts read as such; deeper ones are read as text.
+MAX_NESTING = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,14 +479,14 @@ class Scanner:
             if strength == STRONG_NAME and not trivial(unquote(cookie)):
                 self.add(where, cookie, "session cookie not redacted")
 
-    def body(self, prefix: str, raw: bytes, headers: Headers) -> None:
+    def body(self, prefix: str, raw: bytes, headers: Headers, depth: int = 0) -> None:
         if not raw:
             return
         # a bomb is read as far as MAX_DECODED; a body not in its coding, as it is
         data = decode_body(raw, header(headers, "content-encoding"), MAX_DECODED, partial=True)[0]
         ctype = (header(headers, "content-type") or "").lower()
-        if "multipart/" in ctype and "boundary=" in ctype:
-            self.multipart(prefix, data, ctype)
+        if "multipart/" in ctype and "boundary=" in ctype and depth < MAX_NESTING:
+            self.multipart(prefix, data, ctype, depth)
             return
         text = data.decode("utf-8", "replace")
         if "\ufffd" in text[:4096] and text.count("\ufffd") > len(text) // 20:
@@ -501,7 +503,7 @@ class Scanner:
             return
         self.text(prefix, text)
 
-    def multipart(self, prefix: str, data: bytes, ctype: str) -> None:
+    def multipart(self, prefix: str, data: bytes, ctype: str, depth: int = 0) -> None:
         boundary = ctype.split("boundary=", 1)[1].split(";")[0].strip().strip('"').encode()
         if not boundary:
             return
@@ -515,11 +517,11 @@ class Scanner:
             part_type = re.search(r"(?im)^content-type:\s*([^\r\n]{1,200})", head_text)
             hdrs = [("Content-Type", part_type[1])] if part_type else []
             if part_type and ("json" in part_type[1].lower() or "text" in part_type[1].lower()):
-                self.body(f"{prefix}.{name}", body, hdrs)
+                self.body(f"{prefix}.{name}", body, hdrs, depth + 1)
             elif not re.search(r'\bfilename="', head_text):
                 self.named(f"{prefix}.{name}", name, body.decode("utf-8", "replace"), "form field")
             else:
-                self.body(f"{prefix}.{name}", body, hdrs)
+                self.body(f"{prefix}.{name}", body, hdrs, depth + 1)
 
     def json(self, prefix: str, doc: object) -> None:
         stack: list[tuple[str, list[str], object]] = [(prefix, [], doc)]

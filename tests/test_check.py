@@ -256,3 +256,30 @@ def test_a_secret_in_a_second_gzip_member_is_found_and_fixed_keeping_both(
     body = load(path).interactions[1].response.body
     assert json.loads(gzip.decompress(body)) == {
         "password": "<redacted>", "client_secret": "<redacted>", "user": "ada"}
+
+
+def test_multipart_nested_1500_deep_is_one_finding_and_no_traceback(tmp_path: Path) -> None:
+    """Each nested multipart part was one more recursion: 1500 levels (219 KB) were a
+    RecursionError. Parts deeper than a few levels are read as text, where the key still is."""
+    from proc import cli as run_cli
+
+    depth = 1500
+    body = b"sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    for n in reversed(range(1, depth)):
+        body = (
+            f'--b{n}z\r\nContent-Disposition: form-data; name="f"; filename="x"\r\n'
+            f"Content-Type: multipart/mixed; boundary=b{n + 1}z\r\n\r\n".encode()
+            + body + f"\r\n--b{n}z--\r\n".encode()
+        )
+    cassette = job_cassette()
+    cassette.interactions[1].response.headers = [
+        ("Content-Type", "multipart/mixed; boundary=b1z")]
+    cassette.interactions[1].response.body = body
+    path = tmp_path / "nested.yaml"
+    save(cassette, path)
+    done = run_cli("check", str(path))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "1 finding(s) in 1 cassette(s)\n", done.stderr  # no traceback
+    (line,) = done.stdout.splitlines()
+    assert line.startswith(f"{path}: interaction 2: response.body.f.f") and (
+        "Stripe Access Key (sk_l...)" in line), line
