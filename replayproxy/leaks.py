@@ -88,7 +88,8 @@ def placeholder(value: str, extra: frozenset[str] = frozenset()) -> bool:
 
 
 def _substance(run: str) -> bool:
-    """A run of 12+ letters and digits that could be a secret: it mixes both, or is long."""
+    """Text that could be a secret (a run of 12+ letters and digits, a value in free text): it
+    mixes letters and digits, or is 20 characters long."""
     return len(run) >= 20 or (any(c.isdigit() for c in run) and any(c.isalpha() for c in run))
 
 
@@ -365,7 +366,9 @@ class Scanner:
         strength = secret_name(name, names=self.names)
         if not strength or any(value == leak.secret for leak in self.out[-8:]):
             return
-        if strength == STRONG_NAME and _credential_like(value, self.placeholders):
+        if strength == STRONG_NAME and _substance(value) and not (
+            placeholder(value, self.placeholders) or trivial(value)
+        ):
             self.add(field_, value, reason)
         elif strength == WEAK_NAME and token_like(value):
             self.add(field_, value, reason)
@@ -561,15 +564,6 @@ def _secret_part(value: str) -> str:
     if sep and scheme.lower() in ("bearer", "basic", "token", "bot", "key", "apikey") and rest:
         return rest.strip()
     return value
-
-
-def _credential_like(value: str, extra: frozenset[str]) -> bool:
-    """In free text a name is weaker evidence: the value must look like a credential too."""
-    if placeholder(value, extra) or trivial(value) or len(value) < 6:
-        return False
-    has_digit = any(c.isdigit() for c in value)
-    has_alpha = any(c.isalpha() for c in value)
-    return (has_digit and has_alpha) or len(value) >= 20
 
 
 def _handle(segment: str) -> bool:

@@ -11,7 +11,8 @@ from helpers import exchange, job_cassette, webhook
 
 from cli import main
 from replayproxy.cassette import Cassette, Variable, load, save
-from replayproxy.check import check_cassette, entropy, looks_random
+from replayproxy.check import check_cassette
+from replayproxy.leaks import entropy, looks_random
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -283,3 +284,17 @@ def test_multipart_nested_1500_deep_is_one_finding_and_no_traceback(tmp_path: Pa
     (line,) = done.stdout.splitlines()
     assert line.startswith(f"{path}: interaction 2: response.body.f.f") and (
         "Stripe Access Key (sk_l...)" in line), line
+
+
+def test_accept_appends_only_new_fingerprints_to_the_allow_list_as_it_is(tmp_path: Path) -> None:
+    from replayproxy.check import Finding, accept, read_allow
+
+    found = [Finding("c.yaml", f"interaction {n}", "response.body.token", "secret (abcd...)",
+                     "secret", digest=f"{n:064x}") for n in (1, 2)]
+    allow = tmp_path / "check.allow"
+    assert accept(allow, found[:1]) == 1  # a new file
+    allow.write_text(allow.read_text().rstrip("\n") + "  # kept, without its newline")
+    assert accept(allow, found) == 1  # the one already there is not added again
+    lines = allow.read_text().splitlines()
+    assert lines[0].endswith("# kept, without its newline") and len(lines) == 2
+    assert read_allow(allow) == {f.fingerprint for f in found}
