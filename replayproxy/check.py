@@ -23,13 +23,13 @@ from .cassette import Cassette, Webhook
 from .config import Config
 from .errors import CassetteError, ConfigError
 from .journal import open_cassette
-from .leaks import Leak, Scanner, entropy, looks_random, placeholder
+from .leaks import Leak, Scanner, placeholder
 from .redact import secret_values
 from .variables import json_escaped, plain, spellings
 from .webhooks import replayed_header
 
-__all__ = ["Finding", "Context", "CHECKS", "check_cassette", "check_paths", "entropy",
-           "looks_random", "read_allow", "accept"]
+__all__ = ["Finding", "Context", "CHECKS", "check_cassette", "check_paths", "read_allow",
+           "accept"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,12 +255,19 @@ def check_paths(
 def read_allow(path: str | Path) -> set[str]:
     """Fingerprints, one a line; `#` starts a comment. A missing file accepts nothing (it can
     only make `check` stricter, never hide a finding)."""
+    return _fingerprints(_allow_text(path))
+
+
+def _allow_text(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return set()
+        return ""
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read allow-list: {exc.strerror}") from None
+
+
+def _fingerprints(text: str) -> set[str]:
     return {
         line.split("#", 1)[0].strip()
         for line in text.splitlines()
@@ -270,9 +277,8 @@ def read_allow(path: str | Path) -> set[str]:
 
 def accept(path: str | Path, findings: Iterable[Finding]) -> int:
     """Add these findings' fingerprints to the allow-list at `path` (atomic); how many were new."""
-    target = Path(path)
-    known = read_allow(target) if target.exists() else set()
-    old = target.read_text(encoding="utf-8") if target.exists() else ""
+    old = _allow_text(path)
+    known = _fingerprints(old)
     lines = []
     for finding in findings:
         if finding.fingerprint not in known:
@@ -280,7 +286,7 @@ def accept(path: str | Path, findings: Iterable[Finding]) -> int:
             lines.append(f"{finding.fingerprint}  # {finding.message.split(' (')[0]}\n")
     if old and not old.endswith("\n"):
         old += "\n"
-    write_atomic(target, (old + "".join(lines)).encode("utf-8"))
+    write_atomic(Path(path), (old + "".join(lines)).encode("utf-8"))
     return len(lines)
 
 

@@ -27,13 +27,14 @@ class TooLarge(Exception):
 
 
 def decode_body(
-    body: bytes, encoding: str | None, limit: int | None = None
+    body: bytes, encoding: str | None, limit: int | None = None, partial: bool = False
 ) -> tuple[bytes, str | None]:
     """(decoded bytes, the encoding that was removed) or (body, None) when it cannot be decoded.
 
     Decoding is streamed and stops past `limit` bytes with TooLarge: a 300-byte brotli answer
     can stand for gigabytes (a "bomb"), and max_body_size bounds what is recorded, not only
-    what crossed the wire."""
+    what crossed the wire. With `partial` it gives the decoded prefix instead: the first `limit`
+    bytes of a bomb, what a cut-off stream held (enough to read, never to write back)."""
     if not encoding:
         return body, None
     applied = codings(encoding)
@@ -42,14 +43,14 @@ def decode_body(
     try:
         for coding in reversed(applied):
             if coding in _GZIP:
-                out = _inflate(out, 16 + zlib.MAX_WBITS, cap)
+                out = _inflate(out, 16 + zlib.MAX_WBITS, cap, partial)
             elif coding == "deflate":
                 try:
-                    out = _inflate(out, zlib.MAX_WBITS, cap)
-                except zlib.error:
-                    out = _inflate(out, -zlib.MAX_WBITS, cap)  # raw deflate, as some servers send
+                    out = _inflate(out, zlib.MAX_WBITS, cap, partial)
+                except zlib.error:  # raw deflate, as some servers send
+                    out = _inflate(out, -zlib.MAX_WBITS, cap, partial)
             elif coding == "br":
-                out = _unbrotli(out, cap)
+                out = _unbrotli(out, cap, partial)
             elif coding != "identity":
                 return body, None
     except (OSError, EOFError, zlib.error, brotli.error):
@@ -60,7 +61,7 @@ def decode_body(
 _STEP = 1 << 16  # decoded bytes per step: the most held beyond the limit
 
 
-def _inflate(data: bytes, wbits: int, cap: int) -> bytes:
+def _inflate(data: bytes, wbits: int, cap: int, partial: bool) -> bytes:
     """zlib/gzip (every gzip member, as gzip.decompress reads them), at most `cap` bytes."""
     out = bytearray()
     while True:
@@ -70,18 +71,20 @@ def _inflate(data: bytes, wbits: int, cap: int) -> bytes:
             chunk = d.decompress(pending, _STEP)
             out += chunk
             if len(out) > cap:
-                raise TooLarge()
+                return _cut(out, cap, partial)
             pending = d.unconsumed_tail
             if not pending and not chunk:
                 break  # all input read, no output held back: truncated (checked below)
         if not d.eof:
+            if partial:
+                return bytes(out)
             raise zlib.error("truncated")
         data = d.unused_data.lstrip(b"\0")  # gzip allows zero padding after a member
         if not data or wbits != 16 + zlib.MAX_WBITS:
             return bytes(out)
 
 
-def _unbrotli(data: bytes, cap: int) -> bytes:
+def _unbrotli(data: bytes, cap: int, partial: bool) -> bytes:
     d = brotli.Decompressor()
     out = bytearray(d.process(data, output_buffer_limit=_STEP))
     while len(out) <= cap and not d.is_finished():
@@ -90,10 +93,19 @@ def _unbrotli(data: bytes, cap: int) -> bytes:
             break  # it wants input there is no more of: truncated (checked below)
         out += more
     if len(out) > cap:
-        raise TooLarge()
+        return _cut(out, cap, partial)
     if not d.is_finished():
+        if partial:
+            return bytes(out)
         raise brotli.error("truncated")
     return bytes(out)
+
+
+def _cut(out: bytearray, cap: int, partial: bool) -> bytes:
+    """Past the limit: its first `cap` bytes when a prefix will do, else TooLarge."""
+    if partial:
+        return bytes(out[:cap])
+    raise TooLarge()
 
 
 def encode_body(body: bytes, encoding: str) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,12 +27,15 @@ import re2
 from . import formats
 from .bodies import NOT_JSON, json_body
 from .cassette import Headers, Interaction, Webhook, header
+from .coding import decode_body
 from .variables import MINTED_HEADERS, shape
 
 #: Candidates read from one text at most (pairs, elements, URLs): linear, and enough.
 MAX_MATCHES = 10_000
 #: The most a compressed body is inflated to for scanning (a bomb stops there).
 MAX_DECODED = 64 * 1024 * 1024
+#: Multipart parts inside multipart parts read as such; deeper ones are read as text.
+MAX_NESTING = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,8 @@ def placeholder(value: str, extra: frozenset[str] = frozenset()) -> bool:
 
 
 def _substance(run: str) -> bool:
-    """A run of 12+ letters and digits that could be a secret: it mixes both, or is long."""
+    """Text that could be a secret (a run of 12+ letters and digits, a value in free text): it
+    mixes letters and digits, or is 20 characters long."""
     return len(run) >= 20 or (any(c.isdigit() for c in run) and any(c.isalpha() for c in run))
 
 
@@ -247,57 +250,6 @@ _COOKIE_NOISE = frozenset({"lang", "locale", "theme", "tz", "timezone", "currenc
 
 
 # ---------------------------------------------------------------------------------------------
-# bodies
-
-
-def decoded(body: bytes, headers: Headers) -> bytes:
-    """The body with its Content-Encoding undone (gzip, deflate, br); the bytes as they are
-    when they are not so encoded (vcrpy may store the decoded text under the header)."""
-    coding = (header(headers, "content-encoding") or "").lower()
-    codings = [c.strip() for c in coding.split(",") if c.strip() and c.strip() != "identity"]
-    data = body
-    for name in reversed(codings):
-        try:
-            if name in ("gzip", "x-gzip"):
-                data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_DECODED)
-            elif name == "deflate":
-                try:
-                    data = zlib.decompressobj().decompress(data, MAX_DECODED)
-                except zlib.error:
-                    data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, MAX_DECODED)
-            elif name == "br":
-                import brotli
-
-                try:  # Brotli >= 1.2 stops at a limit; older ones inflate it all
-                    data = brotli.Decompressor().process(data, output_buffer_limit=MAX_DECODED)
-                except TypeError:
-                    data = brotli.decompress(data)
-            else:
-                return body
-        except Exception:  # not encoded as it says: read it as it is
-            return body
-    return data
-
-
-def encoded(data: bytes, headers: Headers) -> bytes:
-    """The inverse of `decoded`: the same codings, applied again."""
-    coding = (header(headers, "content-encoding") or "").lower()
-    codings = [c.strip() for c in coding.split(",") if c.strip() and c.strip() != "identity"]
-    for name in codings:
-        if name in ("gzip", "x-gzip"):
-            import gzip
-
-            data = gzip.compress(data, mtime=0)
-        elif name == "deflate":
-            data = zlib.compress(data)
-        elif name == "br":
-            import brotli
-
-            data = brotli.compress(data)
-    return data
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class Scanner:
@@ -414,7 +366,9 @@ class Scanner:
         strength = secret_name(name, names=self.names)
         if not strength or any(value == leak.secret for leak in self.out[-8:]):
             return
-        if strength == STRONG_NAME and _credential_like(value, self.placeholders):
+        if strength == STRONG_NAME and _substance(value) and not (
+            placeholder(value, self.placeholders) or trivial(value)
+        ):
             self.add(field_, value, reason)
         elif strength == WEAK_NAME and token_like(value):
             self.add(field_, value, reason)
@@ -528,13 +482,14 @@ class Scanner:
             if strength == STRONG_NAME and not trivial(unquote(cookie)):
                 self.add(where, cookie, "session cookie not redacted")
 
-    def body(self, prefix: str, raw: bytes, headers: Headers) -> None:
+    def body(self, prefix: str, raw: bytes, headers: Headers, depth: int = 0) -> None:
         if not raw:
             return
-        data = decoded(raw, headers)
+        # a bomb is read as far as MAX_DECODED; a body not in its coding, as it is
+        data = decode_body(raw, header(headers, "content-encoding"), MAX_DECODED, partial=True)[0]
         ctype = (header(headers, "content-type") or "").lower()
-        if "multipart/" in ctype and "boundary=" in ctype:
-            self.multipart(prefix, data, ctype)
+        if "multipart/" in ctype and "boundary=" in ctype and depth < MAX_NESTING:
+            self.multipart(prefix, data, ctype, depth)
             return
         text = data.decode("utf-8", "replace")
         if "\ufffd" in text[:4096] and text.count("\ufffd") > len(text) // 20:
@@ -551,7 +506,7 @@ class Scanner:
             return
         self.text(prefix, text)
 
-    def multipart(self, prefix: str, data: bytes, ctype: str) -> None:
+    def multipart(self, prefix: str, data: bytes, ctype: str, depth: int = 0) -> None:
         boundary = ctype.split("boundary=", 1)[1].split(";")[0].strip().strip('"').encode()
         if not boundary:
             return
@@ -565,11 +520,11 @@ class Scanner:
             part_type = re.search(r"(?im)^content-type:\s*([^\r\n]{1,200})", head_text)
             hdrs = [("Content-Type", part_type[1])] if part_type else []
             if part_type and ("json" in part_type[1].lower() or "text" in part_type[1].lower()):
-                self.body(f"{prefix}.{name}", body, hdrs)
+                self.body(f"{prefix}.{name}", body, hdrs, depth + 1)
             elif not re.search(r'\bfilename="', head_text):
                 self.named(f"{prefix}.{name}", name, body.decode("utf-8", "replace"), "form field")
             else:
-                self.body(f"{prefix}.{name}", body, hdrs)
+                self.body(f"{prefix}.{name}", body, hdrs, depth + 1)
 
     def json(self, prefix: str, doc: object) -> None:
         stack: list[tuple[str, list[str], object]] = [(prefix, [], doc)]
@@ -609,15 +564,6 @@ def _secret_part(value: str) -> str:
     if sep and scheme.lower() in ("bearer", "basic", "token", "bot", "key", "apikey") and rest:
         return rest.strip()
     return value
-
-
-def _credential_like(value: str, extra: frozenset[str]) -> bool:
-    """In free text a name is weaker evidence: the value must look like a credential too."""
-    if placeholder(value, extra) or trivial(value) or len(value) < 6:
-        return False
-    has_digit = any(c.isdigit() for c in value)
-    has_alpha = any(c.isalpha() for c in value)
-    return (has_digit and has_alpha) or len(value) >= 20
 
 
 def _handle(segment: str) -> bool:

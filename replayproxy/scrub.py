@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .cassette import Cassette, Headers
+from .cassette import Cassette, Headers, Request, Response, Webhook, header
 from .check import Finding
-from .leaks import MAX_DECODED, decoded, encoded
-from .redact import MARKER
+from .coding import TooLarge, decode_body, encode_body
+from .leaks import MAX_DECODED
+from .redact import MARKER, _fix_length
 from .variables import TEXT_SPELLINGS, spellings
 
 
@@ -26,21 +27,16 @@ def _replace(text: str, secret: str) -> str:
 
 
 def _replace_body(body: bytes, headers: Headers, secret: str) -> tuple[bytes, bool]:
-    plain = decoded(body, headers)
-    if len(plain) >= MAX_DECODED and plain is not body:
-        return body, False  # inflated only in part: writing it back would lose the rest
+    try:
+        plain, coding = decode_body(body, header(headers, "content-encoding"), MAX_DECODED)
+    except TooLarge:
+        return body, False  # check read only its start: writing that back would lose the rest
     text = plain.decode("utf-8", "surrogateescape")
     new = _replace(text, secret)
     if new == text:
         return body, False
     data = new.encode("utf-8", "surrogateescape")
-    return (encoded(data, headers) if plain is not body else data), True
-
-
-def _length(headers: Headers, length: int) -> None:
-    for i, (k, _) in enumerate(headers):
-        if k.lower() == "content-length":
-            headers[i] = (k, str(length))
+    return (encode_body(data, coding) if coding else data), True
 
 
 def fix(cassette: Cassette, findings: Iterable[Finding]) -> list[tuple[Finding, bool]]:
@@ -65,36 +61,38 @@ def _apply(cassette: Cassette, finding: Finding) -> bool:
         item = cassette.interactions[index]
         req, res = item.request, item.response
         if part[0] == "uri":
-            new = _replace(req.uri, secret)
-            changed, req.uri = new != req.uri, new
-            return changed
+            return _text(req, "uri", secret)
         if part[0] in ("request.header", "response.header"):
             headers = req.headers if part[0] == "request.header" else res.headers
             return _header(headers, int(part[1]), secret)
-        message = req if part[0] == "request.body" else res
-        body, changed = _replace_body(message.body, message.headers, secret)
-        if changed:
-            message.body = body
-            _length(message.headers, len(body))
-        return changed
+        return _body(req if part[0] == "request.body" else res, secret)
     hook = cassette.webhooks[index]
     if part[0] == "header":
         return _header(hook.headers, int(part[1]), secret)
     if part[0] == "body":
-        body, changed = _replace_body(hook.body, hook.headers, secret)
-        if changed:
-            hook.body = body
-            _length(hook.headers, len(body))
-        return changed
+        return _body(hook, secret)
     if part[0] == "path":
-        new = _replace(hook.path, secret)
-        changed, hook.path = new != hook.path, new
-        return changed
+        return _text(hook, "path", secret)
     if part[0] == "target" and hook.target:
-        new = _replace(hook.target, secret)
-        changed, hook.target = new != hook.target, new
-        return changed
+        return _text(hook, "target", secret)
     return False
+
+
+def _text(record: Request | Webhook, name: str, secret: str) -> bool:
+    """The text attribute `name` of `record` with the secret replaced; whether it changed."""
+    value = getattr(record, name)
+    new = _replace(value, secret)
+    setattr(record, name, new)
+    return new != value
+
+
+def _body(message: Request | Response | Webhook, secret: str) -> bool:
+    """The body with the secret replaced, its Content-Length following; whether it changed."""
+    body, changed = _replace_body(message.body, message.headers, secret)
+    if changed:
+        message.body = body
+        message.headers = _fix_length(message.headers, len(body))
+    return changed
 
 
 def _header(headers: Headers, index: int, secret: str) -> bool:

@@ -21,7 +21,8 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from .coding import KNOWN, codings, decode_body
+from .coding import KNOWN, TooLarge, codings, decode_body
+from .config import Config
 from .yamlload import MAX_DEPTH, LoadError
 
 #: Keys each level may have: vcrpy's (any version) and replayproxy's own.
@@ -317,6 +318,10 @@ def _false_coding(body: bytes, headers: dict, name: str) -> str | None:
     applied = codings(value if isinstance(value, str) else None)
     if not body or not applied or not set(applied) <= KNOWN or applied == ["identity"]:
         return None
-    if decode_body(body, value)[1] is not None:
+    try:
+        coded = decode_body(body, value, Config.max_body_size)[1] is not None
+    except TooLarge:  # it decodes, past what a body may hold: tried no further (a bomb)
+        coded = True
+    if coded:
         return None  # still coded: served as recorded, as vcrpy serves it
     return ", ".join(applied)

@@ -22,6 +22,21 @@ UPSTREAM_SECRET = "camber_proc_upstream_51fe"
 LOCAL_SECRET = "local_proc_secret_e2b7"
 
 
+#: Runs a script (argv[2:]) and writes its own peak resident size to argv[1] as it exits:
+#: the child's own high-water mark (VmHWM), where rusage would also count the pytest worker
+#: it was forked from (hundreds of MiB late in a run).
+PEAK_THEN_RUN = """
+import atexit, runpy, sys
+out = sys.argv[1]
+def peak():
+    with open("/proc/self/status") as status, open(out, "w") as f:
+        f.write(next(line for line in status if line.startswith("VmHWM")))
+atexit.register(peak)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def env(**extra: str | None) -> dict[str, str]:
     out = {
         **os.environ,

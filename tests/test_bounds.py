@@ -213,11 +213,18 @@ def test_bounded_decoding_gives_what_the_libraries_give_up_to_the_limit(size: in
     for coding, body in encoded.items():
         want = expected[coding]
         assert decode_body(body, coding, MIB) == (want, coding)
+        # partial: the first `limit` bytes instead of TooLarge; in a chain a later stage reads
+        # the cut-off output of the one before, so a prefix, maybe shorter
+        cut, removed = decode_body(body, coding, size // 2, partial=True)
+        assert removed == coding and want.startswith(cut) and len(cut) <= size // 2
         if "," in coding:
             continue  # a chain: every stage is bounded, the middle one may be the larger
+        assert cut == want[:size // 2]
         assert decode_body(body, coding, len(want)) == (want, coding)
         if want:
             with pytest.raises(TooLarge):
                 decode_body(body, coding, len(want) - 1)
         if size > 16:
             assert decode_body(body[:-6], coding, MIB) == (body[:-6], None)
+            cut, removed = decode_body(body[:-6], coding, MIB, partial=True)
+            assert removed == coding and want.startswith(cut), coding

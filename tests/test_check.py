@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from helpers import exchange, job_cassette, webhook
 
 from cli import main
-from replayproxy.cassette import Cassette, Variable, save
-from replayproxy.check import check_cassette, entropy, looks_random
+from replayproxy.cassette import Cassette, Variable, load, save
+from replayproxy.check import check_cassette
+from replayproxy.leaks import entropy, looks_random
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -231,3 +232,69 @@ def test_fix_with_json_keeps_stdout_json(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["findings"] == []
     assert "fixed: " in result.stderr and "live-3kd9Fq2LmZ" not in (tmp_path / "c.yaml").read_text()
+
+
+def test_a_secret_in_a_second_gzip_member_is_found_and_fixed_keeping_both(
+    tmp_path: Path
+) -> None:
+    """gzip allows several members, each read on (as gzip.decompress does): the scanner reads
+    them all, and --fix writes every member's text back, with its secrets replaced."""
+    import gzip
+
+    cassette = job_cassette()
+    response = cassette.interactions[1].response
+    response.headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")]
+    response.body = gzip.compress(b'{"password": "Zq8xLm3Pw7Rt", ') + gzip.compress(
+        b'"client_secret": "Hn4Kd8Vb2Jw6", "user": "ada"}')
+    path = tmp_path / "members.yaml"
+    save(cassette, path)
+    code, out = cli("check", str(path))
+    assert code == 1
+    assert "interaction 2: response.body.password" in out, out
+    assert "interaction 2: response.body.client_secret" in out, out
+    code, out = cli("check", "--fix", str(path))
+    assert code == 0 and "not fixed" not in out, out
+    body = load(path).interactions[1].response.body
+    assert json.loads(gzip.decompress(body)) == {
+        "password": "<redacted>", "client_secret": "<redacted>", "user": "ada"}
+
+
+def test_multipart_nested_1500_deep_is_one_finding_and_no_traceback(tmp_path: Path) -> None:
+    """Each nested multipart part was one more recursion: 1500 levels (219 KB) were a
+    RecursionError. Parts deeper than a few levels are read as text, where the key still is."""
+    from proc import cli as run_cli
+
+    depth = 1500
+    body = b"sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    for n in reversed(range(1, depth)):
+        body = (
+            f'--b{n}z\r\nContent-Disposition: form-data; name="f"; filename="x"\r\n'
+            f"Content-Type: multipart/mixed; boundary=b{n + 1}z\r\n\r\n".encode()
+            + body + f"\r\n--b{n}z--\r\n".encode()
+        )
+    cassette = job_cassette()
+    cassette.interactions[1].response.headers = [
+        ("Content-Type", "multipart/mixed; boundary=b1z")]
+    cassette.interactions[1].response.body = body
+    path = tmp_path / "nested.yaml"
+    save(cassette, path)
+    done = run_cli("check", str(path))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "1 finding(s) in 1 cassette(s)\n", done.stderr  # no traceback
+    (line,) = done.stdout.splitlines()
+    assert line.startswith(f"{path}: interaction 2: response.body.f.f") and (
+        "Stripe Access Key (sk_l...)" in line), line
+
+
+def test_accept_appends_only_new_fingerprints_to_the_allow_list_as_it_is(tmp_path: Path) -> None:
+    from replayproxy.check import Finding, accept, read_allow
+
+    found = [Finding("c.yaml", f"interaction {n}", "response.body.token", "secret (abcd...)",
+                     "secret", digest=f"{n:064x}") for n in (1, 2)]
+    allow = tmp_path / "check.allow"
+    assert accept(allow, found[:1]) == 1  # a new file
+    allow.write_text(allow.read_text().rstrip("\n") + "  # kept, without its newline")
+    assert accept(allow, found) == 1  # the one already there is not added again
+    lines = allow.read_text().splitlines()
+    assert lines[0].endswith("# kept, without its newline") and len(lines) == 2
+    assert read_allow(allow) == {f.fingerprint for f in found}

@@ -25,6 +25,7 @@ import yaml
 from helpers import exchange, job_cassette, webhook
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from proc import PEAK_THEN_RUN
 
 from replayproxy.cassette import Cassette, dumps, loads
 from replayproxy.check import check_cassette
@@ -327,19 +328,6 @@ def test_hostile_field_values_are_one_line_errors(old: str, new: str, line: int,
 # aliases: bounded in characters, not only in values
 
 
-#: Runs a script (argv[2:]) and writes its own peak resident size to argv[1] as it exits.
-_PEAK_THEN_RUN = """
-import atexit, runpy, sys
-out = sys.argv[1]
-def peak():
-    with open("/proc/self/status") as status, open(out, "w") as f:
-        f.write(next(line for line in status if line.startswith("VmHWM")))
-atexit.register(peak)
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def test_one_big_string_aliased_a_thousand_times_is_refused_in_bounded_memory(
     tmp_path: Path
 ) -> None:
@@ -360,7 +348,7 @@ def test_one_big_string_aliased_a_thousand_times_is_refused_in_bounded_memory(
         # the child's own high-water mark (VmHWM of its own memory, read as it exits): rusage
         # would also count the pytest worker it was forked from (hundreds of MiB late in a run)
         child = subprocess.Popen(
-            [sys.executable, "-c", _PEAK_THEN_RUN, str(peak), str(ROOT / "cli.py"),
+            [sys.executable, "-c", PEAK_THEN_RUN, str(peak), str(ROOT / "cli.py"),
              "inspect", str(path)],
             stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )

@@ -188,6 +188,39 @@ def test_a_false_coding_moves_to_the_metadata_and_a_true_one_stays() -> None:
 
 
 
+def test_a_coded_bomb_loads_in_bounded_memory(tmp_path: Path) -> None:
+    """Whether a body is still in its coding is tried up to a limit, not to the end: 165 bytes
+    of brotli for 100 MiB (decoded whole at load, twice over in memory) load as still coded."""
+    import os
+
+    from proc import PEAK_THEN_RUN, ROOT
+
+    c = brotli.Compressor(quality=5)
+    bomb = b"".join(c.process(b"\0" * (1 << 20)) for _ in range(100)) + c.finish()
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import sys\nfrom replayproxy.cassette import load\n"
+        "body = load(sys.argv[1]).interactions[0].response.body\n"
+        "print(len(body), body[:4].hex())\n"
+    )
+    peaks = []
+    for name, body in (("small", brotli.compress(b"{}")), ("bomb", bomb)):
+        path, peak = tmp_path / f"{name}.yaml", tmp_path / f"{name}.peak"
+        path.write_text(one(
+            "    status: {code: 200, message: OK}\n    headers: {Content-Encoding: [br]}\n"
+            f"    body: {{string: !!binary {base64.b64encode(body).decode()}}}\n"))
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_THEN_RUN, str(peak), str(script), str(path)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [str(len(body)), body[:4].hex()]  # served as recorded
+        peaks.append(int(peak.read_text().split()[1]) / 1024)  # "VmHWM:   53040 kB"
+    grown = peaks[1] - peaks[0]
+    # at most the limit (max_body_size, 64 MiB) and a step; it was 200
+    assert grown < 100, f"loading the bomb took {grown:.0f} MiB more"
+
+
 def test_a_decoded_body_is_coded_again_only_for_a_client_that_accepts_it(tmp_path: Path) -> None:
     """http.client decodes nothing: these are the bytes on the wire."""
     doc = json.dumps({"n": list(range(300))}).encode()
