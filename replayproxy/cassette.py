@@ -401,10 +401,14 @@ def _token(value: str, path: tuple[Any, ...], what: str) -> str:
     return value
 
 
+def one_line(value: str) -> bool:
+    """Whether a text a cassette keeps on one line (a header value, a reason phrase, a URI)
+    is free of control characters other than tab: what the loader accepts."""
+    return value.isprintable() or not _CONTROL.search(value)  # the first test is C's, and common
+
+
 def _text_line(value: str, path: tuple[Any, ...]) -> str:
-    if value.isprintable():  # the common case, in C; tab and the rest go to the regex
-        return value
-    if _CONTROL.search(value):
+    if not one_line(value):
         raise _Invalid(path, f"carries a control character (CR, LF, NUL...): {value[:40]!r}")
     return value
 

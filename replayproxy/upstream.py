@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
+from .cassette import one_line
+
 #: RFC 9110 9.2.2: requests a client may send again when a kept-alive connection dies under them.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Methods whose empty body is still announced with Content-Length: 0.
@@ -213,6 +215,11 @@ class _Connection(asyncio.Protocol):
     def _finish(self, keep: bool) -> None:
         waiter = self.waiter
         if waiter is None or waiter.done():
+            return
+        if not one_line(self.reason):  # httptools lets it through; no cassette could hold it
+            self._fail(UpstreamError(
+                "the upstream's answer is not valid HTTP/1.1 (a control character in its reason "
+                f"phrase: {self.reason[:40]!r})"))
             return
         self.keep = keep and not self.closed
         answer = Answer(

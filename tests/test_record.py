@@ -716,3 +716,37 @@ def test_a_journal_removed_while_recording_is_a_clear_error_at_stop(tmp_path: Pa
     assert code != 0 and "Traceback" not in err, err
     assert "cannot read the recording journal back" in err and "2 of this session's" in err
     assert not path.exists()
+
+
+def test_a_reason_phrase_with_a_control_character_is_a_502_not_an_unloadable_cassette(
+    tmp_path: Path,
+) -> None:
+    """httptools passes a vertical tab in the status line; aiohttp would refuse to send it on
+    and the loader to read it back. The answer is the upstream's failure, never recorded."""
+    path = tmp_path / "vt.yaml"
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        reason = b"O\x0bK" if head.startswith(b"GET /bad") else b"OK"
+        writer.write(b"HTTP/1.1 200 " + reason + b"\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def session() -> list[int]:
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        statuses = []
+        try:
+            async with ReplayProxy(path, mode="all", upstream=f"http://127.0.0.1:{port}") as proxy:
+                async with aiohttp.ClientSession() as s:
+                    for target in ("/bad", "/good"):
+                        async with s.get(proxy.url + target) as r:
+                            statuses.append(r.status)
+                            await r.read()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return statuses
+
+    assert run(session()) == [502, 200]
+    assert [i.request.uri.rsplit("/", 1)[1] for i in load(path).interactions] == ["good"]
