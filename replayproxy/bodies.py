@@ -42,7 +42,7 @@ def json_body(body: bytes | str, *, sniff: bool = True, mapping: bool = False) -
     """
     if not body:
         return NOT_JSON
-    if (sniff or mapping) and not _opens(body, mapping):
+    if (sniff or mapping) and not opens_json(body, mapping):
         return NOT_JSON
     try:
         return _loads(body)
@@ -50,7 +50,7 @@ def json_body(body: bytes | str, *, sniff: bool = True, mapping: bool = False) -
         return NOT_JSON
 
 
-def _opens(body: bytes | str, mapping: bool) -> bool:
+def opens_json(body: bytes | str, mapping: bool = False) -> bool:
     """Whether the first character after JSON's whitespace opens an object (or an array)."""
     if isinstance(body, bytes):
         first = body[:1]

@@ -21,6 +21,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+from .bodies import opens_json
 from .coding import KNOWN, TooLarge, codings, decode_body
 from .config import Config
 from .yamlload import MAX_DEPTH, LoadError
@@ -51,8 +52,7 @@ def parse_json(text: str | bytes) -> Any:
     Python's decoder joins escaped surrogate pairs (`"\\ud83d\\ude00"`, how vcrpy writes an
     emoji) into the character; libyaml would keep two lone halves.
     """
-    head = text.lstrip()[:1]
-    if head not in ("{", "[", b"{", b"["):
+    if not opens_json(text):
         return None
     try:
         data = json.loads(text)
@@ -71,7 +71,7 @@ def parse_json(text: str | bytes) -> Any:
 def composable(text: str | bytes) -> str | bytes:
     """`text` as libyaml can compose it to find a line: a JSON cassette's escaped surrogate
     pairs become one `\\U` escape (libyaml refuses the halves), a lone half U+FFFD."""
-    if text.lstrip()[:1] not in ("{", "[", b"{", b"["):
+    if not opens_json(text):
         return text
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
