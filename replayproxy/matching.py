@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -350,14 +351,15 @@ class Matcher:
             self.groups.setdefault(normal.fingerprint, []).append(index)
             self.by_path.setdefault(normal.template, []).append(index)
         self.cursor = dict.fromkeys(self.groups, 0)
-        self._origins: list[str | None] | None = None  # the recorded ones, once asked for
-        self._recorded_origins: frozenset[str | None] = frozenset()
 
+    @cached_property
     def origins(self) -> list[str | None]:
-        if self._origins is None:
-            self._origins = [origin_of(i.request.uri) for i in self.cassette.interactions]
-            self._recorded_origins = frozenset(self._origins)
-        return self._origins
+        """Each interaction's recorded origin; read only when a live request names a host."""
+        return [origin_of(i.request.uri) for i in self.cassette.interactions]
+
+    @cached_property
+    def recorded_origins(self) -> frozenset[str | None]:
+        return frozenset(self.origins)
 
     def match(self, req: Request, origin: str | None = None) -> Match | None:
         """The answer for `req`; `origin` (forward mode: the one it was sent to) narrows the
@@ -399,11 +401,10 @@ class Matcher:
         host = origin_of(origin) if origin else None
         if host is None:
             return None
-        self.origins()
-        return host if host in self._recorded_origins else None
+        return host if host in self.recorded_origins else None
 
     def _fits(self, index: int, live: Normal, host: str | None = None) -> bool:
-        if host is not None and self.origins()[index] not in (None, host):
+        if host is not None and self.origins[index] not in (None, host):
             return False
         for position, recorded in self.normals[index].slots.items():
             value = live.slots.get(position)
@@ -460,8 +461,8 @@ class Matcher:
         self, live: Normal, rec: Normal, index: int, host: str | None = None
     ) -> list[str]:
         out = []
-        if host is not None and self.origins()[index] not in (None, host):
-            out.append(f"host: {host} vs {self.origins()[index]}")
+        if host is not None and self.origins[index] not in (None, host):
+            out.append(f"host: {host} vs {self.origins[index]}")
         if live.method != rec.method:
             out.append(f"method: {live.method} vs {rec.method}")
         if live.template != rec.template:
