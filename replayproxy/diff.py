@@ -189,7 +189,7 @@ def diff(
     config = config or Config()
     left, right = _Side(a, config), _Side(b, config)
     result = Diff()
-    cmp = _Comparer(left, right, result.renamed, {})
+    cmp = _Comparer(left, right, result.renamed)
     pairs = _pair_interactions(left, right, cmp)
     skip = _Ignore([*config.diff.ignore, *ignore])
     paired_a = {i for i, _ in pairs}
@@ -406,10 +406,11 @@ def _lcs_pairs(
     a: list[int], b: list[int], left: _Side, right: _Side, cmp: _Comparer
 ) -> list[tuple[int, int]]:
     """Equal answers paired along their longest common subsequence; between two such pairs,
-    the unequal ones pair in order (the rest are added or removed)."""
+    the unequal ones pair in order (the rest are added or removed). Each comparison asks a
+    scratch of `cmp`: ids it would learn from a pair not kept must not become renames."""
     items_a = [left.cassette.interactions[i] for i in a]
     items_b = [right.cassette.interactions[j] for j in b]
-    equal = [[not cmp.interaction(x, y) for y in items_b] for x in items_a]
+    equal = [[not cmp.scratch().interaction(x, y) for y in items_b] for x in items_a]
     n, m = len(a), len(b)
     best = [[0] * (m + 1) for _ in range(n + 1)]
     for x in range(n - 1, -1, -1):
@@ -443,14 +444,20 @@ def _coarse(template: str) -> str:
 
 
 class _Comparer:
-    def __init__(self, left: _Side, right: _Side, renamed: dict[str, str], ids: dict[str, str]):
+    def __init__(self, left: _Side, right: _Side, renamed: dict[str, str]):
         self.left = left
         self.right = right
         self.renamed = renamed  # shown: ids that differ
         self.ids: dict[str, str] = {}  # every upstream id known, A -> B (identities too)
         self._pattern: tuple[int, re.Pattern[str] | None] = (-1, None)
-        for a, b in ids.items():
-            self.learn(a, b)
+
+    def scratch(self) -> _Comparer:
+        """A comparer knowing what this one knows, whose own learning goes nowhere: to ask
+        whether two items are equal before (or without) pairing them."""
+        probe = _Comparer(self.left, self.right, {})
+        probe.ids = dict(self.ids)
+        probe._pattern = (len(self.ids), self._rename_pattern())
+        return probe
 
     def learn(self, a: str, b: str) -> None:
         self.ids[a] = b
@@ -489,14 +496,22 @@ class _Comparer:
     def rename_text(self, text: str) -> str:
         """`text` with every known upstream id of A replaced by B's, all at once (so a swap,
         6230 <-> 6232, stays a swap)."""
-        if not self.ids:
+        pattern = self._rename_pattern()
+        if pattern is None:
             return text
+        return pattern.sub(lambda m: self.ids[m.group(0)], text)
+
+    def _rename_pattern(self) -> re.Pattern[str] | None:
+        """Every known A id as a whole token; compiled again only when an id is learnt (ids
+        are never forgotten, so their count tells whether the pattern is current)."""
+        if not self.ids:
+            return None
         size, pattern = self._pattern
         if size != len(self.ids) or pattern is None:
             alternatives = "|".join(re.escape(k) for k in sorted(self.ids, key=len, reverse=True))
             pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
             self._pattern = (len(self.ids), pattern)
-        return pattern.sub(lambda m: self.ids[m.group(0)], text)
+        return pattern
 
     # -- parts ----------------------------------------------------------------------------------
 
