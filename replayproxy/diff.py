@@ -625,6 +625,10 @@ class _Comparer:
         return out
 
 
+#: The cause of an A webhook whose cause was paired with nothing: equal to no B cause.
+_NOWHERE = object()
+
+
 def _webhooks(
     a: list[Webhook],
     b: list[Webhook],
@@ -640,26 +644,19 @@ def _webhooks(
     def title(hook: Webhook) -> str:
         return event_type(hook) or f"{hook.method} {hook.path}"
 
-    by_cause: dict[tuple[Any, ...], list[int]] = {}
-    free: dict[tuple[str, str], list[int]] = {}
-    for j, hook in enumerate(b):
-        by_cause.setdefault((*kind(hook), cmp.right.canonical(hook.cause)), []).append(j)
-        free.setdefault(kind(hook), []).append(j)
-    used: set[int] = set()
-    pairs: dict[int, int] = {}
-    for i, hook in enumerate(a):
-        cause = cmp.left.canonical(hook.cause)
-        mapped = number_map.get(cause) if cause is not None else None
-        queue = [j for j in by_cause.get((*kind(hook), mapped), []) if j not in used]
-        if mapped is not None and queue:
-            pairs[i] = queue[0]
-            used.add(queue[0])
-    for i, hook in enumerate(a):
-        if i not in pairs:
-            queue = [j for j in free.get(kind(hook), []) if j not in used]
-            if queue:
-                pairs[i] = queue[0]
-                used.add(queue[0])
+    def cause(side: _Side, j: int) -> tuple[Any, ...]:
+        if side is cmp.right:
+            return (*kind(b[j]), side.canonical(b[j].cause))
+        canon = side.canonical(a[j].cause)
+        mapped = number_map.get(canon) if canon is not None else None
+        return (*kind(a[j]), _NOWHERE if mapped is None else mapped)
+
+    def loose(side: _Side, j: int) -> tuple[str, str]:
+        return kind((a if side is cmp.left else b)[j])
+
+    pairs = dict(_pair_by(list(range(len(a))), list(range(len(b))), cause, loose, cmp.left,
+                          cmp.right))
+    used = set(pairs.values())
     out: list[Change] = []
     for i, hook in enumerate(a):
         if i not in pairs:
