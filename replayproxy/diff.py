@@ -255,7 +255,9 @@ def _position(j: int, pairs: list[tuple[int, int]]) -> int:
 def _pair_interactions(left: _Side, right: _Side, cmp: _Comparer) -> list[tuple[int, int]]:
     """Pairs (A index, B index); `cmp` learns the paired conversations' ids (A -> B)."""
     convs_a, convs_b = _groups(left), _groups(right)
-    pairs = _pair_lists(convs_a.pop(None, []), convs_b.pop(None, []), left, right, None, None)
+    # The exchanges of no conversation: by fingerprint, then shape.
+    pairs = _pair_by(convs_a.pop(None, []), convs_b.pop(None, []), _fingerprint, _shape, left,
+                     right)
     openers = _pair_by(
         list(convs_a),
         list(convs_b),
@@ -278,8 +280,9 @@ def _pair_interactions(left: _Side, right: _Side, cmp: _Comparer) -> list[tuple[
         b_side = [j for j in rest_b if (right.conversation[j] is None) != none_a]
         more = _pair_by(a_side, b_side, _shape, _shape, left, right)
         pairs += more
-        rest_a = [i for i in rest_a if i not in {i for i, _ in more}]
-        rest_b = [j for j in rest_b if j not in {j for _, j in more}]
+        more_a, more_b = {i for i, _ in more}, {j for _, j in more}
+        rest_a = [i for i in rest_a if i not in more_a]
+        rest_b = [j for j in rest_b if j not in more_b]
     return sorted(pairs)
 
 
@@ -310,6 +313,10 @@ def _id_pattern(value: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])")
 
 
+def _fingerprint(side: _Side, index: int) -> tuple[Any, ...]:
+    return _key(side, index, None)
+
+
 def _shape(side: _Side, index: int) -> tuple[str, str]:
     normal = side.normals[index]
     return normal.method, _coarse(normal.template)
@@ -337,20 +344,6 @@ def _pair_by(
     return pairs
 
 
-def _pair_lists(
-    a: list[int], b: list[int], left: _Side, right: _Side, conv_a: str | None, conv_b: str | None
-) -> list[tuple[int, int]]:
-    """Interactions of one pair of conversations (or of none): by fingerprint, then shape."""
-    return _pair_by(
-        a,
-        b,
-        lambda side, i: _key(side, i, conv_a if side is left else conv_b),
-        _shape,
-        left,
-        right,
-    )
-
-
 #: The most comparisons, and bytes compared, an alignment of one request's answers may take
 #: (beyond that they pair in order).
 _ALIGN_LIMIT = 10_000
@@ -370,12 +363,14 @@ def _align(
     on each side pairs by its answers: equal answers first (the longest common subsequence),
     the others in order between them, so a poll more or fewer is one addition or removal, not
     a shift of every later one. Other requests pair by fingerprint, then shape, in order."""
+    keys_a = {i: _key(left, i, conv_a) for i in a}
+    keys_b = {j: _key(right, j, conv_b) for j in b}
     by_key_a: dict[Any, list[int]] = {}
     by_key_b: dict[Any, list[int]] = {}
     for i in a:
-        by_key_a.setdefault(_key(left, i, conv_a), []).append(i)
+        by_key_a.setdefault(keys_a[i], []).append(i)
     for j in b:
-        by_key_b.setdefault(_key(right, j, conv_b), []).append(j)
+        by_key_b.setdefault(keys_b[j], []).append(j)
     pairs: list[tuple[int, int]] = []
     for key, items_a in by_key_a.items():
         items_b = by_key_b.get(key)
@@ -387,8 +382,8 @@ def _align(
         pairs += _lcs_pairs(items_a, items_b, left, right, cmp)
     taken_a, taken_b = {i for i, _ in pairs}, {j for _, j in pairs}
     keys_both = {k for k in by_key_a if k in by_key_b}
-    rest_a = [i for i in a if i not in taken_a and _key(left, i, conv_a) not in keys_both]
-    rest_b = [j for j in b if j not in taken_b and _key(right, j, conv_b) not in keys_both]
+    rest_a = [i for i in a if i not in taken_a and keys_a[i] not in keys_both]
+    rest_b = [j for j in b if j not in taken_b and keys_b[j] not in keys_both]
     return pairs + _pair_by(rest_a, rest_b, _shape, _shape, left, right)
 
 
