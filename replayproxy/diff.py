@@ -189,7 +189,7 @@ def diff(
     config = config or Config()
     left, right = _Side(a, config), _Side(b, config)
     result = Diff()
-    cmp = _Comparer(left, right, result.renamed, {})
+    cmp = _Comparer(left, right, result.renamed)
     pairs = _pair_interactions(left, right, cmp)
     skip = _Ignore([*config.diff.ignore, *ignore])
     paired_a = {i for i, _ in pairs}
@@ -255,7 +255,9 @@ def _position(j: int, pairs: list[tuple[int, int]]) -> int:
 def _pair_interactions(left: _Side, right: _Side, cmp: _Comparer) -> list[tuple[int, int]]:
     """Pairs (A index, B index); `cmp` learns the paired conversations' ids (A -> B)."""
     convs_a, convs_b = _groups(left), _groups(right)
-    pairs = _pair_lists(convs_a.pop(None, []), convs_b.pop(None, []), left, right, None, None)
+    # The exchanges of no conversation: by fingerprint, then shape.
+    pairs = _pair_by(convs_a.pop(None, []), convs_b.pop(None, []), _fingerprint, _shape, left,
+                     right)
     openers = _pair_by(
         list(convs_a),
         list(convs_b),
@@ -278,8 +280,9 @@ def _pair_interactions(left: _Side, right: _Side, cmp: _Comparer) -> list[tuple[
         b_side = [j for j in rest_b if (right.conversation[j] is None) != none_a]
         more = _pair_by(a_side, b_side, _shape, _shape, left, right)
         pairs += more
-        rest_a = [i for i in rest_a if i not in {i for i, _ in more}]
-        rest_b = [j for j in rest_b if j not in {j for _, j in more}]
+        more_a, more_b = {i for i, _ in more}, {j for _, j in more}
+        rest_a = [i for i in rest_a if i not in more_a]
+        rest_b = [j for j in rest_b if j not in more_b]
     return sorted(pairs)
 
 
@@ -310,6 +313,10 @@ def _id_pattern(value: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])")
 
 
+def _fingerprint(side: _Side, index: int) -> tuple[Any, ...]:
+    return _key(side, index, None)
+
+
 def _shape(side: _Side, index: int) -> tuple[str, str]:
     normal = side.normals[index]
     return normal.method, _coarse(normal.template)
@@ -337,20 +344,6 @@ def _pair_by(
     return pairs
 
 
-def _pair_lists(
-    a: list[int], b: list[int], left: _Side, right: _Side, conv_a: str | None, conv_b: str | None
-) -> list[tuple[int, int]]:
-    """Interactions of one pair of conversations (or of none): by fingerprint, then shape."""
-    return _pair_by(
-        a,
-        b,
-        lambda side, i: _key(side, i, conv_a if side is left else conv_b),
-        _shape,
-        left,
-        right,
-    )
-
-
 #: The most comparisons, and bytes compared, an alignment of one request's answers may take
 #: (beyond that they pair in order).
 _ALIGN_LIMIT = 10_000
@@ -370,12 +363,14 @@ def _align(
     on each side pairs by its answers: equal answers first (the longest common subsequence),
     the others in order between them, so a poll more or fewer is one addition or removal, not
     a shift of every later one. Other requests pair by fingerprint, then shape, in order."""
+    keys_a = {i: _key(left, i, conv_a) for i in a}
+    keys_b = {j: _key(right, j, conv_b) for j in b}
     by_key_a: dict[Any, list[int]] = {}
     by_key_b: dict[Any, list[int]] = {}
     for i in a:
-        by_key_a.setdefault(_key(left, i, conv_a), []).append(i)
+        by_key_a.setdefault(keys_a[i], []).append(i)
     for j in b:
-        by_key_b.setdefault(_key(right, j, conv_b), []).append(j)
+        by_key_b.setdefault(keys_b[j], []).append(j)
     pairs: list[tuple[int, int]] = []
     for key, items_a in by_key_a.items():
         items_b = by_key_b.get(key)
@@ -387,8 +382,8 @@ def _align(
         pairs += _lcs_pairs(items_a, items_b, left, right, cmp)
     taken_a, taken_b = {i for i, _ in pairs}, {j for _, j in pairs}
     keys_both = {k for k in by_key_a if k in by_key_b}
-    rest_a = [i for i in a if i not in taken_a and _key(left, i, conv_a) not in keys_both]
-    rest_b = [j for j in b if j not in taken_b and _key(right, j, conv_b) not in keys_both]
+    rest_a = [i for i in a if i not in taken_a and keys_a[i] not in keys_both]
+    rest_b = [j for j in b if j not in taken_b and keys_b[j] not in keys_both]
     return pairs + _pair_by(rest_a, rest_b, _shape, _shape, left, right)
 
 
@@ -406,10 +401,11 @@ def _lcs_pairs(
     a: list[int], b: list[int], left: _Side, right: _Side, cmp: _Comparer
 ) -> list[tuple[int, int]]:
     """Equal answers paired along their longest common subsequence; between two such pairs,
-    the unequal ones pair in order (the rest are added or removed)."""
+    the unequal ones pair in order (the rest are added or removed). Each comparison asks a
+    scratch of `cmp`: ids it would learn from a pair not kept must not become renames."""
     items_a = [left.cassette.interactions[i] for i in a]
     items_b = [right.cassette.interactions[j] for j in b]
-    equal = [[not cmp.interaction(x, y) for y in items_b] for x in items_a]
+    equal = [[not cmp.scratch().interaction(x, y) for y in items_b] for x in items_a]
     n, m = len(a), len(b)
     best = [[0] * (m + 1) for _ in range(n + 1)]
     for x in range(n - 1, -1, -1):
@@ -443,14 +439,20 @@ def _coarse(template: str) -> str:
 
 
 class _Comparer:
-    def __init__(self, left: _Side, right: _Side, renamed: dict[str, str], ids: dict[str, str]):
+    def __init__(self, left: _Side, right: _Side, renamed: dict[str, str]):
         self.left = left
         self.right = right
         self.renamed = renamed  # shown: ids that differ
         self.ids: dict[str, str] = {}  # every upstream id known, A -> B (identities too)
         self._pattern: tuple[int, re.Pattern[str] | None] = (-1, None)
-        for a, b in ids.items():
-            self.learn(a, b)
+
+    def scratch(self) -> _Comparer:
+        """A comparer knowing what this one knows, whose own learning goes nowhere: to ask
+        whether two items are equal before (or without) pairing them."""
+        probe = _Comparer(self.left, self.right, {})
+        probe.ids = dict(self.ids)
+        probe._pattern = (len(self.ids), self._rename_pattern())
+        return probe
 
     def learn(self, a: str, b: str) -> None:
         self.ids[a] = b
@@ -489,14 +491,22 @@ class _Comparer:
     def rename_text(self, text: str) -> str:
         """`text` with every known upstream id of A replaced by B's, all at once (so a swap,
         6230 <-> 6232, stays a swap)."""
-        if not self.ids:
+        pattern = self._rename_pattern()
+        if pattern is None:
             return text
+        return pattern.sub(lambda m: self.ids[m.group(0)], text)
+
+    def _rename_pattern(self) -> re.Pattern[str] | None:
+        """Every known A id as a whole token; compiled again only when an id is learnt (ids
+        are never forgotten, so their count tells whether the pattern is current)."""
+        if not self.ids:
+            return None
         size, pattern = self._pattern
         if size != len(self.ids) or pattern is None:
             alternatives = "|".join(re.escape(k) for k in sorted(self.ids, key=len, reverse=True))
             pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
             self._pattern = (len(self.ids), pattern)
-        return pattern.sub(lambda m: self.ids[m.group(0)], text)
+        return pattern
 
     # -- parts ----------------------------------------------------------------------------------
 
@@ -610,6 +620,10 @@ class _Comparer:
         return out
 
 
+#: The cause of an A webhook whose cause was paired with nothing: equal to no B cause.
+_NOWHERE = object()
+
+
 def _webhooks(
     a: list[Webhook],
     b: list[Webhook],
@@ -625,26 +639,19 @@ def _webhooks(
     def title(hook: Webhook) -> str:
         return event_type(hook) or f"{hook.method} {hook.path}"
 
-    by_cause: dict[tuple[Any, ...], list[int]] = {}
-    free: dict[tuple[str, str], list[int]] = {}
-    for j, hook in enumerate(b):
-        by_cause.setdefault((*kind(hook), cmp.right.canonical(hook.cause)), []).append(j)
-        free.setdefault(kind(hook), []).append(j)
-    used: set[int] = set()
-    pairs: dict[int, int] = {}
-    for i, hook in enumerate(a):
-        cause = cmp.left.canonical(hook.cause)
-        mapped = number_map.get(cause) if cause is not None else None
-        queue = [j for j in by_cause.get((*kind(hook), mapped), []) if j not in used]
-        if mapped is not None and queue:
-            pairs[i] = queue[0]
-            used.add(queue[0])
-    for i, hook in enumerate(a):
-        if i not in pairs:
-            queue = [j for j in free.get(kind(hook), []) if j not in used]
-            if queue:
-                pairs[i] = queue[0]
-                used.add(queue[0])
+    def cause(side: _Side, j: int) -> tuple[Any, ...]:
+        if side is cmp.right:
+            return (*kind(b[j]), side.canonical(b[j].cause))
+        canon = side.canonical(a[j].cause)
+        mapped = number_map.get(canon) if canon is not None else None
+        return (*kind(a[j]), _NOWHERE if mapped is None else mapped)
+
+    def loose(side: _Side, j: int) -> tuple[str, str]:
+        return kind((a if side is cmp.left else b)[j])
+
+    pairs = dict(_pair_by(list(range(len(a))), list(range(len(b))), cause, loose, cmp.left,
+                          cmp.right))
+    used = set(pairs.values())
     out: list[Change] = []
     for i, hook in enumerate(a):
         if i not in pairs:

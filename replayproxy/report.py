@@ -11,6 +11,7 @@ strict mode, which requires the whole cassette played.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,12 +324,23 @@ def _take(
 
 
 def _checked(value: Any, kind: type | tuple[type, ...], place: str) -> Any:
-    """`value` when it is of `kind` (true and false are not integers); else a ValueError."""
+    """`value` when it is of `kind` (true and false are not integers; where a float may be, a
+    number is finite and fits one: json.loads reads NaN, Infinity and any integer); else a
+    ValueError."""
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+        if float in kinds and isinstance(value, (int, float)) and not _finite(value):
+            raise ValueError(f"'{place}' must be a finite number")
         return value
     wanted = " or ".join(_KINDS[k] for k in kinds)
     raise ValueError(f"'{place}' must be {wanted}, not {_KINDS.get(type(value), 'that')}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past the largest float
+        return False
 
 
 def _listed(

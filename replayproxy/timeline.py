@@ -101,15 +101,8 @@ def _times(interactions: list[Interaction]) -> tuple[list[tuple[float, float]], 
     return out, timed
 
 
-def _seconds(value: Any) -> float | None:
-    """A recorded time (`at`, `duration`) when it is a number; None otherwise."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
 def _webhook_time(hook: Webhook, times: list[tuple[float, float]], timed: bool) -> float:
-    at = _seconds(hook.at)
+    at = hook.at  # the loader's: a finite float or None
     if timed and at is not None:
         return at
     anchor = hook.after or hook.cause

@@ -267,3 +267,19 @@ def test_a_renamed_id_under_an_id_name_is_no_difference_elsewhere_it_is() -> Non
     assert [c.render() for c in result.changes] == [
         '~ interaction A#1 -> B#1 POST /v1/jobs\n    response.body.state: "RUNNING" -> "FAILED"'
     ]
+
+
+def test_polls_compared_to_align_them_teach_no_renames() -> None:
+    """Aligning a poll's answers compares every A answer with every B one; only the pairs it
+    keeps may teach a rename (s100 -> s200 and s200 -> s100 both would be a lie)."""
+    def session(job: str) -> Cassette:
+        return Cassette([
+            exchange("POST", "/v1/jobs", 201, {"job_id": job}),
+            exchange("GET", f"/v1/jobs/{job}", 200, {"job_id": job, "step_id": "s100"}),
+            exchange("GET", f"/v1/jobs/{job}", 200, {"job_id": job, "step_id": "s200"}),
+        ])
+
+    result = diff(session("j100"), session("j200"))
+    assert result.equal, result.render()
+    assert result.renamed == {"j100": "j200"}
+    assert result.render().endswith("(upstream ids renamed, not counted: j100 -> j200)")

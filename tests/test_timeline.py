@@ -367,6 +367,30 @@ def test_a_report_with_a_field_of_the_wrong_kind_is_named_in_one_line(
     assert result.output == f"replayproxy: {bad}: not a replay report: '{place}' {wanted}\n"
 
 
+@pytest.mark.parametrize(
+    "at", ["NaN", "Infinity", "-Infinity", "1" + "0" * 400], ids=["nan", "inf", "-inf", "huge"]
+)
+def test_a_report_time_that_is_no_finite_number_is_named_in_one_line(
+    tmp_path: Path, at: str
+) -> None:
+    """json.loads takes NaN, Infinity and any integer: none is a time, and none may reach the
+    page (its embedded JSON would not parse) or a float() (OverflowError)."""
+    path, bad, page = tmp_path / "jobs.yaml", tmp_path / "r.json", tmp_path / "t.html"
+    save(timed_cassette(), path)
+    report = replay_report()
+    report["webhooks"]["deliveries"][0]["attempts"][0]["at"] = "AT"
+    bad.write_text(json.dumps(report).replace('"AT"', at))
+    result = CliRunner().invoke(
+        main, ["inspect", str(path), "--html", str(page), "--report", str(bad)]
+    )
+    assert result.exit_code == 2, result.output
+    place = "webhooks.deliveries[0].attempts[0].at"
+    assert result.output == (
+        f"replayproxy: {bad}: not a replay report: '{place}' must be a finite number\n"
+    )
+    assert not page.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # inspect: the CLI and colour
 
