@@ -379,6 +379,12 @@ def _optional(
         raise _Invalid((*path, key), f"must be {_name(kind)}, got {_kind(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise _Invalid((*path, key), f"must be a finite number, got {value!r}")
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)  # a time or a delay is read as a float wherever it is used
+        except OverflowError:
+            raise _Invalid((*path, key), f"must be a finite number, got {len(str(value))} "
+                           "digits") from None
     return value
 
 

@@ -114,6 +114,16 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
             "  replayproxy: {duration: .inf}\n",
             "interactions[0].replayproxy.duration: must be a finite number, got inf",
         ),
+        (
+            "version: 1\ninteractions:\n- request: {method: GET, uri: /x}\n"
+            "  response: {status: {code: 200}, body: {string: ''}}\n"
+            f"  replayproxy: {{at: {'9' * 400}}}\n",
+            "interactions[0].replayproxy.at: must be a finite number, got 400 digits",
+        ),
+        (
+            f"version: 1\ninteractions: []\nwebhooks:\n- body: x\n  at: {'9' * 400}\n",
+            ":5: webhooks[0].at: must be a finite number, got 400 digits",
+        ),
     ],
 )
 def test_bad_cassettes_name_file_line_and_field(text: str, expected: str) -> None:
